@@ -47,7 +47,9 @@ def _rope_dicts(config) -> list[dict[str, Any]]:
             f"{type(config).__name__} has no RoPE parameters (config.rope_parameters is empty): Position "
             "Interpolation only applies to rotary-position models such as Llama, Mistral, Qwen2 or SmolLM2."
         )
-    nested = config.nested_rope_parameter_keys(params) if hasattr(config, "nested_rope_parameter_keys") else []
+    nested = (
+        config.nested_rope_parameter_keys(params) if hasattr(config, "nested_rope_parameter_keys") else []
+    )
     if nested:
         return [params[k] for k in nested if params[k] is not None]
     return [params]
@@ -56,7 +58,9 @@ def _rope_dicts(config) -> list[dict[str, Any]]:
 def _pretrain_length(config, rope: dict[str, Any]) -> int:
     if rope.get("original_max_position_embeddings"):
         return int(rope["original_max_position_embeddings"])
-    if rope.get("rope_type", "default") == "linear" and getattr(config, "original_max_position_embeddings", None):
+    if rope.get("rope_type", "default") == "linear" and getattr(
+        config, "original_max_position_embeddings", None
+    ):
         return int(config.original_max_position_embeddings)
     return int(config.max_position_embeddings)
 

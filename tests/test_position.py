@@ -53,7 +53,12 @@ def test_linear_sets_lengths_and_keeps_theta_and_partial_rotary():
     cfg = tiny_config("llama", rope_parameters={"rope_type": "default", "rope_theta": 500_000.0})
     cfg.rope_parameters["partial_rotary_factor"] = 0.5
     new = apply_position_interpolation(cfg, 600)
-    assert new == {"rope_type": "linear", "factor": 3.0, "rope_theta": 500_000.0, "partial_rotary_factor": 0.5}
+    assert new == {
+        "rope_type": "linear",
+        "factor": 3.0,
+        "rope_theta": 500_000.0,
+        "partial_rotary_factor": 0.5,
+    }
     assert cfg.max_position_embeddings == 768
     assert cfg.original_max_position_embeddings == 256
     assert original_context_length(cfg) == 256
@@ -106,7 +111,9 @@ def test_survives_save_and_reload(tmp_path):
 
 def test_original_longlora_release_convention():
     """LongLoRA's released configs keep max_position_embeddings at the base length (4096, factor 8)."""
-    cfg = tiny_config("llama", max_position_embeddings=64, rope_parameters={"rope_type": "linear", "factor": 8.0})
+    cfg = tiny_config(
+        "llama", max_position_embeddings=64, rope_parameters={"rope_type": "linear", "factor": 8.0}
+    )
     assert original_context_length(cfg) == 64
     assert current_context_length(cfg) == 512
     assert apply_position_interpolation(cfg, 512)["factor"] == 8.0  # already covered
