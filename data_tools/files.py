@@ -1,0 +1,58 @@
+"""Small file helpers: atomic writes and expanding FILE_OR_DIR arguments into input files."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same directory and ``os.replace``,
+    so readers never see a half-written file."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write(path, text.encode("utf-8"))
+
+
+def expand_inputs(paths: Iterable[str | os.PathLike], suffixes: tuple[str, ...]) -> list[str]:
+    """Files named directly plus files with one of ``suffixes`` found (recursively, sorted) in
+    directories. A missing path raises FileNotFoundError naming it."""
+    out: list[str] = []
+    for p in paths:
+        p = os.fspath(p)
+        if os.path.isdir(p):
+            found = []
+            for root, dirs, files in os.walk(p):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                found += [
+                    os.path.join(root, f)
+                    for f in files
+                    if f.lower().endswith(suffixes) and not f.startswith(".")
+                ]
+            out += sorted(found)
+        elif os.path.exists(p):
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"{p}: no such file or directory; check the path")
+    return out
