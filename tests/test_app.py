@@ -1,0 +1,545 @@
+"""The Gradio app's handlers, layout and API, with a small in-test engine.
+
+``FakeEngine`` has the method names and return shapes of ``longlora.qa.QAEngine`` and streams canned
+text word by word; it isolates the UI from the model (the real engine is exercised in
+``test_app_live.py``). Documents are real: fixture files and PDFs generated here go through
+``data_tools.load_document``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gradio as gr
+import pytest
+
+import app
+
+FIXTURES = Path("/work/shared/fixtures")
+PAPER = FIXTURES / "zoo-faq.pdf"
+
+
+# --------------------------------------------------------------------------------------------------
+# A small engine with QAEngine's interface
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FakeFit:
+    strategy: str
+    document_tokens: int
+    kept_tokens: int
+    fits_whole: bool
+    pages_used: list[int] = field(default_factory=list)
+
+    def summary(self) -> str:
+        if self.fits_whole:
+            return f"whole document ({self.document_tokens} tokens)"
+        return f"{self.strategy}: kept {self.kept_tokens} of {self.document_tokens} tokens; pages used: " + ", ".join(
+            map(str, self.pages_used)
+        )
+
+
+@dataclass
+class FakeUpdate:
+    text: str
+    delta: str
+    done: bool
+    fit: FakeFit
+    stopped: bool = False
+
+
+@dataclass
+class FakeCard:
+    file_name: str
+    kind: str
+    pages: int | None
+    words: int
+    tokens: int
+    context_length: int
+    budget_tokens: int
+    fits: bool
+    strategy: str
+    material_type: str
+
+    def to_markdown(self) -> str:
+        fit = "fits whole" if self.fits else f"too long; strategy: {self.strategy}"
+        return (
+            f"### {self.file_name}\n- pages: {self.pages}\n- words: {self.words}\n- tokens: {self.tokens}\n"
+            f"- context: {self.context_length} ({fit})\n- material: {self.material_type}"
+        )
+
+
+class FakeSession:
+    def __init__(self, engine, document, material_type):
+        self.engine, self.document, self.material_type = engine, document, material_type
+
+    def card(self, strategy="retrieve"):
+        tokens = len(self.document.text) // 4
+        return FakeCard(
+            file_name=self.document.name, kind=self.document.kind, pages=self.document.num_pages,
+            words=self.document.word_count, tokens=tokens, context_length=self.engine.context_length,
+            budget_tokens=self.engine.context_length - 600, fits=tokens <= self.engine.context_length - 600,
+            strategy=strategy, material_type=self.material_type,
+        )
+
+
+class FakeEngine:
+    """Streams ``answer`` word by word (``delay`` seconds apart), honouring ``stop_event``."""
+
+    def __init__(self, answer="The zoo package handles ordered indexed observations.", state="ready",
+                 context_length=100_000, delay=0.0):
+        self.answer, self.state, self.context_length, self.delay = answer, state, context_length, delay
+        self.status_message = "SmolLM2 (fake) on cpu" if state == "ready" else "Converting the bundled model..."
+        self.calls: list[dict] = []
+        self.opened = 0
+        self.fail_with: Exception | None = None
+
+    def open_document(self, document, material_type=None):
+        self.opened += 1
+        guess = "paper" if document.kind == "pdf" else "book"
+        return FakeSession(self, document, material_type or guess)
+
+    def ask(self, session, question, *, history=None, strategy="retrieve", max_new_tokens=None,
+            temperature=0.0, top_p=1.0, stop_event=None):
+        if not question.strip():
+            raise ValueError("the question is empty; type a question")
+        self.calls.append(dict(question=question, history=history, strategy=strategy,
+                               max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                               stop_event=stop_event, material_type=session.material_type))
+        card = session.card(strategy)
+        fit = FakeFit(strategy, card.tokens, min(card.tokens, card.budget_tokens), card.fits,
+                      [] if card.fits else [1, 2, 5])
+        text = ""
+        words = self.answer.split(" ")
+        for i, word in enumerate(words):
+            if self.fail_with is not None and i == 2:
+                raise self.fail_with
+            if stop_event is not None and stop_event.is_set():
+                yield FakeUpdate(text, "", True, fit, stopped=True)
+                return
+            delta = word if i == 0 else " " + word
+            text += delta
+            yield FakeUpdate(text, delta, i == len(words) - 1, fit)
+            if self.delay:
+                time.sleep(self.delay)
+
+
+def guess_material_type(document):
+    return "paper" if document.kind == "pdf" else "book"
+
+
+@pytest.fixture(autouse=True)
+def _no_real_guess(monkeypatch):
+    # Documents uploaded while the model loads are guessed by longlora.qa; keep these tests model-free.
+    monkeypatch.setattr(app, "_guess_material_type", guess_material_type)
+
+
+@pytest.fixture
+def engine():
+    return FakeEngine()
+
+
+@pytest.fixture
+def txt_file(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("Elizabeth Bennet meets Mr. Darcy at a ball.\n\nShe dislikes him at first. " * 40)
+    return path
+
+
+def _drain(gen):
+    return list(gen)
+
+
+def _upload(engine, path, state=None, strategy="retrieve"):
+    return app.upload_document(engine, str(path), state, strategy)
+
+
+def _ask_ui(engine, state, question, **settings):
+    """What the page does: add the question, then stream the answer into the chat."""
+    _, chat, state = app.start_turn(engine, question, state)
+    frames = list(app.stream_answer(engine, state, **settings))
+    return frames, state
+
+
+# --------------------------------------------------------------------------------------------------
+# Upload and the document card
+# --------------------------------------------------------------------------------------------------
+
+
+def test_upload_pdf_card_and_guess(engine):
+    card, state = _upload(engine, PAPER)
+    assert "zoo-faq.pdf" in card and "pages: 15" in card
+    assert state.document.num_pages == 15 and state.document.word_count > 1000
+    assert state.material_type == "paper" and state.session is not None and state.turns == []
+    material, chat, *buttons = app.after_upload(state)
+    assert material["value"] == "paper" and chat == []
+    assert [b["visible"] for b in buttons] == app.example_visibility("paper") == [True, True, True, False, False]
+
+
+def test_new_upload_starts_new_conversation(engine, txt_file):
+    card, state = _upload(engine, PAPER)
+    _ask_ui(engine, state, "What is zoo?")
+    assert len(state.turns) == 1
+    old_stop = state.stop_event
+    card2, state2 = _upload(engine, txt_file, state)
+    assert "notes.txt" in card2 and state2 is not state
+    assert state2.turns == [] and state2.material_type == "book"
+    assert old_stop.is_set()  # an answer still streaming about the old document stops
+
+
+def test_upload_deletes_the_uploaded_copy_only(engine, tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    upload_dir = tmp_path / "gradio" / "0123abcd"
+    upload_dir.mkdir(parents=True)
+    uploaded = upload_dir / "zoo-faq.pdf"
+    shutil.copy(PAPER, uploaded)
+    card, state = _upload(engine, uploaded)
+    assert "zoo-faq.pdf" in card
+    assert not uploaded.exists() and not upload_dir.exists()
+    assert state.document.text  # the text lives on in the session state only
+    # a file outside gradio's upload folder (a user's own file) is never deleted
+    _upload(engine, PAPER)
+    assert PAPER.exists()
+
+
+def _encrypted_pdf(path):
+    from pypdf import PdfReader, PdfWriter
+
+    writer = PdfWriter()
+    writer.append(PdfReader(str(PAPER)), pages=(0, 1))
+    writer.encrypt(user_password="secret", owner_password="owner")
+    with open(path, "wb") as f:
+        writer.write(f)
+    return path
+
+
+def _blank_pdf(path):
+    from pypdf import PdfWriter
+
+    writer = PdfWriter()
+    for _ in range(3):
+        writer.add_blank_page(width=612, height=792)
+    with open(path, "wb") as f:
+        writer.write(f)
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, pattern",
+    [
+        (lambda d: _encrypted_pdf(d / "locked.pdf"), r"(?i)locked\.pdf.*(encrypt|password)"),
+        (lambda d: _blank_pdf(d / "scan.pdf"), r"(?i)scan\.pdf.*(text layer|OCR|no text)"),
+        (lambda d: (d / "report.docx").write_bytes(b"PK\x03\x04") and d / "report.docx",
+         r"report\.docx.*unsupported.*\.pdf"),
+        (lambda d: (d / "empty.txt").write_text("  \n") and d / "empty.txt", r"(?i)empty\.txt.*(empty|no text)"),
+    ],
+    ids=["encrypted", "no-text-layer", "unsupported", "empty"],
+)
+def test_upload_errors_are_visible_messages(engine, tmp_path, make, pattern):
+    path = make(tmp_path)
+    with pytest.raises(gr.Error, match=pattern) as info:
+        _upload(engine, path)
+    assert info.value.visible
+    # the app keeps serving: the next upload works
+    card, state = _upload(engine, PAPER)
+    assert state.session is not None
+
+
+def test_upload_without_file(engine):
+    with pytest.raises(gr.Error, match="Choose a PDF, TXT or MD file"):
+        app.upload_document(engine, None, None)
+
+
+def test_material_type_change_updates_card_prompt_and_examples(engine):
+    _, state = _upload(engine, PAPER)
+    card, state, *buttons = app.set_material_type(engine, "book", state)
+    assert "material: book" in card and state.session.material_type == "book"
+    assert [b["visible"] for b in buttons] == [True, False, False, True, True]
+    _ask_ui(engine, state, "Who is the main character?")
+    assert engine.calls[-1]["material_type"] == "book"
+    with pytest.raises(gr.Error, match="Unknown material type"):
+        app.set_material_type(engine, "poem", state)
+
+
+def test_strategy_change_refreshes_card(engine):
+    engine.context_length = 1000  # the PDF does not fit
+    _, state = _upload(engine, PAPER, strategy="retrieve")
+    card = app.refresh_card(engine, state, "truncate-middle")
+    assert "strategy: truncate-middle" in card
+    assert app.refresh_card(engine, None, "retrieve") == app.EMPTY_CARD
+
+
+# --------------------------------------------------------------------------------------------------
+# Model still loading
+# --------------------------------------------------------------------------------------------------
+
+
+def test_loading_model_shows_state_and_document_opens_when_ready(txt_file):
+    engine = FakeEngine(state="loading")
+    assert "Loading the model" in app.status_markdown(engine) and "Converting" in app.status_markdown(engine)
+    card, state = _upload(engine, txt_file)
+    assert "notes.txt" in card and "counted when the model is ready" in card and state.session is None
+    assert state.material_type == "book"
+    with pytest.raises(gr.Error, match="still loading.*Converting the bundled model"):
+        app.start_turn(engine, "Who is Elizabeth?", state)
+    assert state.turns == []
+    status, timer, card, state = app.poll_status(engine, state)
+    assert "Loading" in status and timer.active is True and engine.opened == 0
+
+    engine.state, engine.status_message = "ready", "SmolLM2 on cpu"
+    status, timer, card, state = app.poll_status(engine, state)
+    assert status.startswith("**Model ready.**") and timer.active is False
+    assert "tokens:" in card and state.session is not None and state.session.material_type == "book"
+    frames, state = _ask_ui(engine, state, "Who is Elizabeth?")
+    assert frames[-1][-1]["content"].startswith("The zoo package")
+
+
+def test_failed_model_load_is_reported(txt_file):
+    engine = FakeEngine(state="error")
+    engine.status_message = "no model folder at ./missing; pass --model default"
+    status = app.status_markdown(engine)
+    assert "failed to load" in status and "./missing" in status
+    _, state = _upload(engine, txt_file)
+    with pytest.raises(gr.Error, match="failed to load.*missing"):
+        app.start_turn(engine, "Anything?", state)
+
+
+# --------------------------------------------------------------------------------------------------
+# Chat
+# --------------------------------------------------------------------------------------------------
+
+
+def test_chat_streams_and_keeps_history(engine):
+    _, state = _upload(engine, PAPER)
+    cleared, chat, state = app.start_turn(engine, "  What is zoo?  ", state)
+    assert cleared == "" and chat == [{"role": "user", "content": "What is zoo?"}]
+    frames = list(app.stream_answer(engine, state, "truncate-end", 64, 0.7, 0.9))
+    answers = [f[-1]["content"] for f in frames if f[-1]["role"] == "assistant"]
+    words = engine.answer.split(" ")
+    assert len(answers) >= len(words)  # one frame per streamed update
+    assert answers[0] == words[0] and answers[-1] == engine.answer
+    assert all(answers[i + 1].startswith(answers[i]) for i in range(len(answers) - 1))  # cumulative
+    call = engine.calls[-1]
+    assert (call["strategy"], call["max_new_tokens"], call["temperature"], call["top_p"]) == ("truncate-end", 64, 0.7, 0.9)
+    assert call["history"] is None and isinstance(call["stop_event"], threading.Event)
+
+    frames, state = _ask_ui(engine, state, "And its limitations?")
+    assert engine.calls[-1]["history"] == [
+        {"role": "user", "content": "What is zoo?"},
+        {"role": "assistant", "content": engine.answer},
+    ]
+    assert [m["role"] for m in frames[-1]] == ["user", "assistant", "user", "assistant"]
+    assert engine.opened == 1  # one engine session per document: its cache is reused across turns
+
+
+def test_pages_used_shown_only_when_document_did_not_fit(engine):
+    _, state = _upload(engine, PAPER)
+    frames, _ = _ask_ui(engine, state, "What is zoo?")
+    assert "pages used" not in frames[-1][-1]["content"]
+
+    small = FakeEngine(context_length=1000)
+    _, state = _upload(small, PAPER)
+    frames, _ = _ask_ui(small, state, "What is zoo?")
+    final = frames[-1][-1]["content"]
+    assert final.startswith(small.answer) and "pages used: 1, 2, 5" in final
+
+
+def test_question_errors(engine):
+    with pytest.raises(gr.Error, match="Upload a PDF, TXT or MD document first"):
+        app.start_turn(engine, "What is it about?", None)
+    _, state = _upload(engine, PAPER)
+    for empty in ("", "   ", None):
+        with pytest.raises(gr.Error, match="type a question"):
+            app.start_turn(engine, empty, state)
+    assert state.turns == [] and engine.calls == []
+
+
+def test_model_error_is_shown_and_app_keeps_serving(engine):
+    _, state = _upload(engine, PAPER)
+    engine.fail_with = RuntimeError("CUDA out of memory")
+    app.start_turn(engine, "What is zoo?", state)
+    frames = []
+    with pytest.raises(gr.Error, match="model failed while answering: CUDA out of memory") as info:
+        for frame in app.stream_answer(engine, state):
+            frames.append(frame)
+    assert info.value.title == "Model error"
+    assert "CUDA out of memory" in frames[-1][-1]["content"]  # the chat shows it too
+    engine.fail_with = None
+    frames, state = _ask_ui(engine, state, "Try again?")
+    assert frames[-1][-1]["content"] == engine.answer
+    assert engine.calls[-1]["history"] is None  # the failed turn is not fed back to the model
+
+
+def test_engine_value_error_reaches_user(engine):
+    _, state = _upload(engine, PAPER)
+    engine.fail_with = ValueError("the question alone is longer than the context; shorten it")
+    app.start_turn(engine, "x" * 50, state)
+    with pytest.raises(gr.Error, match="shorten it"):
+        _drain(app.stream_answer(engine, state))
+
+
+def test_example_questions_follow_material_type(engine, txt_file):
+    _, state = _upload(engine, PAPER)
+    chat, state = app.start_example_turn(engine, "contributions", state)
+    assert chat[-1]["content"] == "What are the main contributions and novelties of this paper?"
+    _drain(app.stream_answer(engine, state))
+    _, state = _upload(engine, txt_file)
+    chat, state = app.start_example_turn(engine, "characters", state)
+    assert chat[-1]["content"] == "Please describe the relationships among the main characters in the book."
+    assert set(app.EXAMPLE_LABELS) == set(app.QUESTIONS_FOR["paper"] + app.QUESTIONS_FOR["book"])
+
+
+def test_stop_stops_generation(engine):
+    slow = FakeEngine(answer=" ".join(f"w{i}" for i in range(200)), delay=0.01)
+    _, state = _upload(slow, PAPER)
+    app.start_turn(slow, "Go on and on", state)
+    frames: list = []
+    worker = threading.Thread(target=lambda: frames.extend(app.stream_answer(slow, state)))
+    worker.start()
+    while not frames:
+        time.sleep(0.005)
+    chat = app.stop(state)
+    worker.join(timeout=10)
+    assert not worker.is_alive()
+    turn = state.turns[-1]
+    assert slow.calls[-1]["stop_event"].is_set()
+    assert turn.stopped and turn.done and 0 < len(turn.answer.split()) < 200
+    assert chat[-1]["content"].endswith("*(stopped)*")
+    # the conversation goes on after a stop
+    slow.delay, slow.answer = 0.0, "Short answer."
+    frames, state = _ask_ui(slow, state, "Next?")
+    assert frames[-1][-1]["content"] == "Short answer."
+
+
+def test_busy_while_answer_pending(engine):
+    _, state = _upload(engine, PAPER)
+    app.start_turn(engine, "First?", state)
+    with pytest.raises(gr.Error, match="still being written"):
+        app.start_turn(engine, "Second?", state)
+
+
+def test_clear_forgets_document_and_conversation(engine):
+    _, state = _upload(engine, PAPER)
+    _ask_ui(engine, state, "What is zoo?")
+    file_value, card, chat, question, material, new, *buttons = app.clear(state)
+    assert file_value is None and card == app.EMPTY_CARD and chat == [] and question == ""
+    assert new.document is None and new.turns == [] and state.stop_event.is_set()
+    with pytest.raises(gr.Error, match="Upload"):
+        app.start_turn(engine, "Still there?", new)
+
+
+def test_ask_api_generator_yields_cumulative_answer(engine):
+    _, state = _upload(engine, FIXTURES / "austen-prideprejudice.txt")
+    texts = [text for text, _ in app.ask(engine, "Who is Darcy?", state)]
+    assert texts[-1].startswith(engine.answer) and all(texts[i + 1].startswith(texts[i]) for i in range(len(texts) - 1))
+    assert len(state.turns) == 1 and state.turns[0].done
+
+
+# --------------------------------------------------------------------------------------------------
+# Layout, API names, command line
+# --------------------------------------------------------------------------------------------------
+
+
+def test_every_event_has_an_api_name_and_the_public_api():
+    demo = app.build_demo(FakeEngine())
+    fns = list(demo.fns.values())
+    assert fns and all(fn.api_name for fn in fns)
+    public = {fn.api_name for fn in fns if fn.api_visibility == "public"}
+    assert {"upload", "ask", "stop", "clear", "status", "material_type", "card"} <= public
+    assert len({fn.api_name for fn in fns}) == len(fns)
+    config = demo.get_config_file()
+    assert "flag" not in str([c.get("props", {}).get("label") for c in config["components"]]).lower()
+    assert demo.analytics_enabled is False and demo.delete_cache is not None
+
+
+def test_nothing_loads_a_model_at_import():
+    import subprocess
+    import sys
+
+    code = "import sys, app; print('longlora.qa' in sys.modules, 'transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(app.__file__).parent).stdout.split()
+    assert out == ["False", "False"]
+
+
+def test_parse_args_defaults_and_errors(capsys):
+    args = app.parse_args([])
+    assert (args.model, args.host, args.port, args.share, args.load_in_4bit) == ("default", "127.0.0.1", 7860, False, False)
+    assert (args.context_length, args.max_new_tokens, args.concurrency) == (None, 512, 1)
+    args = app.parse_args(["--model", "./merged", "--context-length", "8192", "--load-in-4bit", "--port", "7861",
+                           "--max-new-tokens", "64", "--concurrency", "2", "--share"])
+    assert (args.model, args.context_length, args.load_in_4bit, args.port, args.share) == ("./merged", 8192, True, 7861, True)
+    for bad, message in ((["--context-length", "0"], "--context-length must be a positive"),
+                         (["--concurrency", "0"], "--concurrency must be at least 1"),
+                         (["--max-new-tokens", "-1"], "--max-new-tokens must be positive")):
+        with pytest.raises(SystemExit):
+            app.parse_args(bad)
+        assert message in capsys.readouterr().err
+
+
+def test_usage_block_in_module_docstring():
+    assert "Usage:" in app.__doc__ and "python app.py" in app.__doc__ and "/ask" in app.__doc__
+
+
+# --------------------------------------------------------------------------------------------------
+# A served app driven through gradio_client (fast: the small engine)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def served(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    engine = FakeEngine(answer=" ".join(f"word{i}" for i in range(30)), delay=0.01)
+    demo = app.build_demo(engine)
+    _, url, _ = app.launch(demo, port=None, prevent_thread_lock=True, quiet=True)
+    assert url.startswith("http://127.0.0.1:")
+    try:
+        yield engine, url, tmp_path / "gradio"
+    finally:
+        demo.close()
+
+
+def test_client_session_upload_ask_follow_up_stop(served):
+    from gradio_client import Client, handle_file
+
+    engine, url, upload_root = served
+    client = Client(url, verbose=False)
+    card = client.predict(handle_file(str(PAPER)), api_name="/upload")
+    assert isinstance(card, str) and "zoo-faq.pdf" in card and "pages: 15" in card
+    assert not any(p.is_file() for p in upload_root.rglob("*.pdf"))  # the upload was not kept
+
+    job = client.submit("What is zoo?", api_name="/ask")
+    answer = job.result(timeout=60)
+    outputs = job.outputs()
+    assert answer == engine.answer
+    assert len(outputs) > 2 and all(outputs[i + 1].startswith(outputs[i]) for i in range(len(outputs) - 1))
+
+    follow = client.predict("And what else?", api_name="/ask")
+    assert follow == engine.answer
+    assert engine.calls[-1]["history"][0] == {"role": "user", "content": "What is zoo?"}
+
+    # another client is another session: no document there
+    other = Client(url, verbose=False)
+    with pytest.raises(Exception, match="Upload a PDF, TXT or MD document first"):
+        other.predict("What is zoo?", api_name="/ask")
+    with pytest.raises(Exception, match="type a question"):
+        client.predict("   ", api_name="/ask")
+
+    # stop from the API: the engine sees the stop event and the answer ends early
+    engine.delay = 0.2
+    job = client.submit("Long answer please", api_name="/ask")
+    while not job.outputs():
+        time.sleep(0.05)
+    client.predict(api_name="/stop")
+    job.result(timeout=30)
+    assert engine.calls[-1]["stop_event"].is_set()
+    assert len(job.outputs()[-1].split()) < 30
+
+    status = client.predict(api_name="/status")
+    assert status[0].startswith("**Model ready.**")
