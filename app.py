@@ -139,7 +139,7 @@ def pending_card_markdown(document) -> str:
 def chat_messages(state: ChatState | None) -> list[dict[str, str]]:
     """The conversation in gr.Chatbot's message format, rebuilt from the session state."""
     messages: list[dict[str, str]] = []
-    for turn in (state.turns if state is not None else []):
+    for turn in state.turns if state is not None else []:
         messages.append({"role": "user", "content": turn.question})
         text = display_answer(turn)
         if text:
@@ -376,7 +376,9 @@ def _stream_turn(engine, state: ChatState, turn: Turn, strategy, max_new_tokens,
         turn.stopped = True
 
 
-def stream_answer(engine, state: ChatState | None, strategy="retrieve", max_new_tokens=None, temperature=0.0, top_p=1.0):
+def stream_answer(
+    engine, state: ChatState | None, strategy="retrieve", max_new_tokens=None, temperature=0.0, top_p=1.0
+):
     """Stream the answer to the pending question into the chat (yields chat messages)."""
     if state is None or not state.turns or state.turns[-1].done:
         return
@@ -386,7 +388,15 @@ def stream_answer(engine, state: ChatState | None, strategy="retrieve", max_new_
     yield chat_messages(state)
 
 
-def ask(engine, question: str, state: ChatState | None, strategy="retrieve", max_new_tokens=None, temperature=0.0, top_p=1.0):
+def ask(
+    engine,
+    question: str,
+    state: ChatState | None,
+    strategy="retrieve",
+    max_new_tokens=None,
+    temperature=0.0,
+    top_p=1.0,
+):
     """API: a question about the uploaded document -> the answer, streamed (cumulative text).
 
     The final value also carries the pages used when the document did not fit whole.
@@ -439,7 +449,9 @@ def build_demo(engine, *, max_new_tokens: int = 512, concurrency: int = DEFAULT_
     gen = dict(concurrency_id="generate", concurrency_limit=concurrency)
     light = dict(concurrency_limit=None, show_progress="hidden")
 
-    with gr.Blocks(title="LongLoRA: ask a long document", analytics_enabled=False, delete_cache=(600, 3600)) as demo:
+    with gr.Blocks(
+        title="LongLoRA: ask a long document", analytics_enabled=False, delete_cache=(600, 3600)
+    ) as demo:
         state = gr.State(None)
         gr.Markdown("## LongLoRA: ask questions about a long document")
         status = gr.Markdown(partial(status_markdown, engine), elem_id="status-line")
@@ -507,18 +519,34 @@ def build_demo(engine, *, max_new_tokens: int = 512, concurrency: int = DEFAULT_
 
         # Model status while it loads / converts.
         timer.tick(
-            partial(poll_status, engine), [state, strategy], [status, timer, card, state], api_name="status", **light
+            partial(poll_status, engine),
+            [state, strategy],
+            [status, timer, card, state],
+            api_name="status",
+            **light,
         )
 
         # Upload -> card (public API), then the UI around it.
         upload.upload(
-            partial(upload_document, engine), [upload, state, strategy], [card, state], api_name="upload",
+            partial(upload_document, engine),
+            [upload, state, strategy],
+            [card, state],
+            api_name="upload",
             concurrency_id="document",
-        ).success(after_upload, [state], [material, chatbot, *examples], api_name="after_upload",
-                  api_visibility="private", **light)
+        ).success(
+            after_upload,
+            [state],
+            [material, chatbot, *examples],
+            api_name="after_upload",
+            api_visibility="private",
+            **light,
+        )
         material.input(
-            partial(set_material_type, engine), [material, state, strategy], [card, state, *examples],
-            api_name="material_type", concurrency_id="document",
+            partial(set_material_type, engine),
+            [material, state, strategy],
+            [card, state, *examples],
+            api_name="material_type",
+            concurrency_id="document",
         )
         strategy.input(partial(refresh_card, engine), [state, strategy], [card], api_name="card", **light)
 
@@ -526,33 +554,67 @@ def build_demo(engine, *, max_new_tokens: int = 512, concurrency: int = DEFAULT_
         streams = []
         for trigger, name in ((question.submit, "submit_question"), (ask_btn.click, "ask_button")):
             streams.append(
-                trigger(partial(start_turn, engine), [question, state], [question, chatbot, state],
-                        api_name=name, api_visibility="private", **light)
-                .success(partial(stream_answer, engine), [state, *settings], [chatbot],
-                         api_name=f"{name}_answer", api_visibility="private", **gen)
+                trigger(
+                    partial(start_turn, engine),
+                    [question, state],
+                    [question, chatbot, state],
+                    api_name=name,
+                    api_visibility="private",
+                    **light,
+                ).success(
+                    partial(stream_answer, engine),
+                    [state, *settings],
+                    [chatbot],
+                    api_name=f"{name}_answer",
+                    api_visibility="private",
+                    **gen,
+                )
             )
         for key, button in example_buttons.items():
             streams.append(
-                button.click(partial(start_example_turn, engine, key), [state], [chatbot, state],
-                             api_name=f"example_{key}", api_visibility="private", **light)
-                .success(partial(stream_answer, engine), [state, *settings], [chatbot],
-                         api_name=f"example_{key}_answer", api_visibility="private", **gen)
+                button.click(
+                    partial(start_example_turn, engine, key),
+                    [state],
+                    [chatbot, state],
+                    api_name=f"example_{key}",
+                    api_visibility="private",
+                    **light,
+                ).success(
+                    partial(stream_answer, engine),
+                    [state, *settings],
+                    [chatbot],
+                    api_name=f"example_{key}_answer",
+                    api_visibility="private",
+                    **gen,
+                )
             )
 
         # Ask from gradio_client: question -> streamed answer text, in this client's session.
         ask_api = gr.on(
-            triggers=[], fn=partial(ask, engine), inputs=[question, state, *settings],
-            outputs=[answer_text, state], api_name="ask", **gen,
+            triggers=[],
+            fn=partial(ask, engine),
+            inputs=[question, state, *settings],
+            outputs=[answer_text, state],
+            api_name="ask",
+            **gen,
         )
 
         stop_btn.click(stop, [state], [chatbot], api_name="stop", cancels=[*streams, ask_api], **light)
         new_doc.click(
-            clear, [state], [upload, card, chatbot, question, material, state, *examples],
-            api_name="clear", cancels=[*streams, ask_api], **light,
+            clear,
+            [state],
+            [upload, card, chatbot, question, material, state, *examples],
+            api_name="clear",
+            cancels=[*streams, ask_api],
+            **light,
         )
         upload.clear(
-            clear, [state], [upload, card, chatbot, question, material, state, *examples],
-            api_name="clear_upload", api_visibility="private", **light,
+            clear,
+            [state],
+            [upload, card, chatbot, question, material, state, *examples],
+            api_name="clear_upload",
+            api_visibility="private",
+            **light,
         )
     return demo
 
@@ -562,8 +624,16 @@ def build_demo(engine, *, max_new_tokens: int = 512, concurrency: int = DEFAULT_
 # --------------------------------------------------------------------------------------------------
 
 
-def launch(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int | None = 7860, share: bool = False,
-           concurrency: int = DEFAULT_CONCURRENCY, prevent_thread_lock: bool = False, quiet: bool = False):
+def launch(
+    demo: gr.Blocks,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = 7860,
+    share: bool = False,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    prevent_thread_lock: bool = False,
+    quiet: bool = False,
+):
     """Queue + launch with the app's privacy settings (no share link unless asked, no run history)."""
     demo.queue(default_concurrency_limit=concurrency, max_size=64)
     return demo.launch(
@@ -589,18 +659,34 @@ def build_parser() -> argparse.ArgumentParser:
         description="Ask questions about a long document (PDF/TXT/MD) with a LongLoRA model in the browser.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--model", default="default",
-                        help="'default' (bundled SmolLM2-135M-Instruct), a local model/merged/adapter folder, or a hub id")
-    parser.add_argument("--context-length", type=int, default=None,
-                        help="context length in tokens; longer than the model's own applies Position Interpolation")
+    parser.add_argument(
+        "--model",
+        default="default",
+        help="'default' (bundled SmolLM2-135M-Instruct), a local model/merged/adapter folder, or a hub id",
+    )
+    parser.add_argument(
+        "--context-length",
+        type=int,
+        default=None,
+        help="context length in tokens; longer than the model's own applies Position Interpolation",
+    )
     parser.add_argument("--load-in-4bit", action="store_true", help="load the model in 4-bit (bitsandbytes)")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on (0.0.0.0 exposes the app to your network)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (0.0.0.0 exposes the app to your network)"
+    )
     parser.add_argument("--port", type=int, default=7860, help="port to listen on")
-    parser.add_argument("--share", action="store_true", help="also create a public gradio.live link (off by default)")
-    parser.add_argument("--max-new-tokens", type=int, default=512, help="default answer length limit in tokens")
-    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
-                        help="how many answers may be generated at the same time")
+    parser.add_argument(
+        "--share", action="store_true", help="also create a public gradio.live link (off by default)"
+    )
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=512, help="default answer length limit in tokens"
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=DEFAULT_CONCURRENCY,
+        help="how many answers may be generated at the same time",
+    )
     return parser
 
 

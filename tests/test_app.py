@@ -8,7 +8,6 @@ text word by word; it isolates the UI from the model (the real engine is exercis
 
 from __future__ import annotations
 
-import os
 import shutil
 import threading
 import time
@@ -40,8 +39,9 @@ class FakeFit:
     def summary(self) -> str:
         if self.fits_whole:
             return f"whole document ({self.document_tokens} tokens)"
-        return f"{self.strategy}: kept {self.kept_tokens} of {self.document_tokens} tokens; pages used: " + ", ".join(
-            map(str, self.pages_used)
+        return (
+            f"{self.strategy}: kept {self.kept_tokens} of {self.document_tokens} tokens; pages used: "
+            + ", ".join(map(str, self.pages_used))
         )
 
 
@@ -82,20 +82,33 @@ class FakeSession:
     def card(self, strategy="retrieve"):
         tokens = len(self.document.text) // 4
         return FakeCard(
-            file_name=self.document.name, kind=self.document.kind, pages=self.document.num_pages,
-            words=self.document.word_count, tokens=tokens, context_length=self.engine.context_length,
-            budget_tokens=self.engine.context_length - 600, fits=tokens <= self.engine.context_length - 600,
-            strategy=strategy, material_type=self.material_type,
+            file_name=self.document.name,
+            kind=self.document.kind,
+            pages=self.document.num_pages,
+            words=self.document.word_count,
+            tokens=tokens,
+            context_length=self.engine.context_length,
+            budget_tokens=self.engine.context_length - 600,
+            fits=tokens <= self.engine.context_length - 600,
+            strategy=strategy,
+            material_type=self.material_type,
         )
 
 
 class FakeEngine:
     """Streams ``answer`` word by word (``delay`` seconds apart), honouring ``stop_event``."""
 
-    def __init__(self, answer="The zoo package handles ordered indexed observations.", state="ready",
-                 context_length=100_000, delay=0.0):
+    def __init__(
+        self,
+        answer="The zoo package handles ordered indexed observations.",
+        state="ready",
+        context_length=100_000,
+        delay=0.0,
+    ):
         self.answer, self.state, self.context_length, self.delay = answer, state, context_length, delay
-        self.status_message = "SmolLM2 (fake) on cpu" if state == "ready" else "Converting the bundled model..."
+        self.status_message = (
+            "SmolLM2 (fake) on cpu" if state == "ready" else "Converting the bundled model..."
+        )
         self.calls: list[dict] = []
         self.opened = 0
         self.fail_with: Exception | None = None
@@ -105,16 +118,40 @@ class FakeEngine:
         guess = "paper" if document.kind == "pdf" else "book"
         return FakeSession(self, document, material_type or guess)
 
-    def ask(self, session, question, *, history=None, strategy="retrieve", max_new_tokens=None,
-            temperature=0.0, top_p=1.0, stop_event=None):
+    def ask(
+        self,
+        session,
+        question,
+        *,
+        history=None,
+        strategy="retrieve",
+        max_new_tokens=None,
+        temperature=0.0,
+        top_p=1.0,
+        stop_event=None,
+    ):
         if not question.strip():
             raise ValueError("the question is empty; type a question")
-        self.calls.append(dict(question=question, history=history, strategy=strategy,
-                               max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                               stop_event=stop_event, material_type=session.material_type))
+        self.calls.append(
+            dict(
+                question=question,
+                history=history,
+                strategy=strategy,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                stop_event=stop_event,
+                material_type=session.material_type,
+            )
+        )
         card = session.card(strategy)
-        fit = FakeFit(strategy, card.tokens, min(card.tokens, card.budget_tokens), card.fits,
-                      [] if card.fits else [1, 2, 5])
+        fit = FakeFit(
+            strategy,
+            card.tokens,
+            min(card.tokens, card.budget_tokens),
+            card.fits,
+            [] if card.fits else [1, 2, 5],
+        )
         text = ""
         words = self.answer.split(" ")
         for i, word in enumerate(words):
@@ -179,7 +216,9 @@ def test_upload_pdf_card_and_guess(engine):
     assert state.material_type == "paper" and state.session is not None and state.turns == []
     material, chat, *buttons = app.after_upload(state)
     assert material["value"] == "paper" and chat == []
-    assert [b["visible"] for b in buttons] == app.example_visibility("paper") == [True, True, True, False, False]
+    assert (
+        [b["visible"] for b in buttons] == app.example_visibility("paper") == [True, True, True, False, False]
+    )
 
 
 def test_new_upload_starts_new_conversation(engine, txt_file):
@@ -235,9 +274,14 @@ def _blank_pdf(path):
     [
         (lambda d: _encrypted_pdf(d / "locked.pdf"), r"(?i)locked\.pdf.*(encrypt|password)"),
         (lambda d: _blank_pdf(d / "scan.pdf"), r"(?i)scan\.pdf.*(text layer|OCR|no text)"),
-        (lambda d: (d / "report.docx").write_bytes(b"PK\x03\x04") and d / "report.docx",
-         r"report\.docx.*unsupported.*\.pdf"),
-        (lambda d: (d / "empty.txt").write_text("  \n") and d / "empty.txt", r"(?i)empty\.txt.*(empty|no text)"),
+        (
+            lambda d: (d / "report.docx").write_bytes(b"PK\x03\x04") and d / "report.docx",
+            r"report\.docx.*unsupported.*\.pdf",
+        ),
+        (
+            lambda d: (d / "empty.txt").write_text("  \n") and d / "empty.txt",
+            r"(?i)empty\.txt.*(empty|no text)",
+        ),
     ],
     ids=["encrypted", "no-text-layer", "unsupported", "empty"],
 )
@@ -326,7 +370,12 @@ def test_chat_streams_and_keeps_history(engine):
     assert answers[0] == words[0] and answers[-1] == engine.answer
     assert all(answers[i + 1].startswith(answers[i]) for i in range(len(answers) - 1))  # cumulative
     call = engine.calls[-1]
-    assert (call["strategy"], call["max_new_tokens"], call["temperature"], call["top_p"]) == ("truncate-end", 64, 0.7, 0.9)
+    assert (call["strategy"], call["max_new_tokens"], call["temperature"], call["top_p"]) == (
+        "truncate-end",
+        64,
+        0.7,
+        0.9,
+    )
     assert call["history"] is None and isinstance(call["stop_event"], threading.Event)
 
     frames, state = _ask_ui(engine, state, "And its limitations?")
@@ -437,7 +486,9 @@ def test_clear_forgets_document_and_conversation(engine):
 def test_ask_api_generator_yields_cumulative_answer(engine):
     _, state = _upload(engine, FIXTURES / "austen-prideprejudice.txt")
     texts = [text for text, _ in app.ask(engine, "Who is Darcy?", state)]
-    assert texts[-1].startswith(engine.answer) and all(texts[i + 1].startswith(texts[i]) for i in range(len(texts) - 1))
+    assert texts[-1].startswith(engine.answer) and all(
+        texts[i + 1].startswith(texts[i]) for i in range(len(texts) - 1)
+    )
     assert len(state.turns) == 1 and state.turns[0].done
 
 
@@ -463,21 +514,54 @@ def test_nothing_loads_a_model_at_import():
     import sys
 
     code = "import sys, app; print('longlora.qa' in sys.modules, 'transformers' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(app.__file__).parent).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(app.__file__).parent,
+    ).stdout.split()
     assert out == ["False", "False"]
 
 
 def test_parse_args_defaults_and_errors(capsys):
     args = app.parse_args([])
-    assert (args.model, args.host, args.port, args.share, args.load_in_4bit) == ("default", "127.0.0.1", 7860, False, False)
+    assert (args.model, args.host, args.port, args.share, args.load_in_4bit) == (
+        "default",
+        "127.0.0.1",
+        7860,
+        False,
+        False,
+    )
     assert (args.context_length, args.max_new_tokens, args.concurrency) == (None, 512, 1)
-    args = app.parse_args(["--model", "./merged", "--context-length", "8192", "--load-in-4bit", "--port", "7861",
-                           "--max-new-tokens", "64", "--concurrency", "2", "--share"])
-    assert (args.model, args.context_length, args.load_in_4bit, args.port, args.share) == ("./merged", 8192, True, 7861, True)
-    for bad, message in ((["--context-length", "0"], "--context-length must be a positive"),
-                         (["--concurrency", "0"], "--concurrency must be at least 1"),
-                         (["--max-new-tokens", "-1"], "--max-new-tokens must be positive")):
+    args = app.parse_args(
+        [
+            "--model",
+            "./merged",
+            "--context-length",
+            "8192",
+            "--load-in-4bit",
+            "--port",
+            "7861",
+            "--max-new-tokens",
+            "64",
+            "--concurrency",
+            "2",
+            "--share",
+        ]
+    )
+    assert (args.model, args.context_length, args.load_in_4bit, args.port, args.share) == (
+        "./merged",
+        8192,
+        True,
+        7861,
+        True,
+    )
+    for bad, message in (
+        (["--context-length", "0"], "--context-length must be a positive"),
+        (["--concurrency", "0"], "--concurrency must be at least 1"),
+        (["--max-new-tokens", "-1"], "--max-new-tokens must be positive"),
+    ):
         with pytest.raises(SystemExit):
             app.parse_args(bad)
         assert message in capsys.readouterr().err
