@@ -132,10 +132,10 @@ def load_document(
                 f"{name}: no text is left after cleaning; check that it is the right file"
             )
         notes = []
-        if raw.layout_pages:
+        if raw.respaced_pages:
             notes.append(
                 "inter-word spaces were missing on page(s) "
-                f"{', '.join(map(str, raw.layout_pages))}; recovered with layout extraction"
+                f"{', '.join(map(str, raw.respaced_pages))}; recovered them from the word gaps"
             )
         return Document(
             text=text,

@@ -6,9 +6,16 @@
   otherwise raises ``EncryptedPDFError``;
 - raises ``NoTextLayerError`` for scanned PDFs (pages with images but no text), ``EmptyDocumentError``
   for PDFs with no text and no images, ``CorruptFileError`` for damaged files;
-- detects pages whose inter-word spaces were lost ("Hereareafewbasicmethods...", seen on some
-  LaTeX/xdvipdfmx PDFs whose fonts declare no usable space width) and re-extracts them with pypdf's
-  layout mode, which places glyphs by their coordinates and so sees the gaps between words.
+- detects pages whose inter-word spaces were lost ("Hereareafewbasicmethods...") and recovers them.
+
+Why words get glued: TeX drivers (xdvipdfmx, dvipdfm) draw a line as one ``TJ`` array of word
+strings separated by negative offsets (the inter-word gap, ~250-400 thousandths of an em), with no
+space glyph. pypdf turns an offset into a space only when it exceeds half the font's space width,
+and fonts without a space glyph often report a space as wide as an em (CID fonts' default width
+1000), so no gap qualifies. The recovery re-reads the page with every ``TJ`` offset of at least
+``WORD_GAP`` thousandths of an em (a gap no kern reaches) widened far past any space width, which
+makes pypdf insert the spaces; pypdf's layout mode is the second attempt. The text with the fewest
+glued runs wins.
 """
 
 from __future__ import annotations
@@ -31,7 +38,9 @@ class PdfPages:
     """Raw page texts plus how they were obtained."""
 
     texts: list[str]
-    layout_pages: list[int] = field(default_factory=list)  # 1-based pages re-extracted in layout mode
+    respaced_pages: list[int] = field(
+        default_factory=list
+    )  # 1-based pages whose lost word spaces were recovered
 
 
 def _open_reader(path: str, password: str | None):
@@ -92,10 +101,60 @@ def _page_has_images(page) -> bool:
     return False
 
 
+# Negative TJ offsets at least this large (thousandths of an em) are word gaps: TeX's inter-word
+# space is 0.25-0.5 em even when shrunk, kerns stay under ~0.1 em.
+WORD_GAP = 150
+
+
+def _widened_gaps_text(page) -> str:
+    """The page's text after widening every TJ word gap (see the module doc); text-only, in memory."""
+    import pypdf
+    from pypdf.generic import ArrayObject, ContentStream, FloatObject
+
+    contents = page.get_contents()
+    if contents is None:
+        return ""
+    stream = ContentStream(contents, page.pdf)
+    changed = 0
+    for operands, operator in stream.operations:
+        if operator != b"TJ" or not operands or not isinstance(operands[0], ArrayObject):
+            continue
+        array = operands[0]
+        for k, item in enumerate(array):
+            if isinstance(item, (int, float)) and not isinstance(item, bool) and float(item) <= -WORD_GAP:
+                array[k] = FloatObject(-20000)
+                changed += 1
+    if not changed:
+        return ""
+    # a reader's page cannot take new contents; a throwaway writer page can
+    scratch = pypdf.PdfWriter().add_page(page)
+    scratch.replace_contents(stream)
+    return scratch.extract_text() or ""
+
+
 def _layout_text(page) -> str:
     text = page.extract_text(extraction_mode="layout", layout_mode_space_vertically=False)
     # layout mode pads columns with runs of spaces; keep single spaces only
     return "\n".join(re.sub(r" {2,}", " ", line).strip() for line in text.split("\n"))
+
+
+def _respaced(page, text: str) -> str | None:
+    """A re-read of a glued page with its word spaces back, or None when no attempt does better."""
+
+    def score(t: str) -> tuple[float, int]:  # fewer glued letters first, then more words
+        return (glued_word_ratio(t), -len(t.split()))
+
+    best, best_score = None, score(text)
+    for attempt in (_widened_gaps_text, _layout_text):
+        try:
+            candidate = attempt(page)
+        except Exception:  # noqa: BLE001 - a failed recovery keeps the default text
+            continue
+        if candidate.strip() and score(candidate) < best_score:
+            best, best_score = candidate, score(candidate)
+        if best is not None and best_score[0] <= GLUED_THRESHOLD:
+            break
+    return best
 
 
 def read_pdf_pages(path: str | os.PathLike, password: str | None = None) -> PdfPages:
@@ -113,31 +172,31 @@ def read_pdf_pages(path: str | os.PathLike, password: str | None = None) -> PdfP
     if not pages:
         raise EmptyDocumentError(f"{name}: the PDF has no pages; check that it is the right file")
     texts: list[str] = []
-    layout_pages: list[int] = []
     for number, page in enumerate(pages, start=1):
         try:
-            text = page.extract_text() or ""
+            texts.append(page.extract_text() or "")
         except Exception as e:  # noqa: BLE001
             raise CorruptFileError(
                 f"{name}: page {number} cannot be read ({type(e).__name__}: {e}); the file is damaged, "
                 "repair it (e.g. `qpdf in.pdf out.pdf`) and try again"
             ) from e
-        if glued_word_ratio(text) > GLUED_THRESHOLD:
-            try:
-                layout = _layout_text(page)
-            except Exception:  # noqa: BLE001 - keep the default text if layout mode fails
-                layout = ""
-            if layout.strip() and glued_word_ratio(layout) < glued_word_ratio(text):
-                text = layout
-                layout_pages.append(number)
-        texts.append(text)
+    # Short pages ("Third page.") cannot show glue on their own: when the document as a whole is
+    # glued, every page is re-read.
+    whole = glued_word_ratio("\n".join(texts)) > GLUED_THRESHOLD
+    respaced_pages: list[int] = []
+    for i, (page, text) in enumerate(zip(pages, texts)):
+        if whole or glued_word_ratio(text) > GLUED_THRESHOLD:
+            better = _respaced(page, text)
+            if better is not None:
+                texts[i] = better
+                respaced_pages.append(i + 1)
     if not any(t.strip() for t in texts):
         if any(_page_has_images(p) for p in pages):
             raise NoTextLayerError(
                 f"{name}: the PDF has {len(pages)} page(s) of images but no text layer (a scan?); "
-                "it needs OCR first, e.g. `ocrmypdf {name} out.pdf`, then load out.pdf"
+                f"it needs OCR first, e.g. `ocrmypdf {name} out.pdf`, then load out.pdf"
             )
         raise EmptyDocumentError(
             f"{name}: the PDF's {len(pages)} page(s) hold no text; check that it is the right file"
         )
-    return PdfPages(texts, layout_pages)
+    return PdfPages(texts, respaced_pages)
