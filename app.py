@@ -417,6 +417,14 @@ def stop(state: ChatState | None):
     return chat_messages(state)
 
 
+def clear_chat(state: ChatState | None):
+    """Forget the conversation but keep the document (the chat's trash button)."""
+    if state is not None:
+        state.stop_event.set()
+        state.turns = []
+    return chat_messages(state), state
+
+
 def clear(state: ChatState | None):
     """New document: stop anything running and forget the document and the conversation."""
     if state is not None:
@@ -440,6 +448,7 @@ def clear(state: ChatState | None):
 CSS = """
 #doc-card { min-height: 8em; }
 #status-line { font-size: 0.95em; }
+#examples-label { margin-bottom: -0.5em; }
 footer { display: none !important; }
 """
 
@@ -488,6 +497,7 @@ def build_demo(engine, *, max_new_tokens: int = 512, concurrency: int = DEFAULT_
                     label="Chat about the document",
                     height=460,
                     feedback_options=None,
+                    buttons=["copy", "copy_all"],
                     elem_id="chat",
                     placeholder="Upload a document, then ask about it or pick an example question.",
                 )
@@ -501,6 +511,7 @@ def build_demo(engine, *, max_new_tokens: int = 512, concurrency: int = DEFAULT_
                     )
                     ask_btn = gr.Button("Ask", variant="primary", scale=1, min_width=80, elem_id="ask")
                     stop_btn = gr.Button("Stop", variant="stop", scale=1, min_width=80, elem_id="stop")
+                gr.Markdown("Example questions (LongLoRA paper, B.6):", elem_id="examples-label")
                 with gr.Row():
                     example_buttons = {
                         key: gr.Button(
@@ -608,6 +619,9 @@ def build_demo(engine, *, max_new_tokens: int = 512, concurrency: int = DEFAULT_
             cancels=[*streams, ask_api],
             **light,
         )
+        chatbot.clear(
+            clear_chat, [state], [chatbot, state], api_name="clear_chat", cancels=[*streams, ask_api], **light
+        )
         upload.clear(
             clear,
             [state],
@@ -648,7 +662,10 @@ def launch(
         mcp_server=False,
         footer_links=["api"],
         max_file_size="200mb",
-        theme=gr.themes.Soft(),
+        # System fonts: the page must look right with no internet access.
+        theme=gr.themes.Soft(
+            font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
+        ),
         css=CSS,
     )
 

@@ -627,3 +627,12 @@ def test_client_session_upload_ask_follow_up_stop(served):
 
     status = client.predict(api_name="/status")
     assert status[0].startswith("**Model ready.**")
+
+
+def test_clear_chat_keeps_the_document(engine):
+    _, state = _upload(engine, PAPER)
+    _ask_ui(engine, state, "What is zoo?")
+    chat, same = app.clear_chat(state)
+    assert chat == [] and same is state and state.turns == [] and state.document is not None
+    frames, state = _ask_ui(engine, state, "Again?")
+    assert engine.calls[-1]["history"] is None and frames[-1][-1]["content"] == engine.answer
