@@ -1,0 +1,158 @@
+"""The app served with the real engine and the bundled default model (SmolLM2-135M-Instruct):
+a headless ``gradio_client`` session and a real Chromium driven by Playwright.
+
+Both tests share one engine and one server (the bundled model converts once and is cached).
+The browser test needs Debian's Chromium (``apt-get install chromium``); it is skipped, saying so,
+when ``/usr/bin/chromium`` is absent. ``LONGLORA_APP_SCREENSHOT=docs/screenshot.png`` makes it save
+the README screenshot there.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+import app
+
+PAPER = Path("/work/shared/fixtures/zoo-faq.pdf")
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+MAX_NEW_TOKENS = 96
+
+pytestmark = pytest.mark.real_model
+
+
+@pytest.fixture(scope="module")
+def served_real(tmp_path_factory):
+    from longlora.qa import QAEngine
+
+    upload_root = tmp_path_factory.mktemp("gradio-uploads")
+    previous = os.environ.get("GRADIO_TEMP_DIR")
+    os.environ["GRADIO_TEMP_DIR"] = str(upload_root)
+    engine = QAEngine("default", max_new_tokens=MAX_NEW_TOKENS, background=True)
+    demo = app.build_demo(engine, max_new_tokens=MAX_NEW_TOKENS)
+    # The page and the API come up while the model is still loading or converting.
+    _, url, _ = app.launch(demo, port=None, prevent_thread_lock=True, quiet=True)
+    try:
+        yield engine, url, upload_root
+    finally:
+        demo.close()
+        if previous is None:
+            os.environ.pop("GRADIO_TEMP_DIR", None)
+        else:
+            os.environ["GRADIO_TEMP_DIR"] = previous
+
+
+def test_client_session_real_model(served_real):
+    from gradio_client import Client, handle_file
+
+    engine, url, upload_root = served_real
+    client = Client(url, verbose=False)
+    status = client.predict(api_name="/status")[0]
+    assert status.startswith(("**Loading the model...**", "**Model ready.**"))
+    engine.wait_ready(timeout=600)
+
+    card = client.predict(handle_file(str(PAPER)), api_name="/upload")
+    assert "zoo-faq.pdf" in card and "15" in card
+    assert not [p for p in upload_root.rglob("*.pdf") if p.is_file()]  # the upload was not kept
+
+    job = client.submit("What is the zoo package for?", api_name="/ask")
+    answer = job.result(timeout=300)
+    streamed = job.outputs()
+    assert answer.strip(), "the model gave an empty answer"
+    assert len(streamed) >= 2 and streamed[-1] == answer  # it streamed in, cumulatively
+    assert all(streamed[i + 1].startswith(streamed[i]) for i in range(len(streamed) - 2))
+
+    follow = client.predict("Who maintains it?", api_name="/ask")
+    assert isinstance(follow, str) and follow.strip()
+
+
+def _launch_chromium(playwright):
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(
+            f"{CHROMIUM} not found: install Debian's Chromium (apt-get install chromium) to run the browser test"
+        )
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+
+
+BOT = "#chat [data-testid=bot]"
+
+
+def _last_answer(page) -> str:
+    bot = page.locator(BOT)
+    return bot.last.inner_text() if bot.count() else ""
+
+
+def _watch_answer(page, quiet_s: float = 2.0, timeout_s: float = 300.0) -> list[int]:
+    """Poll the last answer's length until it has not changed for ``quiet_s``; return the lengths seen."""
+    lengths: list[int] = []
+    last_change = time.monotonic()
+    deadline = last_change + timeout_s
+    while time.monotonic() < deadline:
+        n = len(_last_answer(page))
+        if not lengths or n != lengths[-1]:
+            lengths.append(n)
+            last_change = time.monotonic()
+        elif n and time.monotonic() - last_change > quiet_s:
+            break
+        time.sleep(0.05)
+    return lengths
+
+
+@pytest.mark.browser
+def test_browser_upload_ask_stream_stop(served_real):
+    sync_api = pytest.importorskip("playwright.sync_api")
+
+    engine, url, _ = served_real
+    with sync_api.sync_playwright() as p:
+        browser = _launch_chromium(p)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(url)
+            page.locator("#status-line").get_by_text("Model ready").wait_for(timeout=600_000)
+
+            page.locator("#upload input[type=file]").set_input_files(str(PAPER))
+            card = page.locator("#doc-card")
+            card.get_by_text("zoo-faq.pdf").wait_for(timeout=60_000)
+            assert page.locator("#material input[value=paper]").get_attribute("aria-checked") == "true"
+            assert "tokens" in card.inner_text().lower()
+
+            # An example question, one click away: the answer streams in and completes.
+            page.locator("#example-summary").click()
+            page.locator(BOT).first.wait_for(timeout=300_000)
+            lengths = _watch_answer(page)
+            assert lengths[-1] > 0 and len(lengths) >= 3, (
+                f"the answer did not stream in: lengths seen {lengths}"
+            )
+            shot = os.environ.get("LONGLORA_APP_SCREENSHOT")
+            if shot:
+                page.screenshot(path=shot, full_page=True)
+
+            # Ask a question, and stop the answer while it streams.
+            page.locator("#question textarea").fill(
+                "List everything this document explains, one point per line."
+            )
+            page.locator("#question textarea").press("Enter")
+            page.wait_for_function(
+                "() => { const b = document.querySelectorAll('#chat [data-testid=bot]');"
+                " return b.length >= 2 && b[1].innerText.trim().length > 0; }",
+                timeout=300_000,
+            )
+            page.locator("#stop").click()
+            page.locator("#chat").get_by_text("(stopped)").wait_for(timeout=60_000)
+            stopped = _last_answer(page)
+            time.sleep(1.0)
+            assert _last_answer(page) == stopped  # nothing is added after the stop
+        finally:
+            browser.close()
