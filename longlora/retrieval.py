@@ -1,0 +1,130 @@
+"""Passage retrieval for documents longer than the context: token-aligned passages + BM25.
+
+The QA engine tokenizes a document once; this module cuts that token sequence into passages of about
+``size`` tokens (preferring to cut where a sentence or line starts), scores them against a question
+with Okapi BM25 (Robertson & Zaragoza, 2009), and picks the best ones that fit a token budget, returned
+in document order so the model reads them as they appear in the document. Pure functions, no torch.
+
+    >>> spans = split_passages(offsets, text, size=256)          # [(tok_start, tok_end), ...]
+    >>> scores = bm25_scores(question, [text[a:b] for a, b in char_spans])
+    >>> keep = select_passages(scores, [e - s for s, e in spans], budget=1024)
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Sequence
+
+# Function words that carry no evidence about where an answer is (a short, conservative list).
+STOPWORDS = frozenset(
+    """a an the and or but if of to in on at by for with from as into about over after before under
+    between through during is are was were be been being am do does did doing have has had having it its
+    this that these those there here what which who whom whose when where why how i me my we our you your
+    he him his she her they them their not no nor so than too very can could should would will shall may
+    might must also just only own same such any each few more most other some all both one s t
+    according does document paper book text material question answer please tell""".split()
+)
+
+_WORD = re.compile(r"[a-z0-9]+(?:[.'][a-z0-9]+)*")
+_SENTENCE_START = re.compile(r"(?:\n\s*|[.!?][\"')\]]*\s+)(?=\S)")
+
+
+def terms(text: str) -> list[str]:
+    """Lower-cased word terms without stopwords, with a light suffix strip (plural 's')."""
+    out = []
+    for word in _WORD.findall(text.lower()):
+        if word in STOPWORDS:
+            continue
+        if len(word) > 4 and word.endswith("s") and not word.endswith("ss"):
+            word = word[:-1]
+        out.append(word)
+    return out
+
+
+def sentence_starts(text: str) -> list[int]:
+    """Character indices where a sentence or a line starts (index 0 included)."""
+    return [0] + [m.end() for m in _SENTENCE_START.finditer(text)]
+
+
+def split_passages(
+    offsets: Sequence[tuple[int, int]], text: str, size: int, *, slack: float = 0.3
+) -> list[tuple[int, int]]:
+    """Cut ``len(offsets)`` tokens into consecutive passages of at most ``size`` tokens.
+
+    offsets: per token, its (start, end) character span in ``text``. A passage ends at the last
+    sentence/line start within its final ``slack * size`` tokens when there is one, else at ``size``.
+    Returns half-open token spans covering every token exactly once.
+    """
+    if size <= 0:
+        raise ValueError(f"passage size must be positive, got {size}")
+    n = len(offsets)
+    if n == 0:
+        return []
+    starts = sentence_starts(text)
+    # good[i]: token i begins a sentence/line (its span reaches the sentence's first character).
+    good = [False] * n
+    j = 0
+    for i, (a, b) in enumerate(offsets):
+        while j < len(starts) and starts[j] < a:
+            j += 1
+        if j < len(starts) and a <= starts[j] < max(b, a + 1):
+            good[i] = True
+    spans = []
+    start = 0
+    min_len = max(1, int(size * (1 - slack)))
+    while start < n:
+        end = min(start + size, n)
+        if end < n:
+            for cut in range(end, start + min_len - 1, -1):
+                if good[cut]:
+                    end = cut
+                    break
+        spans.append((start, end))
+        start = end
+    return spans
+
+
+def bm25_scores(query: str, passages: Sequence[str], *, k1: float = 1.2, b: float = 0.75) -> list[float]:
+    """Okapi BM25 score of each passage for the query (IDF with the +1 smoothing of Lucene)."""
+    docs = [terms(p) for p in passages]
+    query_terms = list(dict.fromkeys(terms(query)))
+    if not docs or not query_terms:
+        return [0.0] * len(docs)
+    n_docs = len(docs)
+    avg_len = sum(len(d) for d in docs) / n_docs or 1.0
+    df = Counter()
+    for d in docs:
+        df.update(set(d))
+    idf = {t: math.log(1 + (n_docs - df[t] + 0.5) / (df[t] + 0.5)) for t in query_terms}
+    scores = []
+    for d in docs:
+        tf = Counter(d)
+        norm = k1 * (1 - b + b * len(d) / avg_len)
+        scores.append(sum(idf[t] * tf[t] * (k1 + 1) / (tf[t] + norm) for t in query_terms if tf[t]))
+    return scores
+
+
+def select_passages(
+    scores: Sequence[float], lengths: Sequence[int], budget: int, *, separator_len: int = 0
+) -> list[int]:
+    """Indices of the highest-scoring passages whose lengths fit ``budget``, in document order.
+
+    Passages are taken best first (ties: earlier first); one that does not fit is skipped and smaller
+    ones may still fill the rest. ``separator_len`` tokens are charged between passages that are not
+    adjacent in the document (the engine marks the gap).
+    """
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    chosen: list[int] = []
+    for i in order:
+        if (
+            lengths[i] + _gap_cost(sorted(chosen + [i]), separator_len) + sum(lengths[c] for c in chosen)
+            <= budget
+        ):
+            chosen.append(i)
+    return sorted(chosen)
+
+
+def _gap_cost(indices: Sequence[int], separator_len: int) -> int:
+    return separator_len * sum(1 for a, b in zip(indices, indices[1:]) if b != a + 1)
