@@ -1,0 +1,171 @@
+"""Which weights train: LoRA+ (the LongLoRA recipe), plain LoRA, full fine-tuning, or QLoRA.
+
+LongLoRA (paper Sec. 3.3, Table 2) finds plain LoRA on the attention projections too weak for long
+context: making the input embedding and every normalization layer trainable as well ("LoRA+") closes
+the gap to full fine-tuning (PG19 ppl at 32k: LoRA 11.44, +norm 10.49, +embed 8.29, +both 8.12, full 8.08).
+
+=========  ===========================================================================================
+method     trainable parameters
+=========  ===========================================================================================
+``lora+``  LoRA A/B on q,k,v,o (r=8, alpha=16, dropout 0) + ``embed_tokens`` + every normalization layer
+``lora``   LoRA A/B on q,k,v,o only
+``full``   every parameter
+``qlora``  ``lora+`` on top of a 4-bit NF4 base (bitsandbytes)
+=========  ===========================================================================================
+
+The embedding and norm layers go through peft's ``modules_to_save``, so one adapter folder holds
+everything (the original LongLoRA shipped them as a separate ``trainable_params.bin``). peft matches
+``modules_to_save`` by name suffix, so the norm names are collected from the model's module *classes*
+(``*Norm*``): ``input_layernorm``, ``post_attention_layernorm``, ``norm`` for Llama, plus ``q_norm`` /
+``k_norm`` where a model has them. With tied input/output embeddings (SmolLM2, small Llamas) peft's
+``ensure_weight_tying`` makes the LM head use the trained embedding copy, so logits stay consistent
+through training, saving and merging.
+"""
+
+from __future__ import annotations
+
+import torch
+
+METHODS = ("lora+", "lora", "full", "qlora")
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+EMBEDDING_NAME = "embed_tokens"
+
+
+def norm_module_names(model) -> list[str]:
+    """Leaf names of the model's normalization modules (classes whose name contains 'Norm')."""
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, mod in model.named_modules()
+        if name and "norm" in type(mod).__name__.lower()
+    }
+    return sorted(names)
+
+
+def has_tied_embeddings(model) -> bool:
+    """True when the output projection shares its weight with the input embedding."""
+    inp, out = model.get_input_embeddings(), model.get_output_embeddings()
+    return inp is not None and out is not None and out.weight is inp.weight
+
+
+def lora_config(model, method: str = "lora+", *, r: int = 8, alpha: int = 16, dropout: float = 0.0):
+    """The peft ``LoraConfig`` for ``method`` (``lora+``/``qlora`` add the embedding and norms)."""
+    from peft import LoraConfig
+
+    if method not in ("lora+", "lora", "qlora"):
+        raise ValueError(f"method {method!r} uses no LoRA adapter; choose one of lora+, lora, qlora")
+    if r <= 0:
+        raise ValueError(f"--lora-r must be a positive rank, got {r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"--lora-dropout must be in [0, 1), got {dropout}")
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [t for t in LORA_TARGETS if t not in present]
+    if missing:
+        raise ValueError(
+            f"{type(model).__name__} has no {', '.join(missing)} projections; LoRA targets q_proj, k_proj, "
+            "v_proj, o_proj as in Llama/Mistral/Qwen-style models"
+        )
+    modules_to_save = None
+    tie = False
+    if method in ("lora+", "qlora"):
+        modules_to_save = [EMBEDDING_NAME, *norm_module_names(model)]
+        tie = has_tied_embeddings(model)
+    return LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=list(LORA_TARGETS),
+        modules_to_save=modules_to_save,
+        ensure_weight_tying=tie,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+class DependencyError(RuntimeError):
+    """A package the chosen option needs is missing; the message says what to install."""
+
+
+def require_qlora_support() -> None:
+    """Raise a clear error when 4-bit loading cannot work here."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as err:  # ImportError, or a broken native library
+        raise DependencyError(
+            f"--method qlora needs bitsandbytes with 4-bit support ({type(err).__name__}: {err}). Install it with "
+            "`pip install 'bitsandbytes>=0.48'` (CUDA GPU, or a CPU build >= 0.48), or use --method lora+"
+        ) from None
+
+
+def prepare_model(
+    model,
+    method: str = "lora+",
+    *,
+    r: int = 8,
+    alpha: int = 16,
+    dropout: float = 0.0,
+    gradient_checkpointing: bool = True,
+):
+    """Wrap or unfreeze ``model`` for ``method``; return the model to train (a PeftModel for LoRA methods).
+
+    Trainable parameters are kept in float32 (the frozen base may be bf16 or 4-bit).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if method == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if method == "qlora":
+        if not getattr(model, "is_loaded_in_4bit", False):
+            raise ValueError("--method qlora needs a base model loaded in 4 bits (load_in_4bit=True)")
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    cfg = lora_config(model, method, r=r, alpha=alpha, dropout=dropout)
+    peft_model = get_peft_model(model, cfg)
+    upcast_trainable(peft_model)
+    return peft_model
+
+
+def make_adapter_trainable(peft_model):
+    """Make a loaded (inference-mode) adapter trainable again: its LoRA and ``modules_to_save`` weights."""
+    for cfg in peft_model.peft_config.values():
+        cfg.inference_mode = False
+    for name, p in peft_model.named_parameters():
+        p.requires_grad_(".lora_" in name or ".modules_to_save." in name)
+    upcast_trainable(peft_model)
+    return peft_model
+
+
+def upcast_trainable(model) -> None:
+    """Trainable weights in float32: AdamW updates of 2e-5 vanish in bf16."""
+    for p in model.parameters():
+        if p.requires_grad and p.dtype in (torch.float16, torch.bfloat16):
+            p.data = p.data.float()
+
+
+def trainable_parameters(model) -> dict[str, torch.nn.Parameter]:
+    """Trainable parameters by name, each tensor once (tied weights count once)."""
+    seen: set[int] = set()
+    out: dict[str, torch.nn.Parameter] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            out[name] = p
+    return out
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts, each tensor once."""
+    seen: set[int] = set()
+    trainable = total = 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        n = p.numel() * (2 if p.__class__.__name__ == "Params4bit" else 1)  # 4-bit packs 2 values a byte
+        total += n
+        trainable += n if p.requires_grad else 0
+    return trainable, total
