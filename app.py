@@ -73,6 +73,7 @@ class Turn:
     done: bool = False
     stopped: bool = False
     error: str = ""
+    waiting: bool = False  # queued behind another answer (one model serves every session)
 
 
 @dataclass
@@ -94,6 +95,19 @@ def _state(state: ChatState | None) -> ChatState:
     return state if state is not None else ChatState()
 
 
+def release_state(engine, state: ChatState | None) -> None:
+    """Stop the session's answer and free the engine's cached prompt for its document.
+
+    Called on a new upload, on New document, and by gradio when the browser session ends.
+    """
+    if state is None:
+        return
+    state.stop_event.set()
+    close = getattr(engine, "close_session", None)
+    if state.session is not None and close is not None:
+        close(state.session)
+
+
 # --------------------------------------------------------------------------------------------------
 # Pure helpers (no gradio events)
 # --------------------------------------------------------------------------------------------------
@@ -103,7 +117,10 @@ def status_markdown(engine) -> str:
     """The status line: loading / converting, ready, or the load error."""
     message = getattr(engine, "status_message", "") or ""
     if engine.state == "ready":
-        return f"**Model ready.** {message}".strip()
+        spec = getattr(engine, "model_spec", None)
+        name = "the bundled SmolLM2-135M-Instruct" if spec in (None, "default") else f"`{spec}`"
+        context = getattr(engine, "context_length", 0)
+        return f"**Model ready:** {name}" + (f", context {context:,} tokens." if context else ".")
     if engine.state == "error":
         return (
             f"**The model failed to load:** {message} "
@@ -150,6 +167,8 @@ def chat_messages(state: ChatState | None) -> list[dict[str, str]]:
 def display_answer(turn: Turn) -> str:
     """Answer text plus the notes a reader needs: stopped, error, pages used."""
     parts = [turn.answer]
+    if turn.waiting and not turn.answer:
+        parts.append("*Waiting for another answer to finish...*")
     if turn.stopped:
         parts.append("*(stopped)*")
     if turn.error:
@@ -239,8 +258,7 @@ def upload_document(engine, file_path: str | None, state: ChatState | None, stra
     """A file -> (document card markdown, new session state). A new upload starts a new conversation."""
     from data_tools import DocumentError, load_document
 
-    if state is not None:
-        state.stop_event.set()  # an answer still streaming about the old document stops
+    release_state(engine, state)  # an answer still streaming about the old document stops
     if not file_path:
         raise gr.Error("Choose a PDF, TXT or MD file to upload.", title="No file")
     try:
@@ -357,6 +375,7 @@ def _stream_turn(engine, state: ChatState, turn: Turn, strategy, max_new_tokens,
         )
         for update in updates:
             turn.answer = update.text
+            turn.waiting = bool(getattr(update, "queued", False))
             if update.done:
                 turn.stopped = bool(update.stopped)
                 turn.note = fit_note(update.fit)
@@ -425,10 +444,9 @@ def clear_chat(state: ChatState | None):
     return chat_messages(state), state
 
 
-def clear(state: ChatState | None):
+def clear(engine, state: ChatState | None):
     """New document: stop anything running and forget the document and the conversation."""
-    if state is not None:
-        state.stop_event.set()
+    release_state(engine, state)
     new = ChatState()
     return (
         None,
@@ -461,7 +479,7 @@ def build_demo(engine, *, max_new_tokens: int = 512, concurrency: int = DEFAULT_
     with gr.Blocks(
         title="LongLoRA: ask a long document", analytics_enabled=False, delete_cache=(600, 3600)
     ) as demo:
-        state = gr.State(None)
+        state = gr.State(None, delete_callback=partial(release_state, engine))
         gr.Markdown("## LongLoRA: ask questions about a long document")
         status = gr.Markdown(partial(status_markdown, engine), elem_id="status-line")
         timer = gr.Timer(1.0)
@@ -612,7 +630,7 @@ def build_demo(engine, *, max_new_tokens: int = 512, concurrency: int = DEFAULT_
 
         stop_btn.click(stop, [state], [chatbot], api_name="stop", cancels=[*streams, ask_api], **light)
         new_doc.click(
-            clear,
+            partial(clear, engine),
             [state],
             [upload, card, chatbot, question, material, state, *examples],
             api_name="clear",
@@ -623,7 +641,7 @@ def build_demo(engine, *, max_new_tokens: int = 512, concurrency: int = DEFAULT_
             clear_chat, [state], [chatbot, state], api_name="clear_chat", cancels=[*streams, ask_api], **light
         )
         upload.clear(
-            clear,
+            partial(clear, engine),
             [state],
             [upload, card, chatbot, question, material, state, *examples],
             api_name="clear_upload",

@@ -52,6 +52,7 @@ class FakeUpdate:
     done: bool
     fit: FakeFit
     stopped: bool = False
+    queued: bool = False
 
 
 @dataclass
@@ -106,17 +107,23 @@ class FakeEngine:
         delay=0.0,
     ):
         self.answer, self.state, self.context_length, self.delay = answer, state, context_length, delay
+        self.model_spec = "default"
         self.status_message = (
             "SmolLM2 (fake) on cpu" if state == "ready" else "Converting the bundled model..."
         )
         self.calls: list[dict] = []
         self.opened = 0
+        self.closed: list[FakeSession] = []
         self.fail_with: Exception | None = None
+        self.queued_first = False
 
     def open_document(self, document, material_type=None):
         self.opened += 1
         guess = "paper" if document.kind == "pdf" else "book"
         return FakeSession(self, document, material_type or guess)
+
+    def close_session(self, session):
+        self.closed.append(session)
 
     def ask(
         self,
@@ -153,6 +160,8 @@ class FakeEngine:
             [] if card.fits else [1, 2, 5],
         )
         text = ""
+        if self.queued_first:
+            yield FakeUpdate("", "", False, fit, queued=True)
         words = self.answer.split(" ")
         for i, word in enumerate(words):
             if self.fail_with is not None and i == 2:
@@ -225,11 +234,12 @@ def test_new_upload_starts_new_conversation(engine, txt_file):
     card, state = _upload(engine, PAPER)
     _ask_ui(engine, state, "What is zoo?")
     assert len(state.turns) == 1
-    old_stop = state.stop_event
+    old_stop, old_session = state.stop_event, state.session
     card2, state2 = _upload(engine, txt_file, state)
     assert "notes.txt" in card2 and state2 is not state
     assert state2.turns == [] and state2.material_type == "book"
     assert old_stop.is_set()  # an answer still streaming about the old document stops
+    assert engine.closed == [old_session]  # and the engine frees what it cached for it
 
 
 def test_upload_deletes_the_uploaded_copy_only(engine, tmp_path, monkeypatch):
@@ -338,7 +348,7 @@ def test_loading_model_shows_state_and_document_opens_when_ready(txt_file):
 
     engine.state, engine.status_message = "ready", "SmolLM2 on cpu"
     status, timer, card, state = app.poll_status(engine, state)
-    assert status.startswith("**Model ready.**") and timer.active is False
+    assert status.startswith("**Model ready:**") and timer.active is False
     assert "tokens:" in card and state.session is not None and state.session.material_type == "book"
     frames, state = _ask_ui(engine, state, "Who is Elizabeth?")
     assert frames[-1][-1]["content"].startswith("The zoo package")
@@ -466,6 +476,14 @@ def test_stop_stops_generation(engine):
     assert frames[-1][-1]["content"] == "Short answer."
 
 
+def test_waiting_for_another_answer_is_shown(engine):
+    engine.queued_first = True
+    _, state = _upload(engine, PAPER)
+    frames, _ = _ask_ui(engine, state, "What is zoo?")
+    assert frames[0][-1]["content"] == "*Waiting for another answer to finish...*"
+    assert frames[-1][-1]["content"] == engine.answer
+
+
 def test_busy_while_answer_pending(engine):
     _, state = _upload(engine, PAPER)
     app.start_turn(engine, "First?", state)
@@ -476,9 +494,10 @@ def test_busy_while_answer_pending(engine):
 def test_clear_forgets_document_and_conversation(engine):
     _, state = _upload(engine, PAPER)
     _ask_ui(engine, state, "What is zoo?")
-    file_value, card, chat, question, material, new, *buttons = app.clear(state)
+    file_value, card, chat, question, material, new, *buttons = app.clear(engine, state)
     assert file_value is None and card == app.EMPTY_CARD and chat == [] and question == ""
     assert new.document is None and new.turns == [] and state.stop_event.is_set()
+    assert engine.closed == [state.session]
     with pytest.raises(gr.Error, match="Upload"):
         app.start_turn(engine, "Still there?", new)
 
@@ -626,7 +645,7 @@ def test_client_session_upload_ask_follow_up_stop(served):
     assert len(job.outputs()[-1].split()) < 30
 
     status = client.predict(api_name="/status")
-    assert status[0].startswith("**Model ready.**")
+    assert status[0].startswith("**Model ready:** the bundled SmolLM2")
 
 
 def test_clear_chat_keeps_the_document(engine):
