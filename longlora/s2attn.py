@@ -114,11 +114,10 @@ def _document_layout(batch: int, seq_len: int, attention_mask, cu_seqlens, devic
 
 
 def _groups(doc, pos, group_size: int, offset: int):
-    """Contiguous groups of real tokens: (index (n_groups, L) into the flat tokens, valid (n_groups, L)).
+    """Contiguous groups of real tokens as (first flat token, length) pairs, each ``(n_groups,)``.
 
     Group id = (document, (pos + shift) // G) with shift = (G - offset) % G, so that with offset=G//2 the
-    groups are [0, G/2), [G/2, 3G/2), ... inside every document. Padded slots point at the group's first
-    token: they sit after every valid slot, so a causal query never sees them.
+    groups are [0, G/2), [G/2, 3G/2), ... inside every document.
     """
     real = doc >= 0
     shift = (group_size - offset) % group_size
@@ -132,11 +131,7 @@ def _groups(doc, pos, group_size: int, offset: int):
     # a group ends at the next group start or at the first padding token
     real_count = torch.cumsum(real.long(), 0)
     lengths = real_count[ends - 1] - torch.cat([real_count.new_zeros(1), real_count])[starts]
-    width = int(lengths.max().item())
-    slot = torch.arange(width, device=doc.device)
-    valid = slot[None, :] < lengths[:, None]  # (n_groups, L)
-    index = torch.where(valid, starts[:, None] + slot[None, :], starts[:, None])
-    return index, valid, starts, lengths
+    return starts, lengths
 
 
 # ----------------------------------------------------------------------------- attention on groups
@@ -150,31 +145,82 @@ def _flash_attn_varlen():
     return flash_attn_varlen_func
 
 
-def _attend_groups(q, k, v, index, valid, starts, lengths, scaling, dropout, use_flash):
-    """q (N, h, D), k/v (N, hk, D) flat tokens -> (N, h, D) output, zeros outside the groups."""
-    out = q.new_zeros(q.shape)
-    sel = index[valid]  # (n_tokens,) flat token ids in group order
+def _plan(starts, lengths):
+    """Split groups into contiguous runs of equal-length groups (served by a free view) and leftovers.
+
+    Returns ``(runs, rest)``: runs are ``(first_token, n_groups, length)`` tuples with at least two groups;
+    ``rest`` indexes the remaining groups (short half-groups, document tails), which are gathered into one
+    right-padded batch.
+    """
+    s, ln = starts.tolist(), lengths.tolist()
+    runs, rest, i = [], [], 0
+    while i < len(s):
+        j = i + 1
+        while j < len(s) and ln[j] == ln[i] and s[j] == s[j - 1] + ln[i]:
+            j += 1
+        if j - i >= 2:
+            runs.append((s[i], j - i, ln[i]))
+        else:
+            rest.append(i)
+        i = j
+    return runs, rest
+
+
+def _sdpa(q, k, v, scaling, dropout):
+    """Causal SDPA over a batch of groups: q (n, h, L, D), k/v (n, hk, L, D)."""
+    return F.scaled_dot_product_attention(
+        q, k, v, dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=k.shape[1] != q.shape[1]
+    )
+
+
+def _attend_groups(out, heads, q, k, v, starts, lengths, plan, scaling, dropout, use_flash):
+    """Write into ``out[:, heads]`` (N, h, D) the grouped causal attention of q (N, h, D) over k/v (N, hk, D)."""
     if use_flash:
         flash = _flash_attn_varlen()
+        slot = torch.arange(int(lengths.max().item()), device=q.device)
+        valid = slot[None, :] < lengths[:, None]
+        sel = (starts[:, None] + slot[None, :])[valid]  # flat token ids in group order
         cu = F.pad(torch.cumsum(lengths, 0), (1, 0)).to(torch.int32)
         max_len = int(lengths.max().item())
         o = flash(q[sel], k[sel], v[sel], cu, cu, max_len, max_len, dropout_p=dropout, softmax_scale=scaling, causal=True)
-        return out.index_put((sel,), o)
-    qg = q[index].transpose(1, 2)  # (n_groups, h, L, D)
-    kg = k[index].transpose(1, 2)  # (n_groups, hk, L, D)
-    vg = v[index].transpose(1, 2)
-    og = F.scaled_dot_product_attention(
-        qg, kg, vg, dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=kg.shape[1] != qg.shape[1]
-    )  # (n_groups, h, L, D)
-    return out.index_put((sel,), og.transpose(1, 2)[valid])
+        out[sel, heads] = o
+        return
+    runs, rest = plan
+    for first, n_groups, length in runs:
+        span = slice(first, first + n_groups * length)
+
+        def groups(x, n_groups=n_groups, length=length, span=span):  # (n*L, h, D) -> (n, h, L, D), a view
+            return x[span].view(n_groups, length, x.shape[1], x.shape[2]).transpose(1, 2)
+
+        o = _sdpa(groups(q), groups(k), groups(v), scaling, dropout)  # (n, h, L, D)
+        out[span, heads] = o.transpose(1, 2).reshape(n_groups * length, q.shape[1], q.shape[2])
+    if rest:
+        rest = torch.tensor(rest, device=q.device)
+        r_starts, r_lengths = starts[rest], lengths[rest]
+        slot = torch.arange(int(r_lengths.max().item()), device=q.device)
+        valid = slot[None, :] < r_lengths[:, None]  # (n_rest, L)
+        # padded slots repeat the group's first token; they sit after every valid slot, so a causal query
+        # never attends to them
+        index = torch.where(valid, r_starts[:, None] + slot[None, :], r_starts[:, None])
+        og = _sdpa(q[index].transpose(1, 2), k[index].transpose(1, 2), v[index].transpose(1, 2), scaling, dropout)
+        out[index[valid], heads] = og.transpose(1, 2)[valid]
 
 
-def _kv_for_heads(k, head_lo: int, head_hi: int, n_rep: int):
-    """kv heads serving query heads [head_lo, head_hi): a slice when the range is kv-aligned, else repeated."""
-    if head_lo % n_rep == 0 and head_hi % n_rep == 0:
-        return k[:, head_lo // n_rep : head_hi // n_rep]
-    kv_of_head = torch.arange(head_lo, head_hi, device=k.device) // n_rep
-    return k[:, kv_of_head]
+def _head_blocks(head_lo: int, head_hi: int, n_rep: int):
+    """Split query heads [head_lo, head_hi) into blocks that each map onto a contiguous kv-head slice with
+    a uniform ratio, so SDPA's GQA handles them without repeating kv (e.g. 9 q / 3 kv heads, heads [0, 4)
+    -> [0, 3) on kv [0, 1) and [3, 4) on kv [1, 2))."""
+    blocks, h = [], head_lo
+    while h < head_hi:
+        kv = h // n_rep
+        if h % n_rep == 0 and head_hi >= h + n_rep:
+            end = h + (head_hi - h) // n_rep * n_rep  # whole kv groups: ratio n_rep
+            blocks.append((h, end, kv, end // n_rep))
+        else:
+            end = min(head_hi, (kv + 1) * n_rep)  # part of one kv group: all on one kv head
+            blocks.append((h, end, kv, kv + 1))
+        h = end
+    return blocks
 
 
 def s2_attention(
@@ -247,24 +293,14 @@ def s2_attention(
     halves = [(0, split, 0)]
     if split < heads:
         halves.append((split, heads, group_size // 2))
-    outs = []
+    out = q.new_zeros(n, heads, dim)  # (B*T, H, D); padding tokens stay zero
     for lo, hi, offset in halves:
-        index, valid, starts, lengths = _groups(doc, pos, group_size, offset)
-        outs.append(
+        starts, lengths = _groups(doc, pos, group_size, offset)
+        plan = None if use_flash else _plan(starts, lengths)
+        for h0, h1, kv0, kv1 in _head_blocks(lo, hi, n_rep):
             _attend_groups(
-                q[:, lo:hi],
-                _kv_for_heads(k, lo, hi, n_rep),
-                _kv_for_heads(v, lo, hi, n_rep),
-                index,
-                valid,
-                starts,
-                lengths,
-                scaling,
-                dropout,
-                use_flash,
+                out, slice(h0, h1), q[:, h0:h1], k[:, kv0:kv1], v[:, kv0:kv1], starts, lengths, plan, scaling, dropout, use_flash
             )
-        )
-    out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]  # (B*T, H, D)
     return out.reshape(batch, seq_len, heads, dim).transpose(1, 2)
 
 

@@ -80,8 +80,8 @@ def test_group_ranges_follow_the_definition():
     # G=8 over T=21: unshifted [0,8) [8,16) [16,21); shifted [0,4) [4,12) [12,20) [20,21)
     doc, pos = _document_layout(1, 21, None, None, "cpu")
     for offset, shifted in ((0, False), (4, True)):
-        index, valid, starts, lengths = _groups(doc, pos, 8, offset)
-        got = [list(index[i][valid[i]].tolist()) for i in range(len(starts))]
+        starts, lengths = _groups(doc, pos, 8, offset)
+        got = [list(range(s, s + n)) for s, n in zip(starts.tolist(), lengths.tolist())]
         assert got == [list(r) for r in s2_groups_ref(21, 8, shifted)]
 
 

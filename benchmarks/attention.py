@@ -1,0 +1,149 @@
+"""S2-Attn vs full causal SDPA vs the paper's naive Algorithm 1: forward+backward time and peak memory.
+
+Every case runs in its own subprocess (so peak memory is that case's high-water mark) and the ratios
+are computed from numbers measured in this one run. Head shape defaults to the bundled model's
+(9 query heads, 3 kv heads, head dim 64); G = T/4 as in the paper.
+
+Usage (CPU):
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/attention.py                  # T = 4k, 8k, 16k; fp32 and bf16
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/attention.py --seq-lens 4096 --dtypes bf16 --repeats 3
+    python benchmarks/attention.py --device cuda                            # on a GPU (flash-attn if installed)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+IMPLS = ("s2", "full", "naive")
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def run_one(impl: str, seq_len: int, dtype_name: str, device: str, repeats: int, heads: int, kv_heads: int, dim: int):
+    """Time forward+backward of one implementation; returns seconds (best of repeats) and peak MB."""
+    import torch
+    import torch.nn.functional as F
+
+    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "tests"))
+    from reference import naive_roll_s2
+
+    from longlora.s2attn import s2_attention
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    group = seq_len // 4
+    g = torch.Generator().manual_seed(0)
+
+    def make(h):  # (B, T, H, D) projections viewed as (B, H, T, D), the layout attention layers pass
+        return torch.randn(1, seq_len, h, dim, generator=g).to(device=device, dtype=dtype).requires_grad_(True)
+
+    q_, k_, v_ = make(heads), make(kv_heads), make(kv_heads)
+    grad = torch.randn(1, heads, seq_len, dim, generator=g).to(device=device, dtype=dtype)
+
+    def step():
+        q, k, v = q_.transpose(1, 2), k_.transpose(1, 2), v_.transpose(1, 2)
+        if impl == "s2":
+            out = s2_attention(q, k, v, group)
+        elif impl == "full":
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        else:
+            out = naive_roll_s2(q, k, v, group)
+        out.backward(grad)
+        q_.grad = k_.grad = v_.grad = None
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        step_small = torch.ones(8, device=device) * 2  # touch the allocator before the baseline
+        del step_small
+        base = _peak_rss_mb()
+    times = []
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+    if device == "cuda":
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    else:
+        peak = _peak_rss_mb() - base
+    return {"impl": impl, "seq_len": seq_len, "dtype": dtype_name, "seconds": min(times), "peak_mb": peak}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seq-lens", type=int, nargs="+", default=[4096, 8192, 16384], help="sequence lengths T")
+    p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"], help="precisions")
+    p.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS, help="implementations to run")
+    p.add_argument("--repeats", type=int, default=2, help="timed repeats per case (best is kept)")
+    p.add_argument("--heads", type=int, default=9, help="query heads")
+    p.add_argument("--kv-heads", type=int, default=3, help="key/value heads")
+    p.add_argument("--head-dim", type=int, default=64, help="head dimension")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--output", type=Path, help="write all measurements as JSON here")
+    p.add_argument("--one", nargs=3, metavar=("IMPL", "T", "DTYPE"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.one:
+        impl, seq_len, dtype = args.one
+        res = run_one(impl, int(seq_len), dtype, args.device, args.repeats, args.heads, args.kv_heads, args.head_dim)
+        print(json.dumps(res))
+        return
+
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    results = []
+    print(f"H={args.heads} H_kv={args.kv_heads} D={args.head_dim} G=T/4 device={args.device} "
+          f"(forward+backward, best of {args.repeats})", flush=True)
+    header = f"{'dtype':>5} {'T':>6} {'impl':>6} {'seconds':>9} {'peak MB':>9}"
+    print(header)
+    for dtype in args.dtypes:
+        for seq_len in args.seq_lens:
+            for impl in args.impls:
+                cmd = [sys.executable, __file__, "--one", impl, str(seq_len), dtype, "--repeats", str(args.repeats),
+                       "--heads", str(args.heads), "--kv-heads", str(args.kv_heads), "--head-dim", str(args.head_dim),
+                       "--device", args.device]
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                if proc.returncode != 0:
+                    print(f"{dtype:>5} {seq_len:>6} {impl:>6}   failed: {proc.stderr.strip().splitlines()[-1:]}")
+                    continue
+                res = json.loads(proc.stdout.strip().splitlines()[-1])
+                results.append(res)
+                print(f"{dtype:>5} {seq_len:>6} {impl:>6} {res['seconds']:9.3f} {res['peak_mb']:9.0f}", flush=True)
+
+    print("\nratios (measured in this run):")
+    print(f"{'dtype':>5} {'T':>6} {'full/s2 time':>13} {'naive/s2 time':>14} {'full/s2 mem':>12} {'naive/s2 mem':>13}")
+    by = {(r["dtype"], r["seq_len"], r["impl"]): r for r in results}
+    for dtype in args.dtypes:
+        for seq_len in args.seq_lens:
+            s2 = by.get((dtype, seq_len, "s2"))
+            if not s2:
+                continue
+
+            def ratio(impl, field, s2=s2, dtype=dtype, seq_len=seq_len):
+                other = by.get((dtype, seq_len, impl))
+                return f"{other[field] / max(s2[field], 1e-9):.2f}x" if other else "-"
+
+            print(f"{dtype:>5} {seq_len:>6} {ratio('full', 'seconds'):>13} {ratio('naive', 'seconds'):>14} "
+                  f"{ratio('full', 'peak_mb'):>12} {ratio('naive', 'peak_mb'):>13}")
+    if args.output:
+        args.output.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
