@@ -2,6 +2,7 @@
 
     >>> records = read_records("LongAlpaca-12k.json")             # [{"instruction": ..., "output": ...}]
     >>> write_records("out.jsonl", records)                       # format from the suffix, atomic
+    >>> for line, record in iter_records("qa.jsonl", required=("doc", "answer")): ...
 
 A malformed line or record raises ``RecordError`` naming the file and the line number.
 """
@@ -66,32 +67,41 @@ def _json_list_line_numbers(text: str) -> list[int]:
         _, i = decoder.raw_decode(text, i)
 
 
+def iter_records(
+    path: str | os.PathLike, required: Sequence[str] = ("instruction", "output")
+) -> Iterator[tuple[int, dict]]:
+    """(line number, record) for each record of a JSON list or JSONL file (see ``read_records``)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise RecordError(f"{path}: no such file; check the path")
+    with open(path, encoding="utf-8-sig") as f:
+        head = f.read(4096)
+    if not head.lstrip().startswith("["):
+        yield from iter_jsonl(path, required)
+        return
+    with open(path, encoding="utf-8-sig") as f:
+        text = f.read()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RecordError(
+            f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno}); fix the file"
+        ) from None
+    try:
+        lines = _json_list_line_numbers(text)
+    except (ValueError, json.JSONDecodeError):
+        lines = [0] * len(data)
+    for i, (record, lineno) in enumerate(zip(data, lines)):
+        yield lineno, _check(record, required, f"{path}:{lineno} (record {i + 1})")
+
+
 def read_records(path: str | os.PathLike, required: Sequence[str] = ("instruction", "output")) -> list[dict]:
     """Read a JSON list or a JSONL file of records, each an object with the ``required`` string fields.
 
     The format is detected from the content (a file starting with '[' is a JSON list). Raises
     ``RecordError`` with ``file:line`` for a malformed line or record.
     """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise RecordError(f"{path}: no such file; check the path")
-    with open(path, encoding="utf-8-sig") as f:
-        text = f.read()
-    if text.lstrip().startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise RecordError(
-                f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno}); fix the file"
-            ) from None
-        try:
-            lines = _json_list_line_numbers(text)
-        except (ValueError, json.JSONDecodeError):
-            lines = [0] * len(data)
-        return [
-            _check(r, required, f"{path}:{ln} (record {i + 1})") for i, (r, ln) in enumerate(zip(data, lines))
-        ]
-    return [record for _, record in iter_jsonl(path, required)]
+    return [record for _, record in iter_records(path, required)]
 
 
 def write_records(path: str | os.PathLike, records: Iterable[dict], fmt: str | None = None) -> str:
