@@ -250,8 +250,6 @@ def _deepspeed_plugin(cfg: FinetuneConfig, dtype: torch.dtype):
     except json.JSONDecodeError as err:
         raise ValueError(f"--deepspeed {path}: not valid JSON ({err})") from None
     if importlib.util.find_spec("deepspeed") is None:
-        from longlora.lora import DependencyError
-
         raise DependencyError(
             "--deepspeed needs the deepspeed package, which is not installed: `pip install deepspeed` "
             "(listed in requirements-gpu.txt; it needs a CUDA toolchain), or drop --deepspeed to train with DDP"
@@ -297,7 +295,13 @@ def train(cfg: FinetuneConfig) -> dict:
     from tqdm.auto import tqdm
 
     from longlora import data as D
-    from longlora.lora import count_parameters, make_adapter_trainable, prepare_model, require_qlora_support
+    from longlora.lora import (
+        count_parameters,
+        enable_checkpointing,
+        make_adapter_trainable,
+        prepare_model,
+        require_qlora_support,
+    )
     from longlora.models import load_model
     from longlora.position import current_context_length, original_context_length, pi_factor
     from longlora.s2attn import enable_s2_attention
@@ -353,7 +357,7 @@ def train(cfg: FinetuneConfig) -> dict:
         )
     if cfg.adapter:
         if cfg.gradient_checkpointing:
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_checkpointing(base)
         model = make_adapter_trainable(model)
     else:
         model = prepare_model(

@@ -112,7 +112,7 @@ def prepare_model(
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
     if method == "full":
         for p in model.parameters():
             p.requires_grad_(True)
@@ -127,6 +127,15 @@ def prepare_model(
     peft_model = get_peft_model(model, cfg)
     upcast_trainable(peft_model)
     return peft_model
+
+
+def enable_checkpointing(model) -> None:
+    """Recompute activations in the backward pass (non-reentrant: works with frozen embeddings)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def make_adapter_trainable(peft_model):

@@ -1,0 +1,171 @@
+"""Trainable sets of each method (names and counts), tied embeddings, and frozen weights staying frozen."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from conftest import tiny_model
+
+from longlora.lora import (
+    count_parameters,
+    has_tied_embeddings,
+    lora_config,
+    norm_module_names,
+    prepare_model,
+    trainable_parameters,
+)
+
+HIDDEN, KV, R, VOCAB, LAYERS = 48, 16, 8, 128, 2  # tiny_config: 6 heads x 8, 2 kv heads x 8
+
+
+def lora_count(r=R, hidden=HIDDEN, kv=KV, layers=LAYERS):
+    # A: r x in, B: out x r; q,o are hidden->hidden, k,v hidden->kv
+    per_layer = r * (hidden + hidden) * 2 + r * (hidden + kv) * 2
+    return per_layer * layers
+
+
+def short_names(model) -> set[str]:
+    """Trainable names without the peft prefix and adapter name, e.g. 'layers.0.self_attn.q_proj.lora_A'."""
+    out = set()
+    for name in trainable_parameters(model):
+        name = name.removeprefix("base_model.model.").removeprefix("model.")
+        name = re.sub(r"\.default(\.weight)?$", "", name).replace(".modules_to_save", "")
+        out.add(name.removesuffix(".weight"))
+    return out
+
+
+def expected_lora_names(layers=LAYERS):
+    return {
+        f"layers.{i}.self_attn.{p}.{ab}"
+        for i in range(layers)
+        for p in ("q_proj", "k_proj", "v_proj", "o_proj")
+        for ab in ("lora_A", "lora_B")
+    }
+
+
+def expected_embed_norm_names(layers=LAYERS):
+    norms = {
+        f"layers.{i}.{n}" for i in range(layers) for n in ("input_layernorm", "post_attention_layernorm")
+    }
+    return {"embed_tokens", "norm", *norms}
+
+
+def test_norm_names_come_from_module_classes():
+    assert norm_module_names(tiny_model("llama")) == ["input_layernorm", "norm", "post_attention_layernorm"]
+
+
+def test_lora_plus_trains_exactly_lora_embedding_and_norms():
+    model = prepare_model(tiny_model("llama"), "lora+", gradient_checkpointing=False)
+    assert short_names(model) == expected_lora_names() | expected_embed_norm_names()
+    trainable, total = count_parameters(model)
+    norms = (2 * LAYERS + 1) * HIDDEN
+    assert trainable == lora_count() + VOCAB * HIDDEN + norms
+    assert all(p.dtype == torch.float32 for p in trainable_parameters(model).values())
+    assert total > trainable
+
+
+def test_plain_lora_trains_only_lora():
+    model = prepare_model(tiny_model("llama"), "lora", gradient_checkpointing=False)
+    assert short_names(model) == expected_lora_names()
+    assert count_parameters(model)[0] == lora_count()
+
+
+def test_full_trains_everything():
+    model = prepare_model(tiny_model("llama"), "full", gradient_checkpointing=False)
+    trainable, total = count_parameters(model)
+    assert trainable == total == sum(p.numel() for p in tiny_model("llama").parameters())
+
+
+def test_untied_model_trains_embedding_but_not_lm_head():
+    model = prepare_model(tiny_model("mistral"), "lora+", gradient_checkpointing=False)
+    names = short_names(model)
+    assert names == expected_lora_names() | expected_embed_norm_names()
+    assert not any("lm_head" in n for n in names)
+
+
+def test_qwen2_biases_stay_frozen():
+    model = prepare_model(tiny_model("qwen2"), "lora+", gradient_checkpointing=False)
+    assert not any("bias" in n for n in short_names(model))
+    assert count_parameters(model)[0] == lora_count() + VOCAB * HIDDEN + (2 * LAYERS + 1) * HIDDEN
+
+
+def test_rank_and_alpha_reach_peft():
+    cfg = lora_config(tiny_model("llama"), "lora+", r=4, alpha=32, dropout=0.1)
+    assert (cfg.r, cfg.lora_alpha, cfg.lora_dropout) == (4, 32, 0.1)
+    assert set(cfg.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj"}
+    assert cfg.ensure_weight_tying is True
+    model = prepare_model(tiny_model("llama"), "lora", r=4, gradient_checkpointing=False)
+    assert count_parameters(model)[0] == lora_count(r=4)
+
+
+def test_tied_lm_head_uses_the_trained_embedding():
+    base = tiny_model("llama")
+    assert has_tied_embeddings(base)
+    model = prepare_model(base, "lora+", gradient_checkpointing=False).eval()
+    emb = model.get_input_embeddings()
+    trained = emb.modules_to_save["default"].weight
+    head = model.base_model.model.lm_head
+    assert head.modules_to_save["default"].weight is trained
+    with torch.no_grad():
+        trained.add_(torch.randn_like(trained))
+        ids = torch.randint(3, VOCAB, (1, 12))
+        hidden = model.base_model.model.model(ids).last_hidden_state
+        torch.testing.assert_close(model(ids).logits, hidden @ trained.T)
+
+
+def test_a_few_steps_lower_the_loss_and_leave_frozen_weights_alone():
+    torch.manual_seed(0)
+    model = prepare_model(tiny_model("llama"), "lora+", gradient_checkpointing=True)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    trained0 = {n: p.detach().clone() for n, p in trainable_parameters(model).items()}
+    opt = torch.optim.AdamW(trainable_parameters(model).values(), lr=1e-2, betas=(0.9, 0.95))
+    ids = torch.randint(3, VOCAB, (2, 40))
+    model.train()
+    losses = []
+    for _ in range(6):
+        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.1, losses
+    for n, p in model.named_parameters():
+        if n in frozen:
+            assert torch.equal(p, frozen[n]), f"frozen {n} changed"
+    assert all(
+        not torch.equal(p, trained0[n]) for n, p in trainable_parameters(model).items() if "lora_A" not in n
+    )
+
+
+def test_qlora_trains_lora_plus_on_a_4bit_base(tmp_path):
+    pytest.importorskip("bitsandbytes")
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    tiny_model("llama", hidden_size=64, num_attention_heads=8, intermediate_size=128).save_pretrained(
+        tmp_path
+    )
+    q = AutoModelForCausalLM.from_pretrained(
+        tmp_path,
+        quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float32),
+        device_map={"": "cpu"},
+    )
+    model = prepare_model(q, "qlora", gradient_checkpointing=False)
+    assert short_names(model) == expected_lora_names() | expected_embed_norm_names()
+    assert count_parameters(model)[0] == lora_count(hidden=64) + VOCAB * 64 + (2 * LAYERS + 1) * 64
+    ids = torch.randint(3, VOCAB, (1, 16))
+    model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+    grads = {n: p.grad for n, p in trainable_parameters(model).items()}
+    assert all(g is not None for n, g in grads.items() if "lora_A" not in n)
+
+
+def test_bad_method_and_missing_targets():
+    with pytest.raises(ValueError, match="unknown method 'adapter'"):
+        prepare_model(tiny_model("llama"), "adapter")
+    with pytest.raises(ValueError, match="needs a base model loaded in 4 bits"):
+        prepare_model(tiny_model("llama"), "qlora", gradient_checkpointing=False)
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    with pytest.raises(ValueError, match="has no q_proj"):
+        lora_config(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50)), "lora")
