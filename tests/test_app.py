@@ -615,7 +615,8 @@ def test_client_session_upload_ask_follow_up_stop(served):
     client = Client(url, verbose=False)
     card = client.predict(handle_file(str(PAPER)), api_name="/upload")
     assert isinstance(card, str) and "zoo-faq.pdf" in card and "pages: 15" in card
-    assert not any(p.is_file() for p in upload_root.rglob("*.pdf"))  # the upload was not kept
+    assert upload_root.is_dir()  # gradio received the upload there...
+    assert not any(p.is_file() for p in upload_root.rglob("*.pdf"))  # ...and it was not kept
 
     job = client.submit("What is zoo?", api_name="/ask")
     answer = job.result(timeout=60)
