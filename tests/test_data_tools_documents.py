@@ -308,3 +308,29 @@ def test_extract_single_file_to_named_txt_and_stdout(tmp_path, text_pdf, capsys)
     assert extract_main([text_pdf, "-o", "-"]) == 0
     assert capsys.readouterr().out.startswith("A Small Test Paper\n")
     assert extract_main([str(tmp_path / "nope.pdf"), "-o", str(tmp_path)]) == 2
+
+
+# --------------------------------------------------------------------------------------------- package
+
+
+def test_data_tools_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, data_tools, data_tools.extract, data_tools.longalpaca, data_tools.tokenize_corpus, "
+        "data_tools.tokenfile, data_tools.records, data_tools.tokenizer, data_tools.__main__; "
+        "print('torch' in sys.modules, 'transformers' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_command_dispatch(capsys):
+    from data_tools.__main__ import main
+
+    assert main(["--help"]) == 0 and "build-longalpaca" in capsys.readouterr().out
+    assert main(["frobnicate"]) == 2 and "unknown command 'frobnicate'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["extract", "--help"])
+    assert exit_info.value.code == 0 and "--drop-references" in capsys.readouterr().out
