@@ -1,0 +1,232 @@
+"""Plumbing shared by the evaluation commands: length parsing, model loading, context checks, JSON.
+
+Kept free of any metric: ``perplexity.py`` and ``passkey.py`` hold the measurements, this module
+only turns flags into a loaded model and writes results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ATTENTION_CHOICES = ("sdpa", "eager", "flash", "s2")
+_ATTN_IMPLEMENTATION = {"sdpa": "sdpa", "eager": "eager", "flash": "flash_attention_2", "s2": "sdpa"}
+
+
+def parse_length(text: str) -> int:
+    """``"4096"`` -> 4096, ``"4k"`` -> 4096, ``"1.5k"`` -> 1536 (k = 1024 tokens)."""
+    raw = str(text).strip().lower()
+    try:
+        if raw.endswith("k"):
+            value = float(raw[:-1]) * 1024
+            if value != int(value):
+                raise ValueError
+            value = int(value)
+        else:
+            value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"cannot read {text!r} as a token length; write a whole number such as 4096 or 4k"
+        ) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"token length must be positive, got {text!r}")
+    return value
+
+
+def parse_lengths(values: list[str]) -> list[int]:
+    """Expand ``["1k", "2k:8k:2k"]`` to ``[1024, 2048, 4096, 6144, 8192]`` (ranges include the end).
+
+    Order is kept and duplicates are dropped.
+    """
+    out: list[int] = []
+    for value in values:
+        parts = str(value).split(":")
+        if len(parts) == 1:
+            items = [parse_length(parts[0])]
+        elif len(parts) == 3:
+            start, stop, step = (parse_length(p) for p in parts)
+            if stop < start:
+                raise argparse.ArgumentTypeError(f"range {value!r} ends before it starts; write START:STOP:STEP")
+            items = list(range(start, stop + 1, step))
+        else:
+            raise argparse.ArgumentTypeError(
+                f"cannot read {value!r}: give a length (4096, 4k) or a range START:STOP:STEP (1k:8k:1k)"
+            )
+        out.extend(i for i in items if i not in out)
+    return out
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by every eval command for choosing and loading the model."""
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--model",
+        default="default",
+        help="'default' (bundled SmolLM2-135M-Instruct), a local model/merged/adapter dir, or a hub id",
+    )
+    group.add_argument("--adapter", default=None, help="LoRA/LoRA+ adapter dir applied on top of --model")
+    group.add_argument(
+        "--context-length",
+        type=parse_length,
+        default=None,
+        help="apply Position Interpolation at load so the model addresses this many tokens "
+        "(measures a model extended without fine-tuning)",
+    )
+    group.add_argument(
+        "--rope-type",
+        default="linear",
+        choices=("linear", "yarn", "dynamic"),
+        help="RoPE scaling used with --context-length (default: linear, as in the paper)",
+    )
+    group.add_argument(
+        "--torch-dtype",
+        default="auto",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        help="weight/activation dtype (auto: bf16 on GPU, the model's or fp32 on CPU)",
+    )
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    group.add_argument("--load-in-4bit", action="store_true", help="load the base model in 4-bit (bitsandbytes)")
+    group.add_argument(
+        "--attention",
+        default="sdpa",
+        choices=ATTENTION_CHOICES,
+        help="sdpa (default), eager, flash (flash-attn 2, CUDA only), or s2: the paper's "
+        "'test with S2-Attn' ablation (shifted sparse attention kept on at evaluation)",
+    )
+    group.add_argument(
+        "--s2-group-size-ratio",
+        type=float,
+        default=0.25,
+        help="with --attention s2: group size as a fraction of the sequence (paper: 1/4)",
+    )
+    group.add_argument("--label", default=None, help="name of this run in tables and plots (default: the model)")
+
+
+def load_eval_model(args: argparse.Namespace):
+    """Load ``(model, tokenizer)`` from the model flags, in eval mode, with the chosen attention."""
+    import torch
+
+    from longlora.models import load_model
+
+    if args.attention == "flash":
+        wants_cuda = args.device == "auto" or str(args.device).startswith("cuda")
+        if not (wants_cuda and torch.cuda.is_available()):
+            raise ValueError(
+                "--attention flash needs a CUDA GPU with flash-attn installed; use --attention sdpa on CPU"
+            )
+    model, tokenizer = load_model(
+        args.model,
+        adapter=args.adapter,
+        dtype=args.torch_dtype,
+        device=args.device,
+        context_length=args.context_length,
+        rope_type=args.rope_type,
+        load_in_4bit=args.load_in_4bit,
+        attn_implementation=_ATTN_IMPLEMENTATION[args.attention],
+    )
+    if args.attention == "s2":
+        from longlora.s2attn import enable_s2_attention
+
+        if not 0 < args.s2_group_size_ratio <= 1:
+            raise ValueError(f"--s2-group-size-ratio must be in (0, 1], got {args.s2_group_size_ratio}")
+        enable_s2_attention(model, group_size_ratio=args.s2_group_size_ratio, in_eval=True)
+    model.eval()
+    return model, tokenizer
+
+
+def max_positions(config) -> int | None:
+    """How many positions the model addresses (after any PI applied at load)."""
+    value = getattr(config, "max_position_embeddings", None)
+    if value is None and hasattr(config, "get_text_config"):
+        value = getattr(config.get_text_config(), "max_position_embeddings", None)
+    return int(value) if value else None
+
+
+def check_addressable(config, length: int, *, what: str, context_length: int | None = None) -> None:
+    """Raise if ``length`` positions exceed what the model addresses, and say how to extend it."""
+    limit = max_positions(config)
+    if limit is None or length <= limit:
+        return
+    suggested = 1 << math.ceil(math.log2(length))
+    if context_length:
+        fix = f"raise --context-length to at least {length} (e.g. --context-length {suggested})"
+    else:
+        fix = (
+            f"add --context-length {suggested} to extend it with Position Interpolation "
+            f"(linear factor {math.ceil(suggested / limit)}), or lower {what}"
+        )
+    raise ValueError(
+        f"{what} {length} is above the {limit} positions this model can address"
+        f"{' after Position Interpolation' if context_length else ' without Position Interpolation'}; {fix}"
+    )
+
+
+def model_label(args: argparse.Namespace) -> str:
+    if args.label:
+        return args.label
+    name = Path(str(args.model)).name or str(args.model)
+    if args.adapter:
+        name += f"+{Path(str(args.adapter)).name}"
+    if args.context_length:
+        name += f" (PI {args.context_length})"
+    if args.attention == "s2":
+        name += " [S2]"
+    return name
+
+
+def model_config_record(args: argparse.Namespace, model) -> dict[str, Any]:
+    """The model part of a result file's ``config``: enough to rerun and to label plots."""
+    import torch
+    import transformers
+
+    config = model.config
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None)
+    return {
+        "label": model_label(args),
+        "model": str(args.model),
+        "adapter": None if args.adapter is None else str(args.adapter),
+        "context_length": args.context_length,
+        "rope_type": args.rope_type if args.context_length else None,
+        "rope_parameters": _jsonable(rope),
+        "max_position_embeddings": max_positions(config),
+        "attention": args.attention,
+        "s2_group_size_ratio": args.s2_group_size_ratio if args.attention == "s2" else None,
+        "torch_dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "device": str(next(model.parameters()).device),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cpu_threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+    }
+
+
+def _jsonable(value):
+    try:
+        json.dumps(value)
+        return value
+    except TypeError:
+        if isinstance(value, dict):
+            return {str(k): _jsonable(v) for k, v in value.items()}
+        return repr(value)
+
+
+def write_json(path: str | os.PathLike, payload: dict) -> Path:
+    """Write ``payload`` as JSON atomically (temp file in the same dir, then ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(payload, fh, indent=2)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
