@@ -129,10 +129,15 @@ def status_markdown(engine) -> str:
     return f"**Loading the model...** {message or 'Please wait.'}"
 
 
+def _user_error(message: str, title: str) -> gr.Error:
+    """A visible message about the user's input (no server-side traceback: nothing is broken)."""
+    return gr.Error(message, title=title, print_exception=False)
+
+
 def _require_model(engine) -> None:
     """Raise a visible error instead of blocking while the model loads or after it failed to."""
     if engine.state == "loading":
-        raise gr.Error(
+        raise _user_error(
             f"The model is still loading ({engine.status_message or 'please wait'}). "
             "Try again when the status line says the model is ready.",
             title="Model not ready",
@@ -244,7 +249,7 @@ def _open_session(engine, state: ChatState, strategy: str, material_type: str | 
         state.material_type = state.session.material_type
         return state.session.card(strategy=strategy).to_markdown()
     except ValueError as exc:
-        raise gr.Error(str(exc), title="Cannot open the document") from exc
+        raise _user_error(str(exc), title="Cannot open the document") from exc
     except Exception as exc:  # a model/tokenizer failure must not take the app down
         raise gr.Error(f"The model could not process the document: {exc}", title="Model error") from exc
 
@@ -260,11 +265,11 @@ def upload_document(engine, file_path: str | None, state: ChatState | None, stra
 
     release_state(engine, state)  # an answer still streaming about the old document stops
     if not file_path:
-        raise gr.Error("Choose a PDF, TXT or MD file to upload.", title="No file")
+        raise _user_error("Choose a PDF, TXT or MD file to upload.", title="No file")
     try:
         document = load_document(file_path)
     except DocumentError as exc:
-        raise gr.Error(str(exc), title="Cannot read this file") from exc
+        raise _user_error(str(exc), title="Cannot read this file") from exc
     finally:
         discard_upload(file_path)
     new = ChatState(document=document)
@@ -290,7 +295,9 @@ def set_material_type(engine, material_type: str, state: ChatState | None, strat
     """The user corrected the material type: the prompt and the card follow."""
     state = _state(state)
     if material_type not in QUESTIONS_FOR:
-        raise gr.Error(f"Unknown material type {material_type!r}; choose paper, book or other.")
+        raise _user_error(
+            f"Unknown material type {material_type!r}; choose paper, book or other.", title="Material type"
+        )
     state.material_type = material_type
     if state.document is None:
         card = EMPTY_CARD
@@ -341,14 +348,14 @@ def start_example_turn(engine, key: str, state: ChatState | None):
 def _begin_turn(engine, question: str | None, state: ChatState) -> Turn:
     question = (question or "").strip()
     if not question:
-        raise gr.Error("Please type a question about the document first.", title="Empty question")
+        raise _user_error("Please type a question about the document first.", title="Empty question")
     if state.document is None:
-        raise gr.Error("Upload a PDF, TXT or MD document first, then ask about it.", title="No document")
+        raise _user_error("Upload a PDF, TXT or MD document first, then ask about it.", title="No document")
     _require_model(engine)
     if state.session is None:  # uploaded while the model was loading
         _open_session(engine, state, "retrieve", state.material_type)
     if state.turns and not state.turns[-1].done:
-        raise gr.Error("An answer is still being written; press Stop or wait for it.", title="Busy")
+        raise _user_error("An answer is still being written; press Stop or wait for it.", title="Busy")
     turn = Turn(question=question)
     state.turns.append(turn)
     return turn
@@ -360,7 +367,7 @@ def _stream_turn(engine, state: ChatState, turn: Turn, strategy, max_new_tokens,
     Errors end up in the turn (so the chat shows them) and are raised as gr.Error (so a modal shows
     them too); the app keeps serving.
     """
-    state.stop_event = threading.Event()
+    state.stop_event = stop_event = threading.Event()  # local: a later turn gets its own
     history = engine_history([t for t in state.turns if t is not turn])
     try:
         updates = engine.ask(
@@ -371,7 +378,7 @@ def _stream_turn(engine, state: ChatState, turn: Turn, strategy, max_new_tokens,
             max_new_tokens=int(max_new_tokens) if max_new_tokens else None,
             temperature=float(temperature if temperature is not None else 0.0),
             top_p=float(top_p if top_p is not None else 1.0),
-            stop_event=state.stop_event,
+            stop_event=stop_event,
         )
         for update in updates:
             turn.answer = update.text
@@ -384,14 +391,14 @@ def _stream_turn(engine, state: ChatState, turn: Turn, strategy, max_new_tokens,
     except ValueError as exc:
         turn.error, turn.done = str(exc), True
         yield turn
-        raise gr.Error(str(exc), title="Cannot answer") from exc
+        raise _user_error(str(exc), title="Cannot answer") from exc
     except Exception as exc:
         turn.error, turn.done = f"The model failed while answering: {exc}", True
         yield turn
         raise gr.Error(turn.error, title="Model error") from exc
     finally:
         turn.done = True
-    if state.stop_event.is_set():
+    if stop_event.is_set():
         turn.stopped = True
 
 
@@ -481,7 +488,7 @@ def build_demo(engine, *, max_new_tokens: int = 512, concurrency: int = DEFAULT_
     ) as demo:
         state = gr.State(None, delete_callback=partial(release_state, engine))
         gr.Markdown("## LongLoRA: ask questions about a long document")
-        status = gr.Markdown(partial(status_markdown, engine), elem_id="status-line")
+        status = gr.Markdown(status_markdown(engine), elem_id="status-line")
         timer = gr.Timer(1.0)
 
         with gr.Row(equal_height=False):
@@ -546,7 +553,15 @@ def build_demo(engine, *, max_new_tokens: int = 512, concurrency: int = DEFAULT_
         examples = list(example_buttons.values())
         settings = [strategy, max_tokens, temperature, top_p]
 
-        # Model status while it loads / converts.
+        # Model status on page load and while it loads / converts.
+        demo.load(
+            partial(status_markdown, engine),
+            None,
+            [status],
+            api_name="status_on_load",
+            api_visibility="private",
+            **light,
+        )
         timer.tick(
             partial(poll_status, engine),
             [state, strategy],

@@ -521,7 +521,7 @@ def test_every_event_has_an_api_name_and_the_public_api():
     fns = list(demo.fns.values())
     assert fns and all(fn.api_name for fn in fns)
     public = {fn.api_name for fn in fns if fn.api_visibility == "public"}
-    assert {"upload", "ask", "stop", "clear", "status", "material_type", "card"} <= public
+    assert public == {"upload", "ask", "stop", "clear", "clear_chat", "status", "material_type", "card"}
     assert len({fn.api_name for fn in fns}) == len(fns)
     config = demo.get_config_file()
     assert "flag" not in str([c.get("props", {}).get("label") for c in config["components"]]).lower()
