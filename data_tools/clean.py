@@ -100,23 +100,31 @@ def has_ligatures(text: str) -> bool:
 _HYPHEN_BREAK = re.compile(r"([^\W\d_]+)-[ ]*\n[ ]*([a-z][^\W\d_]*)(\S*)[ ]*(\n|$)?")
 
 
-def join_hyphenated(text: str) -> str:
+def word_counts(text: str) -> Counter[str]:
+    """Lower-case word counts (hyphenated compounds as one word), line-end hyphenations excluded:
+    the vocabulary ``join_hyphenated`` consults. Build it from the whole document."""
+    body = _HYPHEN_BREAK.sub(" ", text)
+    return Counter(w.lower() for w in re.findall(r"[^\W\d_]+(?:-[^\W\d_]+)*", body))
+
+
+def join_hyphenated(text: str, vocabulary: Counter[str] | None = None) -> str:
     """Join words hyphenated across line ends: "soft-\\nware is" -> "software\\nis".
 
     The completed word (with punctuation attached to it) moves up to the first line; the rest of the
-    second line stays on its own line. When the document spells the word with a hyphen elsewhere
-    (mid-line, "object-oriented") more often than without, the hyphen is kept and only the line
-    break goes. Breaks after a digit or before a capital ("C-\\nLevel") are left alone.
+    second line stays on its own line. The hyphen is kept ("real-world") when the document writes
+    the hyphenated form more often than the joined one, or writes neither but uses both halves as
+    words of three letters or more. ``vocabulary`` is ``word_counts`` of the whole document
+    (default: of ``text``). Breaks after a digit or before a capital ("C-\\nLevel") are left alone.
     """
-    body = _HYPHEN_BREAK.sub(" ", text)
-    words = Counter(w.lower() for w in re.findall(r"[^\W\d_]+(?:-[^\W\d_]+)*", body))
+    words = word_counts(text) if vocabulary is None else vocabulary
 
     def fix(m: re.Match) -> str:
         a, b, tail, line_end = m.group(1), m.group(2), m.group(3), m.group(4)
-        if words[f"{a}-{b}".lower()] > words[(a + b).lower()]:
-            word = f"{a}-{b}"
-        else:
-            word = a + b
+        joined, hyphenated = words[(a + b).lower()], words[f"{a}-{b}".lower()]
+        keep = hyphenated > joined or (
+            joined == hyphenated == 0 and min(len(a), len(b)) >= 3 and words[a.lower()] and words[b.lower()]
+        )
+        word = f"{a}-{b}" if keep else a + b
         # the second line held only this word: its line end is the one we keep
         return word + tail + ("\n" if line_end is None else line_end)
 
@@ -348,7 +356,8 @@ def clean_pages(pages: list[str], *, drop_references: bool = False, running_line
         pages = remove_running_lines(pages)
     if drop_references:
         pages = cut_references(pages)
-    pages = [join_hyphenated(p) for p in pages]
+    vocabulary = word_counts("\n".join(pages))
+    pages = [join_hyphenated(p, vocabulary) for p in pages]
     width = typical_line_length(pages)
     return [reflow(p, width) for p in pages]
 

@@ -88,6 +88,21 @@ def test_hyphen_kept_when_the_document_spells_the_word_with_it():
     assert join_hyphenated(text2).startswith("a wellknown\nfact")
 
 
+def test_hyphen_kept_when_both_halves_are_words_and_neither_form_is_seen():
+    text = "three real-\nworld data sets. The real question of the world."
+    assert join_hyphenated(text).startswith("three real-world\ndata sets.")
+    # ... but a joined spelling seen anywhere wins ("some-thing" -> "something")
+    assert join_hyphenated("some-\nthing here; something else, some thing").startswith("something\nhere")
+
+
+def test_hyphenation_uses_the_whole_document_vocabulary():
+    from data_tools.clean import word_counts
+
+    pages = ["Several real-world data sets.", "three real-\nworld examples"]
+    assert join_hyphenated(pages[1], word_counts("\n".join(pages))) == "three real-world\nexamples"
+    assert clean_pages(pages)[1].split() == ["three", "real-world", "examples"]
+
+
 # --------------------------------------------------------------------------------------------- running lines
 
 
