@@ -263,7 +263,6 @@ def upload_document(engine, file_path: str | None, state: ChatState | None, stra
     """A file -> (document card markdown, new session state). A new upload starts a new conversation."""
     from data_tools import DocumentError, load_document
 
-    release_state(engine, state)  # an answer still streaming about the old document stops
     if not file_path:
         raise _user_error("Choose a PDF, TXT or MD file to upload.", title="No file")
     try:
@@ -272,6 +271,7 @@ def upload_document(engine, file_path: str | None, state: ChatState | None, stra
         raise _user_error(str(exc), title="Cannot read this file") from exc
     finally:
         discard_upload(file_path)
+    release_state(engine, state)  # an answer still streaming about the old document stops
     new = ChatState(document=document)
     if engine.state == "ready":
         card = _open_session(engine, new, strategy)

@@ -303,6 +303,11 @@ def test_upload_errors_are_visible_messages(engine, tmp_path, make, pattern):
     # the app keeps serving: the next upload works
     card, state = _upload(engine, PAPER)
     assert state.session is not None
+    # and a failed upload leaves the current document and conversation alone
+    _ask_ui(engine, state, "What is zoo?")
+    with pytest.raises(gr.Error):
+        _upload(engine, path, state)
+    assert state.turns and not state.stop_event.is_set() and engine.closed == []
 
 
 def test_upload_without_file(engine):
