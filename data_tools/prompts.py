@@ -6,6 +6,9 @@ the document first and the question last:
     Below is {material_type}. Memorize the content and answer my question after the {material_type}.
     {material_content}
     Now the material ends. {question}
+
+The first slot takes the article ("Below is a paper."), the second the bare noun ("after the paper."),
+as in the original LongLoRA inference code.
 """
 
 from __future__ import annotations
@@ -17,7 +20,14 @@ MATERIAL_TYPES: dict[str, str] = {
     "other": "some content",
 }
 
-PROMPT_PREFIX = "Below is {material_type}. Memorize the content and answer my question after the {material_type}.\n"
+# ... and the bare noun the second slot of the template uses ("after the paper").
+MATERIAL_NOUNS: dict[str, str] = {
+    "paper": "paper",
+    "book": "book",
+    "other": "content",
+}
+
+PROMPT_PREFIX = "Below is {material_phrase}. Memorize the content and answer my question after the {material_noun}.\n"
 PROMPT_SUFFIX = "\nNow the material ends. {question}"
 
 # The paper's typical questions (B.6), keyed by a short id.
@@ -51,7 +61,7 @@ def material_phrase(material_type: str) -> str:
 
 def prompt_prefix(material_type: str) -> str:
     """The part of the prompt before the document content."""
-    return PROMPT_PREFIX.format(material_type=material_phrase(material_type))
+    return PROMPT_PREFIX.format(material_phrase=material_phrase(material_type), material_noun=MATERIAL_NOUNS[material_type])
 
 
 def prompt_suffix(question: str) -> str:
