@@ -240,17 +240,17 @@ def test_cli_position_interpolation_and_s2_ablation(tiny_model_dir, book, tmp_pa
 
 
 @pytest.mark.real_model
-@pytest.mark.slow
 def test_real_model_perplexity_is_finite_and_falls_with_context():
     from data_tools import load_document
     from longlora.models import load_model
 
     model, tokenizer = load_model("default", dtype="auto")
-    text = load_document("/work/shared/fixtures/austen-emma.txt").text[:40000]
-    ids = np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"][: 2048 + 1])
-    # Same 2048 targets scored with up to 256 vs up to 2048 tokens of context.
+    text = load_document("/work/shared/fixtures/austen-emma.txt").text[:20000]
+    ids = np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"][: 1024 + 1])
+    # The same 1024 targets scored with up to 256 vs up to 1024 tokens of context (the README
+    # table, from the command, goes to 8k).
     short = evaluate_perplexity(model, ids, 256)
-    long = evaluate_perplexity(model, ids, 2048)
-    assert short["tokens"] == long["tokens"] == 2048
+    long = evaluate_perplexity(model, ids, 1024)
+    assert short["tokens"] == long["tokens"] == 1024
     assert math.isfinite(short["ppl"]) and math.isfinite(long["ppl"])
     assert long["ppl"] < short["ppl"]
