@@ -86,6 +86,12 @@ def _probe_ids(tokenizer, vocab_size: int, n: int) -> torch.Tensor:
 @torch.no_grad()
 def _logits(model, ids: torch.Tensor) -> torch.Tensor:
     model.eval()
+    # bitsandbytes repacks 4-bit weights in place for its CPU inference kernel when a Linear4bit runs in
+    # eval mode, after which dequantize() reads garbage. In train mode it dequantizes and multiplies in
+    # the compute dtype: the exact computation training used.
+    for module in model.modules():
+        if type(module).__name__ == "Linear4bit":
+            module.train()
     device = next(model.parameters()).device
     return model(input_ids=ids.to(device), use_cache=False).logits.float().cpu()
 

@@ -18,6 +18,10 @@ from longlora.lora import (
 )
 
 HIDDEN, KV, R, VOCAB, LAYERS = 48, 16, 8, 128, 2  # tiny_config: 6 heads x 8, 2 kv heads x 8
+# bitsandbytes' CPU 4-bit kernels need output sizes in multiples of 32 (k/v: 2 kv heads x 16)
+QLORA_DIMS = dict(
+    hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16, intermediate_size=128
+)
 
 
 def lora_count(r=R, hidden=HIDDEN, kv=KV, layers=LAYERS):
@@ -143,9 +147,7 @@ def test_qlora_trains_lora_plus_on_a_4bit_base(tmp_path):
     pytest.importorskip("bitsandbytes")
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    tiny_model("llama", hidden_size=64, num_attention_heads=8, intermediate_size=128).save_pretrained(
-        tmp_path
-    )
+    tiny_model("llama", **QLORA_DIMS).save_pretrained(tmp_path)
     q = AutoModelForCausalLM.from_pretrained(
         tmp_path,
         quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float32),
@@ -153,7 +155,7 @@ def test_qlora_trains_lora_plus_on_a_4bit_base(tmp_path):
     )
     model = prepare_model(q, "qlora", gradient_checkpointing=False)
     assert short_names(model) == expected_lora_names() | expected_embed_norm_names()
-    assert count_parameters(model)[0] == lora_count(hidden=64) + VOCAB * 64 + (2 * LAYERS + 1) * 64
+    assert count_parameters(model)[0] == lora_count(hidden=64, kv=32) + VOCAB * 64 + (2 * LAYERS + 1) * 64
     ids = torch.randint(3, VOCAB, (1, 16))
     model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
     grads = {n: p.grad for n, p in trainable_parameters(model).items()}

@@ -1,0 +1,210 @@
+"""End-to-end runs of python -m longlora.finetune on a tiny model: artifacts, loss, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_char_tokenizer, tiny_model
+from safetensors.torch import load_file
+
+from longlora import finetune
+from longlora.config import FinetuneConfig
+from longlora.finetune import main, parse_args
+
+FIXTURES = Path("/work/shared/fixtures")
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("base") / "tiny-llama"
+    tiny_model("llama").save_pretrained(out)
+    make_char_tokenizer().save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "emma.txt"
+    path.write_text((FIXTURES / "austen-emma.txt").read_text()[:20_000])
+    return path
+
+
+def run(base_dir, data, out, *extra):
+    args = ["--model", str(base_dir), "--data", str(data), "--output-dir", str(out), "--dtype", "fp32"]
+    args += ["--learning-rate", "5e-3", "--warmup-steps", "0", "--gradient-accumulation-steps", "1"]
+    return main(args + [str(e) for e in extra])
+
+
+def log_of(out):
+    return [json.loads(line) for line in (Path(out) / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_pretrain_lora_plus_s2_writes_a_complete_adapter(base_dir, text_file, tmp_path):
+    out = tmp_path / "run"
+    assert run(base_dir, text_file, out, "--context-length", "512", "--max-steps", "6") == 0
+    log = log_of(out)
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
+    assert set(log[0]) >= {"step", "loss", "lr", "tokens_per_s"} and log[0]["tokens"] == 512
+    assert log[-1]["loss"] < log[0]["loss"] - 0.2, [r["loss"] for r in log]
+
+    names = {p.name for p in out.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "config.json", "tokenizer.json"} <= names
+    assert {"longlora_args.json", "train_log.jsonl"} <= names and "checkpoints" not in names
+    weights = load_file(out / "adapter_model.safetensors")
+    assert any("embed_tokens" in k for k in weights) and any("post_attention_layernorm" in k for k in weights)
+    assert sum("lora_A" in k for k in weights) == 8 and not any("mlp" in k for k in weights)
+
+    config = json.loads((out / "config.json").read_text())
+    assert config["rope_parameters"]["rope_type"] == "linear" and config["rope_parameters"]["factor"] == 2.0
+    assert config["max_position_embeddings"] == 512 and config["original_max_position_embeddings"] == 256
+    assert config["s2_group_size_ratio"] == 0.25 and config["s2_shift"] is True
+    meta = json.loads((out / "longlora_args.json").read_text())
+    assert meta["args"]["method"] == "lora+" and meta["resolved"]["pi_factor"] == 2
+    assert meta["resolved"]["trainable_parameters"] == 11504
+
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(base_dir, config=AutoConfig.from_pretrained(out))
+    model = PeftModel.from_pretrained(base, out).eval()
+    trained = model.get_input_embeddings().modules_to_save["default"].weight
+    assert not torch.equal(trained, tiny_model("llama").get_input_embeddings().weight)
+
+
+def test_resume_after_a_crash_matches_an_uninterrupted_run(base_dir, text_file, tmp_path, monkeypatch):
+    common = (
+        "--context-length",
+        "256",
+        "--max-steps",
+        "5",
+        "--save-steps",
+        "2",
+        "--per-device-batch-size",
+        "2",
+    )
+    assert run(base_dir, text_file, tmp_path / "straight", *common) == 0
+
+    def crash(step):
+        if step == 3:
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(finetune, "_after_step", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run(base_dir, text_file, tmp_path / "crashed", *common)
+    assert (tmp_path / "crashed" / "checkpoints" / "step-2").is_dir()
+    assert [r["step"] for r in log_of(tmp_path / "crashed")] == [1, 2, 3]
+    monkeypatch.undo()
+
+    assert run(base_dir, text_file, tmp_path / "crashed", *common) == 2  # refuses without --resume
+    assert run(base_dir, text_file, tmp_path / "crashed", *common, "--resume") == 0
+    a = load_file(tmp_path / "straight" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "crashed" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    straight, resumed = log_of(tmp_path / "straight"), log_of(tmp_path / "crashed")
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5]
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in straight]
+
+
+def test_sft_round_trip_call_used_by_data_tools(base_dir, tmp_path):
+    records = tmp_path / "qa.jsonl"
+    lines = [
+        {
+            "instruction": "Below is a book.\n" + "It was a truth. " * 40 + "\nNow the material ends. Who?",
+            "output": "Emma.",
+        },
+        {"instruction": "What is the capital of France?", "output": "Paris."},
+    ]
+    records.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    out = tmp_path / "sft"
+    rc = main(
+        [
+            "--model",
+            str(base_dir),
+            "--mode",
+            "sft",
+            "--data",
+            str(records),
+            "--output-dir",
+            str(out),
+            "--max-steps",
+            "1",
+        ]
+        + ["--context-length", "256", "--method", "lora+", "--attention", "s2", "--dtype", "fp32"]
+    )
+    assert rc == 0
+    meta = json.loads((out / "longlora_args.json").read_text())
+    stats = meta["resolved"]["sft_stats"]
+    assert stats["total"] == 2 and stats["cut"] == 1 and stats["kept_whole"] == 1
+    assert json.loads((out / "config.json").read_text())["rope_parameters"]["rope_type"] == "default"
+
+
+@pytest.mark.parametrize("attention, shift", [("short", False), ("full", None)])
+def test_attention_choice_is_recorded(base_dir, text_file, tmp_path, attention, shift):
+    out = tmp_path / attention
+    assert (
+        run(base_dir, text_file, out, "--max-steps", "1", "--attention", attention, "--s2-group-size", "64")
+        == 0
+    )
+    config = json.loads((out / "config.json").read_text())
+    assert config.get("s2_shift") is shift
+    if shift is not None:
+        assert config["s2_group_size"] == 64 and config["s2_group_size_ratio"] is None
+
+
+def test_yaml_recipe_fills_flags_and_the_command_line_wins(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: default\ncontext-length: 1024\nmax_steps: 7\nmethod: lora\ndata: [a.txt]\n")
+    cfg = parse_args(["--config", str(recipe), "--max-steps", "3", "--output-dir", str(tmp_path / "o")])
+    assert (cfg.context_length, cfg.max_steps, cfg.method, cfg.data) == (1024, 3, "lora", ["a.txt"])
+    assert (cfg.learning_rate, cfg.warmup_steps, cfg.gradient_accumulation_steps, cfg.lora_r) == (
+        2e-5,
+        20,
+        8,
+        8,
+    )
+    recipe.write_text("context_lenght: 1024\n")
+    with pytest.raises(ValueError, match="unknown key 'context_lenght'"):
+        parse_args(["--config", str(recipe), "--data", "a", "--output-dir", "o"])
+
+
+def test_config_validation_names_the_flag():
+    with pytest.raises(ValueError, match="--data is required"):
+        FinetuneConfig(output_dir="o")
+    with pytest.raises(ValueError, match="--s2-group-size-ratio must be in"):
+        FinetuneConfig(data=["a"], output_dir="o", s2_group_size_ratio=2.0)
+    with pytest.raises(ValueError, match="--method 'qlora4' is not one of"):
+        FinetuneConfig(data=["a"], output_dir="o", method="qlora4")
+
+
+def test_bad_input_gives_errors_that_say_what_to_do(base_dir, text_file, tmp_path, capsys):
+    def err(*args):
+        assert main([str(a) for a in args]) == 2
+        return capsys.readouterr().err
+
+    assert "unknown model" in err(
+        "--model", tmp_path / "nope", "--data", text_file, "--output-dir", tmp_path / "o1"
+    )
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    assert "empty" in err("--model", base_dir, "--data", empty, "--output-dir", tmp_path / "o2")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": 3}\n')
+    msg = err("--model", base_dir, "--mode", "sft", "--data", bad, "--output-dir", tmp_path / "o3")
+    assert "bad.jsonl:2" in msg
+    msg = err(
+        "--model", base_dir, "--data", text_file, "--output-dir", tmp_path / "o4", "--context-length", "128"
+    )
+    assert "below the model's original context 256" in msg and "--context-length 256" in msg
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("x")
+    msg = err("--model", base_dir, "--data", text_file, "--output-dir", tmp_path / "full")
+    assert "not empty" in msg and "--overwrite-output-dir" in msg
+    ds = tmp_path / "ds.json"
+    ds.write_text('{"zero_optimization": {"stage": 2}}')
+    msg = err("--model", base_dir, "--data", text_file, "--output-dir", tmp_path / "o5", "--deepspeed", ds)
+    assert "pip install deepspeed" in msg
