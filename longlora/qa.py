@@ -881,13 +881,12 @@ def main(argv: list[str] | None = None) -> int:
         "--history", action="store_true", help="send earlier questions and answers along with each follow-up"
     )
     args = parser.parse_args(argv)
+    if any(not q.strip() for q in args.question):
+        parser.error("a --question is empty; type a question about the document")
     if args.max_new_tokens < 1:
         parser.error(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     if args.document_budget is not None and args.document_budget < MIN_DOCUMENT_BUDGET:
         parser.error(f"--document-budget must be at least {MIN_DOCUMENT_BUDGET}, got {args.document_budget}")
-
-    from data_tools import DocumentError
-    from longlora.models import ModelLoadError
 
     try:
         engine = QAEngine(
@@ -902,10 +901,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.document_budget is not None:
             engine.profile = dataclasses.replace(engine.profile, document_budget=args.document_budget)
         session = engine.open_document(args.doc, material_type=args.material_type)
-    except (ModelLoadError, DocumentError) as err:
+        card = session.card(args.strategy)
+    except ValueError as err:  # ModelLoadError, DocumentError and prompt-size errors
         print(f"error: {err}", file=sys.stderr)
         return 2
-    card = session.card(args.strategy)
     print(
         f"[{card.file_name}: {card.tokens:,} tokens, budget {card.budget_tokens:,}, "
         f"{'fits whole' if card.fits else args.strategy}]",

@@ -1,0 +1,393 @@
+"""longlora.qa with a tiny random model: prompt, budget, fit strategies, decoding, cache reuse, concurrency."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from conftest import make_char_tokenizer, tiny_model
+
+from data_tools import load_text
+from data_tools.document import Document, PageSpan
+from data_tools.prompts import build_instruction, prompt_prefix
+from longlora.qa import (
+    GAP_MARKER,
+    AnswerUpdate,
+    ModelProfile,
+    QAEngine,
+    banned_ngram_tokens,
+    fit_document,
+    guess_material_type,
+    normalize_history,
+    prompt_parts,
+)
+
+WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike".split()
+
+
+def filler(n_sentences: int, seed: int = 0) -> str:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n_sentences):
+        idx = torch.randint(len(WORDS), (5,), generator=g).tolist()
+        out.append(" ".join(WORDS[i] for i in idx).capitalize() + ".")
+    return " ".join(out)
+
+
+def make_engine(context=256, budget=None, passage=32, **kw):
+    # A wide init makes the random model's greedy text varied (the default init repeats whitespace).
+    model = tiny_model("llama", max_position_embeddings=context, initializer_range=0.5)
+    return QAEngine(
+        model=model,
+        tokenizer=make_char_tokenizer(),
+        max_new_tokens=kw.pop("max_new_tokens", 8),
+        profile=ModelProfile(document_budget=budget, passage_tokens=passage, **kw.pop("profile_kw", {})),
+        **kw,
+    )
+
+
+@pytest.fixture
+def engine():
+    return make_engine()
+
+
+def paged_document(pages: list[str]) -> Document:
+    text, spans, pos = "", [], 0
+    for number, page in enumerate(pages, start=1):
+        piece = page + "\n"
+        spans.append(PageSpan(number, pos, pos + len(piece)))
+        text += piece
+        pos += len(piece)
+    return Document(text=text, name="paged.pdf", kind="pdf", pages=spans)
+
+
+# ----------------------------------------------------------------------------- prompt construction
+
+
+def test_prompt_is_paper_template_inside_chat_template(char_tokenizer):
+    head, tail = prompt_parts(char_tokenizer, "What year?", "paper")
+    content = "The bridge opened in 1987."
+    expected = char_tokenizer.apply_chat_template(
+        [{"role": "user", "content": build_instruction(content, "What year?", "paper")}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    assert head + content + tail == expected
+    assert head.endswith(prompt_prefix("paper"))
+    assert tail.startswith("\nNow the material ends. What year?")
+    assert tail.endswith("<|im_start|>assistant\n")
+
+
+def test_prompt_without_chat_template_uses_inst_wrapping():
+    tok = make_char_tokenizer(chat_template=None)
+    head, tail = prompt_parts(tok, "Who?", "book")
+    assert head == "[INST]" + prompt_prefix("book")
+    assert tail == "\nNow the material ends. Who?[/INST]"
+
+
+def test_history_keeps_document_first_and_question_last(char_tokenizer):
+    messages = [
+        {"role": "user", "content": "First?"},
+        {"role": "assistant", "content": "One."},
+        {"role": "user", "content": "Second?"},
+        {"role": "assistant", "content": "Two."},
+    ]
+    assert normalize_history(messages) == [("First?", "One."), ("Second?", "Two.")]
+    assert normalize_history([("First?", "One.")]) == [("First?", "One.")]
+    head, tail = prompt_parts(char_tokenizer, "Third?", "other", messages)
+    assert "Now the material ends. First?" in tail
+    assert tail.index("One.") < tail.index("Second?") < tail.index("Two.") < tail.index("Third?")
+    assert tail.endswith("Third?<|im_end|>\n<|im_start|>assistant\n")
+    assert "First?" not in head  # the document comes before every question
+
+
+def test_budget_arithmetic(engine):
+    session = engine.open_document(load_text(filler(40)), material_type="paper")
+    question = "Where is golf?"
+    head, tail = prompt_parts(engine.tokenizer, question, "paper")
+    overhead = len(engine.tokenizer(head + tail, add_special_tokens=False)["input_ids"])
+    assert engine.document_budget(session, question) == 256 - overhead - engine.max_new_tokens
+    engine.profile = ModelProfile(document_budget=20)
+    assert engine.document_budget(session, question) == 20
+    prompt, report = engine.build_prompt(session, question, max_new_tokens=8)
+    assert report.budget_tokens == 20 and report.kept_tokens <= 20
+    assert len(prompt) + 8 <= engine.context_length
+
+
+def test_card_reports_tokens_and_fit(engine):
+    small = engine.open_document(load_text("A short note."), material_type="other")
+    card = small.card()
+    assert card.fits and card.tokens == len("A short note.") and card.context_length == 256
+    assert "Fits whole" in card.to_markdown() and "short" not in card.file_name
+    big = engine.open_document(load_text(filler(80)), material_type="book")
+    card = big.card("truncate-middle")
+    assert not card.fits and card.tokens > card.budget_tokens
+    assert "truncate-middle" in card.to_markdown()
+    with pytest.raises(ValueError, match="unknown strategy"):
+        big.card("summarize")
+
+
+def test_too_long_question_is_a_clear_error(engine):
+    session = engine.open_document(load_text("Some text."), material_type="other")
+    with pytest.raises(ValueError, match="no room for the document"):
+        engine.ask(session, "why " * 80)
+
+
+def test_history_is_dropped_oldest_first_when_it_does_not_fit(engine):
+    session = engine.open_document(load_text(filler(30)), material_type="other")
+    history = [(f"Question {i}?", "x" * 40) for i in range(6)]
+    prompt, report = engine.build_prompt(session, "Last?", history=history, max_new_tokens=8)
+    text = engine.tokenizer.decode(prompt)
+    assert "Last?" in text and "Question 5?" in text and "Question 0?" not in text
+    assert len(prompt) + 8 <= engine.context_length and report.kept_tokens >= 16
+
+
+# ----------------------------------------------------------------------------- fit strategies
+
+
+@pytest.mark.parametrize("strategy", ["retrieve", "truncate-middle", "truncate-end"])
+@pytest.mark.parametrize("budget", [16, 50, 97])
+def test_each_strategy_stays_within_budget(strategy, budget):
+    engine = make_engine(budget=budget, passage=24)
+    document = paged_document([filler(6, seed=s) for s in range(6)])
+    session = engine.open_document(document, material_type="paper")
+    ids, _ = session._tokens()
+    prompt, report = engine.build_prompt(session, "Where is kilo?", strategy=strategy)
+    head_ids, tail_ids, frame_budget = engine._prompt_frame(
+        session, "Where is kilo?", None, engine.max_new_tokens
+    )
+    assert frame_budget == budget
+    content = prompt[len(head_ids) : len(prompt) - len(tail_ids)]
+    assert prompt[: len(head_ids)] == head_ids and prompt[len(prompt) - len(tail_ids) :] == tail_ids
+    assert len(content) <= budget
+    assert report.kept_tokens <= budget and not report.fits_whole
+    assert report.document_tokens == len(ids) and report.strategy == strategy
+    # the kept content is the document's own text, pieces joined by gap markers
+    pieces = engine.tokenizer.decode(content).split(GAP_MARKER)
+    assert sum(len(p) for p in pieces) == report.kept_tokens  # char tokenizer: 1 token = 1 char
+    assert all(piece in document.text for piece in pieces)
+    assert len(pieces) == report.passages
+    assert report.pages_used and set(report.pages_used) <= set(range(1, 7))
+
+
+def test_truncate_end_and_middle_keep_the_right_tokens():
+    ids = list(range(100))
+    spans, out = fit_document(ids, 10, "truncate-end")
+    assert spans == [(0, 10)] and out == ids[:10]
+    spans, out = fit_document(ids, 10, "truncate-middle", gap_ids=[-1, -1])
+    assert spans == [(0, 4), (96, 100)] and out == [0, 1, 2, 3, -1, -1, 96, 97, 98, 99]
+    spans, out = fit_document(ids, 200, "retrieve")
+    assert spans == [(0, 100)] and out == ids  # fits whole: no retrieval needed
+
+
+def test_retrieve_keeps_relevant_passages_in_document_order():
+    ids = list(range(100))
+    passages = [(i, i + 10) for i in range(0, 100, 10)]
+    scores = [0, 5, 0, 0, 9, 0, 0, 1, 0, 0]
+    spans, out = fit_document(ids, 31, "retrieve", passages=passages, scores=scores, gap_ids=[-1])
+    # best first: 4, then 1 (+1 gap marker = 21); 7 would need 10 + another gap = 32 > 31, skipped;
+    # passage 0 is adjacent to 1 (no new gap) and exactly fills the budget.
+    assert spans == [(0, 20), (40, 50)]
+    assert out == list(range(0, 20)) + [-1] + list(range(40, 50))
+
+
+def test_retrieve_finds_the_needle_and_reports_its_page():
+    engine = make_engine(budget=60, passage=24)
+    pages = [filler(8, seed=s) for s in range(8)]
+    pages[5] = pages[5][:40] + " The zebra code is 4417. " + pages[5][40:]
+    session = engine.open_document(paged_document(pages), material_type="paper")
+    prompt, report = engine.build_prompt(session, "What is the zebra code?")
+    assert "4417" in engine.tokenizer.decode(prompt)
+    assert 6 in report.pages_used and report.passages >= 1
+    assert "pages" in report.summary() or "page" in report.summary()
+    # truncate-end cannot see page 6
+    prompt, report = engine.build_prompt(session, "What is the zebra code?", strategy="truncate-end")
+    assert "4417" not in engine.tokenizer.decode(prompt) and report.pages_used == [1]
+
+
+def test_whole_document_when_it_fits(engine):
+    document = paged_document(["Page one text.", "Page two text."])
+    session = engine.open_document(document, material_type="paper")
+    prompt, report = engine.build_prompt(session, "Anything?")
+    assert report.fits_whole and report.kept_tokens == report.document_tokens
+    assert report.pages_used == [1, 2]
+    assert document.text in engine.tokenizer.decode(prompt)
+    assert report.summary().startswith("The whole document is in the prompt")
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def reference_greedy(model, prompt_ids, max_new, eos_ids):
+    """Plain full-recompute greedy decoding (no cache): the slow reference."""
+    ids = list(prompt_ids)
+    out = []
+    with torch.no_grad():
+        for _ in range(max_new):
+            nxt = int(model(torch.tensor([ids])).logits[0, -1].argmax())
+            if nxt in eos_ids:
+                break
+            out.append(nxt)
+            ids.append(nxt)
+    return out
+
+
+def test_streamed_greedy_answer_matches_reference_and_never_contains_prompt(engine):
+    session = engine.open_document(load_text(filler(10)), material_type="other")
+    prompt, _ = engine.build_prompt(session, "What is alpha?", max_new_tokens=12)
+    updates = list(engine.ask(session, "What is alpha?", max_new_tokens=12))
+    final = updates[-1]
+    assert final.done and not final.stopped and all(not u.done for u in updates[:-1])
+    assert "".join(u.delta for u in updates) == final.text
+    expected = reference_greedy(engine.model, prompt, 12, engine._eos_ids)
+    assert final.text == engine.tokenizer.decode(expected, skip_special_tokens=True).strip()
+    assert final.new_tokens == len(expected)
+    assert "Memorize the content" not in final.text
+
+
+def test_cache_reuse_gives_the_same_tokens_as_a_fresh_prefill():
+    reuse = make_engine(context=512, max_new_tokens=10)
+    fresh = make_engine(context=512, max_new_tokens=10, max_cached_sessions=0)
+    text = filler(3)  # fits whole, so every question shares the document prefix
+    s_reuse = reuse.open_document(load_text(text), material_type="other")
+    s_fresh = fresh.open_document(load_text(text), material_type="other")
+    questions = ["What is alpha?", "And bravo?", "What is alpha?"]
+    history = []
+    for i, q in enumerate(questions):
+        a = list(reuse.ask(s_reuse, q, history=history))[-1]
+        b = list(fresh.ask(s_fresh, q, history=history))[-1]
+        assert a.text == b.text and a.text and a.fit.fits_whole
+        assert b.fit.reused_tokens == 0
+        if i:
+            # the whole document prefix (and more) came from the cache; only the rest was prefilled
+            head, _ = prompt_parts(reuse.tokenizer, q, "other", history)
+            doc_prefix = len(reuse.tokenizer(head, add_special_tokens=False)["input_ids"]) + len(text)
+            assert a.fit.reused_tokens >= doc_prefix
+            assert a.fit.prompt_tokens - a.fit.reused_tokens < a.fit.prompt_tokens - doc_prefix + 1
+        history = history + [(q, a.text)]
+
+
+def test_sampling_top_p_tiny_is_greedy_and_temperature_samples(engine):
+    session = engine.open_document(load_text(filler(5)), material_type="other")
+    greedy = engine.answer(session, "Echo?", max_new_tokens=8)
+    assert engine.answer(session, "Echo?", max_new_tokens=8, temperature=1.0, top_p=1e-9) == greedy
+    torch.manual_seed(0)
+    samples = {engine.answer(session, "Echo?", max_new_tokens=8, temperature=5.0) for _ in range(4)}
+    assert len(samples) > 1  # a random tiny model at temperature 5 is not deterministic
+
+
+def test_no_repeat_ngram_control():
+    assert banned_ngram_tokens([1, 2, 3, 1, 2], 3) == {3}
+    assert banned_ngram_tokens([1, 2, 3], 2) == set()
+    assert banned_ngram_tokens([4, 4], 1) == {4}
+    engine = make_engine(max_new_tokens=40, profile_kw={"no_repeat_ngram_size": 2})
+    session = engine.open_document(load_text(filler(5)), material_type="other")
+    prompt, _ = engine.build_prompt(session, "Go on?", max_new_tokens=40)
+    tokens = engine.tokenizer(engine.answer(session, "Go on?"), add_special_tokens=False)["input_ids"]
+    bigrams = list(zip(tokens, tokens[1:]))
+    assert len(bigrams) == len(set(bigrams))
+
+
+def test_stop_event_ends_generation_and_releases_the_lock():
+    engine = make_engine(context=1024)
+    session = engine.open_document(load_text(filler(5)), material_type="other")
+    stop = threading.Event()
+    updates = []
+    for update in engine.ask(session, "Talk?", max_new_tokens=200, stop_event=stop):
+        updates.append(update)
+        stop.set()
+    assert updates[-1].done and updates[-1].stopped
+    assert updates[-1].new_tokens < 200
+    assert engine.answer(session, "Again?", max_new_tokens=3) is not None  # the lock is free
+
+
+def test_abandoned_iterator_releases_the_lock():
+    engine = make_engine(context=1024)
+    session = engine.open_document(load_text(filler(5)), material_type="other")
+    stream = engine.ask(session, "Talk?", max_new_tokens=200)
+    next(stream)
+    stream.close()
+    done = threading.Event()
+    threading.Thread(target=lambda: (engine.answer(session, "Next?", max_new_tokens=2), done.set())).start()
+    assert done.wait(60)
+
+
+def test_concurrent_requests_do_not_mix():
+    engine = make_engine(max_new_tokens=12)
+    texts = [filler(10, seed=1), filler(10, seed=2), "zulu " * 30]
+    questions = ["What is alpha?", "What is kilo?", "What is zulu?"]
+    sessions = [engine.open_document(load_text(t), material_type="other") for t in texts]
+    # reference: each question answered by a fresh engine with the same weights, one at a time
+    reference = []
+    for t, q in zip(texts, questions):
+        solo = make_engine(max_new_tokens=12)
+        reference.append(solo.answer(solo.open_document(load_text(t), material_type="other"), q))
+    results: dict[int, list[AnswerUpdate]] = {}
+
+    def run(i):
+        results[i] = list(engine.ask(sessions[i], questions[i]))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert [results[i][-1].text for i in range(3)] == reference
+    # second round: each session's cache holds only its own document
+    for i in (2, 0, 1):
+        assert engine.answer(sessions[i], questions[i]) == reference[i]
+
+
+# ----------------------------------------------------------------------------- input checks
+
+
+def test_bad_requests_fail_fast(engine):
+    session = engine.open_document(load_text("Text."), material_type="other")
+    with pytest.raises(ValueError, match="type a question"):
+        engine.ask(session, "   ")
+    with pytest.raises(ValueError, match="unknown strategy"):
+        engine.ask(session, "Q?", strategy="everything")
+    with pytest.raises(ValueError, match="temperature"):
+        engine.ask(session, "Q?", temperature=-1)
+    with pytest.raises(ValueError, match="top_p"):
+        engine.ask(session, "Q?", top_p=0)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        engine.ask(session, "Q?", max_new_tokens=0)
+    other = make_engine()
+    with pytest.raises(ValueError, match="another engine"):
+        other.ask(session, "Q?")
+    with pytest.raises(ValueError, match="unknown material type"):
+        engine.open_document(load_text("Text."), material_type="poem")
+
+
+def test_injected_model_context_checks():
+    with pytest.raises(ValueError, match="exceeds the model's 256-token window"):
+        QAEngine(model=tiny_model(), tokenizer=make_char_tokenizer(), context_length=1024)
+    engine = QAEngine(model=tiny_model(), tokenizer=make_char_tokenizer(), context_length=128)
+    assert engine.context_length == 128 and engine.state == "ready"
+    with pytest.raises(ValueError, match="both model= and tokenizer="):
+        QAEngine(model=tiny_model())
+
+
+def test_background_load_failure_sets_error_state(tmp_path):
+    engine = QAEngine(str(tmp_path / "missing"), background=True)
+    with pytest.raises(ValueError, match="unknown model"):
+        engine.wait_ready(timeout=60)
+    assert engine.state == "error"
+    assert "could not be loaded" in engine.status_message
+
+
+def test_background_load_of_a_local_dir(tiny_model_dir):
+    engine = QAEngine(str(tiny_model_dir), background=True, dtype="float32", max_new_tokens=4)
+    engine.wait_ready(timeout=60)
+    assert engine.state == "ready" and engine.context_length == 256
+    session = engine.open_document(load_text("Hello there."), material_type="other")
+    assert isinstance(engine.answer(session, "Hi?"), str)
+
+
+def test_guess_material_type():
+    assert guess_material_type(load_text("Just a note about lunch.")) == "other"
+    assert guess_material_type(load_text("Abstract\nWe study things.\nReferences\n[1] A.")) == "paper"
+    book = "CHAPTER 1\n" + ("It was a fine day and they walked. " * 5000)
+    assert guess_material_type(load_text(book)) == "book"
