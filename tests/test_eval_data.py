@@ -28,13 +28,21 @@ def test_folder_of_text_markdown_and_jsonl_joins_documents_with_eos(tok, tmp_pat
     (tmp_path / "a.txt").write_text("first book")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "b.md").write_text("second")
-    (tmp_path / "c.jsonl").write_text(json.dumps({"text": "third"}) + "\n" + json.dumps({"text": "fourth"}) + "\n")
+    (tmp_path / "c.jsonl").write_text(
+        json.dumps({"text": "third"}) + "\n" + json.dumps({"text": "fourth"}) + "\n"
+    )
     (tmp_path / "notes.csv").write_text("ignored")
     data = load_eval_tokens([tmp_path], tok)
     eos = tok.eos_token_id
     # Sorted order: a.txt, c.jsonl, sub/b.md
-    expected = _ids(tok, "first book") + [eos] + _ids(tok, "third") + [eos] + _ids(tok, "fourth") + [eos] + _ids(
-        tok, "second"
+    expected = (
+        _ids(tok, "first book")
+        + [eos]
+        + _ids(tok, "third")
+        + [eos]
+        + _ids(tok, "fourth")
+        + [eos]
+        + _ids(tok, "second")
     )
     assert data.tokens.tolist() == expected
     assert [s["kind"] for s in data.sources] == ["text", "records", "text"]
@@ -109,15 +117,25 @@ def test_lengths_and_context_checks():
 
 
 def _ppl_payload(label, ppls):
-    return {"kind": "perplexity", "config": {"label": label, "protocol": "sliding"},
-            "results": [{"seq_len": n, "ppl": p, "tokens": 100, "seconds": 1.0} for n, p in ppls]}
+    return {
+        "kind": "perplexity",
+        "config": {"label": label, "protocol": "sliding"},
+        "results": [{"seq_len": n, "ppl": p, "tokens": 100, "seconds": 1.0} for n, p in ppls],
+    }
 
 
 def _passkey_payload(label):
-    cells = [{"length": n, "depth": d, "accuracy": a, "correct": 0, "trials": 1}
-             for n in (1024, 2048) for d, a in ((0.0, 1.0), (1.0, 0.5))]
-    return {"kind": "passkey", "config": {"label": label}, "by_length_depth": cells,
-            "by_length": [{"length": 1024, "accuracy": 0.75}, {"length": 2048, "accuracy": 0.75}]}
+    cells = [
+        {"length": n, "depth": d, "accuracy": a, "correct": 0, "trials": 1}
+        for n in (1024, 2048)
+        for d, a in ((0.0, 1.0), (1.0, 0.5))
+    ]
+    return {
+        "kind": "passkey",
+        "config": {"label": label},
+        "by_length_depth": cells,
+        "by_length": [{"length": 1024, "accuracy": 0.75}, {"length": 2048, "accuracy": 0.75}],
+    }
 
 
 def test_plot_command_draws_several_runs_and_refuses_bad_input(tmp_path, capsys):

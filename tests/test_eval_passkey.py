@@ -13,8 +13,8 @@ from longlora.eval.passkey import (
     QUESTION,
     TASK,
     build_prompt,
-    make_prompt,
     main,
+    make_prompt,
     needle,
     passkey_for_seed,
     run_trial,
@@ -108,7 +108,10 @@ def test_summary_counts_accuracy_per_cell_and_length():
     s = summarize(trials)
     cells = {(c["length"], c["depth"]): c["accuracy"] for c in s["by_length_depth"]}
     assert cells == {(1024, 0.0): 0.5, (1024, 1.0): 1.0, (2048, 0.0): 0.0}
-    assert [(r["length"], r["accuracy"], r["trials"]) for r in s["by_length"]] == [(1024, 2 / 3, 3), (2048, 0.0, 1)]
+    assert [(r["length"], r["accuracy"], r["trials"]) for r in s["by_length"]] == [
+        (1024, 2 / 3, 3),
+        (2048, 0.0, 1),
+    ]
 
 
 def test_trial_scores_the_generated_answer(model, tok):
@@ -121,12 +124,12 @@ def test_trial_scores_the_generated_answer(model, tok):
 
 def test_cli_grid_writes_table_json_and_plot(model_dir, tmp_path, capsys):
     out, png = tmp_path / "pk.json", tmp_path / "pk.png"
-    rc = main(["--model", str(model_dir), "--lengths", "400", "600", "--depths", "0", "1", "--seeds", "0", "1",
-               "--max-new-tokens", "4", "--torch-dtype", "float32", "--output", str(out), "--plot", str(png),
-               "--no-progress"])
+    args = f"--model {model_dir} --lengths 400 600 --depths 0 1 --seeds 0 1 --max-new-tokens 4 --torch-dtype float32"
+    rc = main([*args.split(), "--output", str(out), "--plot", str(png), "--no-progress"])
     assert rc == 0
     payload = json.loads(out.read_text())
-    assert payload["kind"] == "passkey" and payload["config"]["chat_template"] is True  # auto: tokenizer has one
+    assert payload["kind"] == "passkey"
+    assert payload["config"]["chat_template"] is True  # auto: the tokenizer has one
     assert len(payload["trials"]) == 2 * 2 * 2
     for cell in payload["by_length_depth"]:
         mine = [t for t in payload["trials"] if (t["length"], t["depth"]) == (cell["length"], cell["depth"])]

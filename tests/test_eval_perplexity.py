@@ -129,7 +129,9 @@ def test_prediction_nll_matches_full_logits_for_untied_heads():
 
 
 def test_too_short_data_and_bad_stride_are_explained(tokens):
-    with pytest.raises(EvalDataError, match=r"157 tokens, too few for --seq-len 200.*at least seq-len \+ 1 = 201"):
+    with pytest.raises(
+        EvalDataError, match=r"157 tokens, too few for --seq-len 200.*at least seq-len \+ 1 = 201"
+    ):
         sliding_windows(157, 200)
     with pytest.raises(EvalDataError, match=r"longlora protocol.*seq-len \+ window-step \+ 1 = 385"):
         longlora_windows(300, 128, 256)
@@ -150,8 +152,8 @@ def book(tmp_path):
 
 def test_cli_writes_table_json_and_plot(tiny_model_dir, book, tmp_path, capsys):
     out, png = tmp_path / "res" / "ppl.json", tmp_path / "ppl.png"
-    rc = main(["--model", str(tiny_model_dir), "--data", str(book), "--seq-len", "64", "128", "--max-tokens", "600",
-               "--torch-dtype", "float32", "--output", str(out), "--plot", str(png), "--no-progress"])
+    args = f"--model {tiny_model_dir} --data {book} --seq-len 64 128 --max-tokens 600 --torch-dtype float32"
+    rc = main([*args.split(), "--output", str(out), "--plot", str(png), "--no-progress"])
     assert rc == 0
     payload = json.loads(out.read_text())
     assert payload["kind"] == "perplexity"
@@ -166,9 +168,8 @@ def test_cli_writes_table_json_and_plot(tiny_model_dir, book, tmp_path, capsys):
 
 
 def test_cli_text_and_token_file_give_the_same_perplexity(tiny_model_dir, book, tmp_path):
-    from data_tools.tokenfile import write_token_file
-
     from data_tools import load_document
+    from data_tools.tokenfile import write_token_file
 
     text = load_document(book).text  # the text the command reads (cleaned by data_tools)
     ids = make_char_tokenizer()(text[:1000], add_special_tokens=False)["input_ids"][:400]
@@ -177,10 +178,14 @@ def test_cli_text_and_token_file_give_the_same_perplexity(tiny_model_dir, book, 
     raw_path = tmp_path / "raw.bin"
     raw_path.write_bytes(np.asarray(ids, dtype="<u2").tobytes())
     ppl = {}
-    for name, data, extra in [("text", book, []), ("tokens", bin_path, []), ("raw", raw_path, ["--dtype", "uint16"])]:
+    for name, data, extra in [
+        ("text", book, []),
+        ("tokens", bin_path, []),
+        ("raw", raw_path, ["--dtype", "uint16"]),
+    ]:
         out = tmp_path / f"{name}.json"
-        assert main(["--model", str(tiny_model_dir), "--data", str(data), "--seq-len", "100", "--max-tokens", "400",
-                     "--torch-dtype", "float32", "--output", str(out), "--no-progress", *extra]) == 0
+        args = f"--model {tiny_model_dir} --data {data} --seq-len 100 --max-tokens 400 --torch-dtype float32"
+        assert main([*args.split(), "--output", str(out), "--no-progress", *extra]) == 0
         ppl[name] = json.loads(out.read_text())["results"][0]["ppl"]
     assert ppl["tokens"] == pytest.approx(ppl["text"], rel=1e-6)
     assert ppl["raw"] == pytest.approx(ppl["text"], rel=1e-6)
@@ -222,13 +227,15 @@ def test_cli_errors_name_the_problem_and_the_fix(tiny_model_dir, book, tmp_path,
 def test_cli_position_interpolation_and_s2_ablation(tiny_model_dir, book, tmp_path):
     base = ["--model", str(tiny_model_dir), "--data", str(book), "--torch-dtype", "float32", "--no-progress"]
     pi = tmp_path / "pi.json"
-    assert main(base + ["--seq-len", "512", "--context-length", "512", "--max-tokens", "1025", "--output", str(pi)]) == 0
+    assert (
+        main(base + "--seq-len 512 --context-length 512 --max-tokens 1025 --output".split() + [str(pi)]) == 0
+    )
     payload = json.loads(pi.read_text())
     assert payload["config"]["max_position_embeddings"] == 512
     assert payload["config"]["rope_parameters"]["factor"] == 2
     full, s2 = tmp_path / "full.json", tmp_path / "s2.json"
-    assert main(base + ["--seq-len", "128", "--max-tokens", "513", "--output", str(full)]) == 0
-    assert main(base + ["--seq-len", "128", "--max-tokens", "513", "--attention", "s2", "--output", str(s2)]) == 0
+    assert main(base + "--seq-len 128 --max-tokens 513 --output".split() + [str(full)]) == 0
+    assert main(base + "--seq-len 128 --max-tokens 513 --attention s2 --output".split() + [str(s2)]) == 0
     full_ppl = json.loads(full.read_text())["results"][0]["ppl"]
     s2_result = json.loads(s2.read_text())
     assert s2_result["config"]["attention"] == "s2"

@@ -52,7 +52,9 @@ def parse_lengths(values: list[str]) -> list[int]:
         elif len(parts) == 3:
             start, stop, step = (parse_length(p) for p in parts)
             if stop < start:
-                raise argparse.ArgumentTypeError(f"range {value!r} ends before it starts; write START:STOP:STEP")
+                raise argparse.ArgumentTypeError(
+                    f"range {value!r} ends before it starts; write START:STOP:STEP"
+                )
             items = list(range(start, stop + 1, step))
         else:
             raise argparse.ArgumentTypeError(
@@ -91,7 +93,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="weight/activation dtype (auto: bf16 on GPU, the model's or fp32 on CPU)",
     )
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    group.add_argument("--load-in-4bit", action="store_true", help="load the base model in 4-bit (bitsandbytes)")
+    group.add_argument(
+        "--load-in-4bit", action="store_true", help="load the base model in 4-bit (bitsandbytes)"
+    )
     group.add_argument(
         "--attention",
         default="sdpa",
@@ -105,7 +109,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.25,
         help="with --attention s2: group size as a fraction of the sequence (paper: 1/4)",
     )
-    group.add_argument("--label", default=None, help="name of this run in tables and plots (default: the model)")
+    group.add_argument(
+        "--label", default=None, help="name of this run in tables and plots (default: the model)"
+    )
 
 
 def load_eval_model(args: argparse.Namespace):

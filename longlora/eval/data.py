@@ -47,7 +47,9 @@ def expand_paths(paths: list[str | Path]) -> list[Path]:
         path = Path(raw)
         if path.is_dir():
             found = sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED and not p.name.startswith(".")
+                p
+                for p in path.rglob("*")
+                if p.is_file() and p.suffix.lower() in SUPPORTED and not p.name.startswith(".")
             )
             if not found:
                 raise EvalDataError(
@@ -138,7 +140,9 @@ def _tokenize_documents(texts: list[str], tokenizer, eos: int | None, budget: in
         if budget is not None:
             # A token is rarely shorter than one character: cut huge texts before tokenizing.
             text = text[: (budget - total) * 16 + 1024]
-        ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
+        ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False, verbose=False)[
+            "input_ids"
+        ]
         arr = np.asarray(ids, dtype=np.int64)
         if i and eos is not None:
             arr = np.concatenate([np.asarray([eos], dtype=np.int64), arr])
@@ -147,13 +151,17 @@ def _tokenize_documents(texts: list[str], tokenizer, eos: int | None, budget: in
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
-def _read_token_file(path: Path, token_dtype: str | None, budget: int | None, vocab_size: int | None) -> np.ndarray:
+def _read_token_file(
+    path: Path, token_dtype: str | None, budget: int | None, vocab_size: int | None
+) -> np.ndarray:
     from data_tools.tokenfile import open_token_file
 
     try:
         tf = open_token_file(path, dtype=token_dtype)
     except (OSError, ValueError) as err:
-        hint = "" if token_dtype else " (a raw .bin without a .bin.json sidecar needs --dtype uint16 or uint32)"
+        hint = (
+            "" if token_dtype else " (a raw .bin without a .bin.json sidecar needs --dtype uint16 or uint32)"
+        )
         raise EvalDataError(f"cannot read token file {path}: {err}{hint}") from err
     stored = np.dtype(tf.dtype)
     size = int(tf.tokens.shape[0])

@@ -52,7 +52,13 @@ TASK = (
     "There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
     "I will quiz you about the important information there."
 )
-FILLER = ("The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.", "There and back again.")
+FILLER = (
+    "The grass is green.",
+    "The sky is blue.",
+    "The sun is yellow.",
+    "Here we go.",
+    "There and back again.",
+)
 QUESTION = "What is the pass key? The pass key is"
 DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -101,7 +107,9 @@ class PasskeyPrompt:
         return len(self.input_ids)
 
 
-def make_prompt(tokenizer, length: int, depth: float, seed: int, *, chat_template: bool = False) -> PasskeyPrompt:
+def make_prompt(
+    tokenizer, length: int, depth: float, seed: int, *, chat_template: bool = False
+) -> PasskeyPrompt:
     """The longest prompt of at most ``length`` tokens (short of it by less than one filler sentence)."""
     key = passkey_for_seed(seed)
 
@@ -125,8 +133,14 @@ def make_prompt(tokenizer, length: int, depth: float, seed: int, *, chat_templat
         else:
             hi = mid
     text = build_prompt(lo, depth, key)
-    return PasskeyPrompt(length=length, depth=depth, seed=seed, key=key, text=text,
-                         input_ids=encode_prompt(tokenizer, text, chat_template))
+    return PasskeyPrompt(
+        length=length,
+        depth=depth,
+        seed=seed,
+        key=key,
+        text=text,
+        input_ids=encode_prompt(tokenizer, text, chat_template),
+    )
 
 
 def score_answer(answer: str, key: int) -> bool:
@@ -156,16 +170,22 @@ def generate_answer(model, tokenizer, input_ids: list[int], max_new_tokens: int)
     ids = torch.tensor([input_ids], device=device)
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                              eos_token_id=eos, pad_token_id=pad)
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=eos, pad_token_id=pad
+    )
     with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config,
-                             stopping_criteria=StoppingCriteriaList([NumberDone()]))
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            generation_config=config,
+            stopping_criteria=StoppingCriteriaList([NumberDone()]),
+        )
     return tokenizer.decode(out[0, prompt_len:], skip_special_tokens=True)
 
 
-def run_trial(model, tokenizer, length: int, depth: float, seed: int, *, chat_template: bool,
-              max_new_tokens: int) -> dict:
+def run_trial(
+    model, tokenizer, length: int, depth: float, seed: int, *, chat_template: bool, max_new_tokens: int
+) -> dict:
     prompt = make_prompt(tokenizer, length - max_new_tokens, depth, seed, chat_template=chat_template)
     t0 = time.perf_counter()
     answer = generate_answer(model, tokenizer, prompt.input_ids, max_new_tokens)
@@ -187,18 +207,27 @@ def summarize(trials: list[dict]) -> dict:
     for t in trials:
         cells.setdefault((t["length"], t["depth"]), []).append(t)
     by_cell = [
-        {"length": length, "depth": depth, "accuracy": sum(t["correct"] for t in ts) / len(ts),
-         "correct": sum(t["correct"] for t in ts), "trials": len(ts)}
+        {
+            "length": length,
+            "depth": depth,
+            "accuracy": sum(t["correct"] for t in ts) / len(ts),
+            "correct": sum(t["correct"] for t in ts),
+            "trials": len(ts),
+        }
         for (length, depth), ts in sorted(cells.items())
     ]
     by_length = []
     for length in sorted({t["length"] for t in trials}):
         ts = [t for t in trials if t["length"] == length]
-        by_length.append({
-            "length": length, "accuracy": sum(t["correct"] for t in ts) / len(ts),
-            "correct": sum(t["correct"] for t in ts), "trials": len(ts),
-            "seconds": round(sum(t["seconds"] for t in ts), 3),
-        })
+        by_length.append(
+            {
+                "length": length,
+                "accuracy": sum(t["correct"] for t in ts) / len(ts),
+                "correct": sum(t["correct"] for t in ts),
+                "trials": len(ts),
+                "seconds": round(sum(t["seconds"] for t in ts), 3),
+            }
+        )
     return {"by_length_depth": by_cell, "by_length": by_length}
 
 
@@ -223,19 +252,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_model_arguments(parser)
     grid = parser.add_argument_group("grid")
-    grid.add_argument("--lengths", nargs="+", default=["1k", "2k", "4k"],
-                      help="total tokens per trial (prompt + answer): 4096, 4k, or START:STOP:STEP ranges")
-    grid.add_argument("--depths", nargs="+", type=float, default=list(DEFAULT_DEPTHS),
-                      help="where the key sits, as a fraction of the filler before it (default: 0 .25 .5 .75 1)")
-    grid.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
-                      help="one trial per seed in each cell; the seed fixes the key (default: 0 1 2)")
-    grid.add_argument("--chat-template", default="auto", choices=("auto", "on", "off"),
-                      help="wrap the prompt as a user turn (instruct models) or not (base models); "
-                      "auto: on when the tokenizer has a chat template")
-    grid.add_argument("--max-new-tokens", type=int, default=16, help="answer tokens to generate (default: 16)")
+    grid.add_argument(
+        "--lengths",
+        nargs="+",
+        default=["1k", "2k", "4k"],
+        help="total tokens per trial (prompt + answer): 4096, 4k, or START:STOP:STEP ranges",
+    )
+    grid.add_argument(
+        "--depths",
+        nargs="+",
+        type=float,
+        default=list(DEFAULT_DEPTHS),
+        help="where the key sits, as a fraction of the filler before it (default: 0 .25 .5 .75 1)",
+    )
+    grid.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=[0, 1, 2],
+        help="one trial per seed in each cell; the seed fixes the key (default: 0 1 2)",
+    )
+    grid.add_argument(
+        "--chat-template",
+        default="auto",
+        choices=("auto", "on", "off"),
+        help="wrap the prompt as a user turn (instruct models) or not (base models); "
+        "auto: on when the tokenizer has a chat template",
+    )
+    grid.add_argument(
+        "--max-new-tokens", type=int, default=16, help="answer tokens to generate (default: 16)"
+    )
     out = parser.add_argument_group("output")
     out.add_argument("--output", default=None, help="write trials and accuracies as JSON to this file")
-    out.add_argument("--plot", default=None, help="write a PNG heatmap (length x depth) + accuracy-vs-length line")
+    out.add_argument(
+        "--plot", default=None, help="write a PNG heatmap (length x depth) + accuracy-vs-length line"
+    )
     out.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
@@ -258,7 +309,9 @@ def main(argv: list[str] | None = None) -> int:
         model, tokenizer = load_eval_model(args)
         chat = args.chat_template == "on" or (args.chat_template == "auto" and bool(tokenizer.chat_template))
         if args.chat_template == "on" and not tokenizer.chat_template:
-            raise ValueError("--chat-template on, but this tokenizer has no chat template; use --chat-template off")
+            raise ValueError(
+                "--chat-template on, but this tokenizer has no chat template; use --chat-template off"
+            )
         for length in lengths:
             check_addressable(model.config, length, what="--lengths", context_length=args.context_length)
         # Build every prompt first: a length too short for the prompt fails before any generation.
@@ -273,12 +326,28 @@ def main(argv: list[str] | None = None) -> int:
     with tqdm(grid, desc="passkey", unit="trial", disable=args.no_progress, file=sys.stderr) as bar:
         for length, depth, seed in bar:
             bar.set_postfix(length=length, depth=depth)
-            trials.append(run_trial(model, tokenizer, length, depth, seed, chat_template=chat,
-                                    max_new_tokens=args.max_new_tokens))
+            trials.append(
+                run_trial(
+                    model,
+                    tokenizer,
+                    length,
+                    depth,
+                    seed,
+                    chat_template=chat,
+                    max_new_tokens=args.max_new_tokens,
+                )
+            )
     summary = summarize(trials)
     config = model_config_record(args, model)
-    config.update({"lengths": lengths, "depths": depths, "seeds": args.seeds, "chat_template": chat,
-                   "max_new_tokens": args.max_new_tokens})
+    config.update(
+        {
+            "lengths": lengths,
+            "depths": depths,
+            "seeds": args.seeds,
+            "chat_template": chat,
+            "max_new_tokens": args.max_new_tokens,
+        }
+    )
     payload = {"kind": "passkey", "config": config, **summary, "trials": trials}
     print(format_table(summary, config["label"]))
     if args.output:

@@ -92,7 +92,9 @@ def parse_stride(text: str) -> int | float:
         try:
             value = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"cannot read --stride {text!r}; give tokens (512, 1k) or a fraction (0.5)") from None
+            raise argparse.ArgumentTypeError(
+                f"cannot read --stride {text!r}; give tokens (512, 1k) or a fraction (0.5)"
+            ) from None
         if not 0 < value <= 1:
             raise argparse.ArgumentTypeError(f"a fractional --stride must be in (0, 1], got {text}")
         return value
@@ -228,8 +230,14 @@ def evaluate_perplexity(
     windows = make_windows(len(tokens), seq_len, protocol=protocol, stride=stride, window_step=window_step)
     tokens = np.asarray(tokens, dtype=np.int64)
     t0 = time.perf_counter()
-    with tqdm(total=len(windows), desc=f"seq-len {seq_len}", unit="win", disable=not show_progress,
-              file=sys.stderr, leave=False) as bar:
+    with tqdm(
+        total=len(windows),
+        desc=f"seq-len {seq_len}",
+        unit="win",
+        disable=not show_progress,
+        file=sys.stderr,
+        leave=False,
+    ) as bar:
         total, count = score_windows(model, tokens, windows, batch_size=batch_size, progress=bar)
     seconds = time.perf_counter() - t0
     loss = total / count
@@ -271,24 +279,51 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_model_arguments(parser)
     group = parser.add_argument_group("data and protocol")
-    group.add_argument("--data", nargs="+", required=True,
-                       help="text/markdown/PDF files, JSONL with a 'text' field, data_tools .bin token files, "
-                       "or folders of these")
-    group.add_argument("--dtype", default=None, choices=("uint16", "uint32"),
-                       help="token dtype of .bin files without a .bin.json sidecar (the original LongLoRA "
-                       "files are uint16); files with a sidecar use the dtype it records")
-    group.add_argument("--seq-len", nargs="+", default=["1k", "2k", "4k"],
-                       help="context lengths to evaluate: 4096, 4k, or ranges START:STOP:STEP (default: 1k 2k 4k)")
-    group.add_argument("--protocol", default="sliding", choices=PROTOCOLS,
-                       help="sliding: standard sliding window, each token scored once (default); "
-                       "longlora: the original eval.py (windows every --window-step tokens, all scored)")
-    group.add_argument("--stride", type=parse_stride, default=None,
-                       help="sliding protocol: tokens between window ends (512, 1k) or a fraction of each "
-                       "seq-len (0.5); default: seq-len, i.e. disjoint windows")
-    group.add_argument("--window-step", type=int, default=256,
-                       help="longlora protocol: tokens between window starts (default: 256, as the original)")
-    group.add_argument("--max-tokens", default=None,
-                       help="use only the first N tokens of the data (e.g. 16k) for a quick run")
+    group.add_argument(
+        "--data",
+        nargs="+",
+        required=True,
+        help="text/markdown/PDF files, JSONL with a 'text' field, data_tools .bin token files, "
+        "or folders of these",
+    )
+    group.add_argument(
+        "--dtype",
+        default=None,
+        choices=("uint16", "uint32"),
+        help="token dtype of .bin files without a .bin.json sidecar (the original LongLoRA "
+        "files are uint16); files with a sidecar use the dtype it records",
+    )
+    group.add_argument(
+        "--seq-len",
+        nargs="+",
+        default=["1k", "2k", "4k"],
+        help="context lengths to evaluate: 4096, 4k, or ranges START:STOP:STEP (default: 1k 2k 4k)",
+    )
+    group.add_argument(
+        "--protocol",
+        default="sliding",
+        choices=PROTOCOLS,
+        help="sliding: standard sliding window, each token scored once (default); "
+        "longlora: the original eval.py (windows every --window-step tokens, all scored)",
+    )
+    group.add_argument(
+        "--stride",
+        type=parse_stride,
+        default=None,
+        help="sliding protocol: tokens between window ends (512, 1k) or a fraction of each "
+        "seq-len (0.5); default: seq-len, i.e. disjoint windows",
+    )
+    group.add_argument(
+        "--window-step",
+        type=int,
+        default=256,
+        help="longlora protocol: tokens between window starts (default: 256, as the original)",
+    )
+    group.add_argument(
+        "--max-tokens",
+        default=None,
+        help="use only the first N tokens of the data (e.g. 16k) for a quick run",
+    )
     group.add_argument("--batch-size", type=int, default=1, help="windows per forward pass (default: 1)")
     out = parser.add_argument_group("output")
     out.add_argument("--output", default=None, help="write the results as JSON to this file")
@@ -308,44 +343,70 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
     if isinstance(args.stride, int) and args.protocol == "sliding" and args.stride > min(seq_lens):
-        parser.error(f"--stride {args.stride} is larger than --seq-len {min(seq_lens)}; use a stride <= seq-len "
-                     f"or a fraction such as 0.5")
+        parser.error(
+            f"--stride {args.stride} is larger than --seq-len {min(seq_lens)}; use a stride <= seq-len "
+            f"or a fraction such as 0.5"
+        )
     try:
         model, tokenizer = load_eval_model(args)
         for seq_len in seq_lens:
             check_addressable(model.config, seq_len, what="--seq-len", context_length=args.context_length)
-        data = load_eval_tokens(args.data, tokenizer, token_dtype=args.dtype, max_tokens=max_tokens,
-                                vocab_size=model.get_input_embeddings().num_embeddings)
+        data = load_eval_tokens(
+            args.data,
+            tokenizer,
+            token_dtype=args.dtype,
+            max_tokens=max_tokens,
+            vocab_size=model.get_input_embeddings().num_embeddings,
+        )
         for seq_len in seq_lens:  # fail before any work if a length cannot be evaluated
             try:
-                make_windows(len(data), seq_len, protocol=args.protocol, stride=args.stride,
-                             window_step=args.window_step)
+                make_windows(
+                    len(data),
+                    seq_len,
+                    protocol=args.protocol,
+                    stride=args.stride,
+                    window_step=args.window_step,
+                )
             except EvalDataError as err:
                 cut = f" (cut to --max-tokens {max_tokens})" if data.truncated else ""
-                raise EvalDataError(f"{err}{cut}; give a longer text, raise --max-tokens, or lower --seq-len") from None
+                raise EvalDataError(
+                    f"{err}{cut}; give a longer text, raise --max-tokens, or lower --seq-len"
+                ) from None
     except ValueError as err:  # includes EvalDataError, data_tools DocumentError, ModelLoadError
         print(f"error: {err}", file=sys.stderr)
         return 2
 
     config = model_config_record(args, model)
-    config.update({
-        "protocol": args.protocol,
-        "stride": args.stride,
-        "window_step": args.window_step if args.protocol == "longlora" else None,
-        "data": data.sources,
-        "data_tokens": len(data),
-        "max_tokens": max_tokens,
-        "token_dtype": args.dtype,
-        "batch_size": args.batch_size,
-    })
+    config.update(
+        {
+            "protocol": args.protocol,
+            "stride": args.stride,
+            "window_step": args.window_step if args.protocol == "longlora" else None,
+            "data": data.sources,
+            "data_tokens": len(data),
+            "max_tokens": max_tokens,
+            "token_dtype": args.dtype,
+            "batch_size": args.batch_size,
+        }
+    )
     results = []
     for seq_len in seq_lens:
-        results.append(evaluate_perplexity(
-            model, data.tokens, seq_len, protocol=args.protocol, stride=args.stride,
-            window_step=args.window_step, batch_size=args.batch_size, show_progress=not args.no_progress,
-        ))
-        print(f"seq-len {seq_len}: ppl {results[-1]['ppl']:.3f} ({results[-1]['seconds']:.1f} s)",
-              file=sys.stderr)
+        results.append(
+            evaluate_perplexity(
+                model,
+                data.tokens,
+                seq_len,
+                protocol=args.protocol,
+                stride=args.stride,
+                window_step=args.window_step,
+                batch_size=args.batch_size,
+                show_progress=not args.no_progress,
+            )
+        )
+        print(
+            f"seq-len {seq_len}: ppl {results[-1]['ppl']:.3f} ({results[-1]['seconds']:.1f} s)",
+            file=sys.stderr,
+        )
     payload = {"kind": "perplexity", "config": config, "results": results}
     print(format_table(results, config["label"]))
     if args.output:

@@ -107,7 +107,9 @@ def plot_passkey(payloads: list[dict], path: str | os.PathLike, title: str | Non
     ax = axes[0][n]
     for i, payload in enumerate(payloads):
         rows = sorted(payload["by_length"], key=lambda r: r["length"])
-        ax.plot([r["length"] for r in rows], [r["accuracy"] for r in rows], marker="o", label=_label(payload, i))
+        ax.plot(
+            [r["length"] for r in rows], [r["accuracy"] for r in rows], marker="o", label=_label(payload, i)
+        )
     ax.set_ylim(-0.05, 1.05)
     ax.set_xlabel("prompt length (tokens)")
     ax.set_ylabel("accuracy")
@@ -126,7 +128,9 @@ def load_result(path: str | os.PathLike) -> dict:
     except FileNotFoundError:
         raise ValueError(f"{path}: no such result file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not a JSON result file ({err}); pass files written with --output") from None
+        raise ValueError(
+            f"{path} is not a JSON result file ({err}); pass files written with --output"
+        ) from None
     if not isinstance(payload, dict) or payload.get("kind") not in ("perplexity", "passkey"):
         raise ValueError(
             f"{path} is not a longlora.eval result (no 'kind': 'perplexity' or 'passkey'); "
@@ -148,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--title", default=None, help="figure title")
     args = parser.parse_args(argv)
     if args.labels and len(args.labels) != len(args.results):
-        parser.error(f"--labels got {len(args.labels)} names for {len(args.results)} result files; give one each")
+        parser.error(
+            f"--labels got {len(args.labels)} names for {len(args.results)} result files; give one each"
+        )
     try:
         payloads = [load_result(p) for p in args.results]
     except ValueError as err:
@@ -156,8 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     kinds = {p["kind"] for p in payloads}
     if len(kinds) > 1:
-        print("error: cannot mix perplexity and passkey results on one plot; make one plot per kind",
-              file=sys.stderr)
+        print(
+            "error: cannot mix perplexity and passkey results on one plot; make one plot per kind",
+            file=sys.stderr,
+        )
         return 2
     for payload, label in zip(payloads, args.labels or []):
         payload.setdefault("config", {})["label"] = label
