@@ -12,8 +12,8 @@ Usage (CPU; every config runs all questions; results are appended to --out and r
     python benchmarks/qa_accuracy.py --configs retrieve:1024:256 truncate-end:4096 --limit 10
     python benchmarks/qa_accuracy.py --model ./merged-32k --configs retrieve:full
 
-A config is ``strategy[:budget[:passage_tokens[:repetition_penalty[:no_repeat_ngram]]]]``; budget
-``full`` means the whole context window.
+A config is ``strategy[:budget[:passage_tokens[:repetition_penalty[:no_repeat_ngram]]]][@prompt_style]``;
+budget ``full`` means the whole context window; prompt styles are ``longlora.qa.PROMPT_STYLES``.
 """
 
 from __future__ import annotations
@@ -57,13 +57,16 @@ class Config:
     passage_tokens: int = 256
     repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
+    prompt_style: str = "paper"
 
     @classmethod
     def parse(cls, text: str) -> Config:
+        text, _, style = text.partition("@")
         parts = text.split(":")
         try:
             budget = None if len(parts) < 2 or parts[1] == "full" else int(parts[1])
             return cls(
+                prompt_style=style or "paper",
                 strategy=parts[0],
                 budget=budget,
                 passage_tokens=int(parts[2]) if len(parts) > 2 else 256,
@@ -83,6 +86,8 @@ class Config:
             name += f":{self.passage_tokens}"
         if self.repetition_penalty != 1.0 or self.no_repeat_ngram_size:
             name += f":{self.repetition_penalty:g}:{self.no_repeat_ngram_size}"
+        if self.prompt_style != "paper":
+            name += f"@{self.prompt_style}"
         return name
 
 
@@ -163,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                 passage_tokens=config.passage_tokens,
                 repetition_penalty=config.repetition_penalty,
                 no_repeat_ngram_size=config.no_repeat_ngram_size,
+                prompt_style=config.prompt_style,
             )
             for item in items:
                 key = (config.name, item["id"])

@@ -43,13 +43,23 @@ from pathlib import Path
 
 import torch
 
-from data_tools.prompts import MATERIAL_TYPES, prompt_prefix, prompt_suffix
+from data_tools.prompts import MATERIAL_TYPES, material_phrase, prompt_prefix, prompt_suffix
 from longlora.retrieval import bm25_scores, select_passages, split_passages
 
 STRATEGIES = ("retrieve", "truncate-middle", "truncate-end")
 GAP_MARKER = "\n[...]\n"  # between kept pieces that are not adjacent in the document
 # Without a chat template the prompt uses the original LongLoRA SFT wrapping ([INST]...[/INST]).
 PLAIN_TEMPLATE = ("[INST]", "[/INST]")
+# Prompt wordings: "paper" is the paper's B.6 template (data_tools.prompts); the others keep its shape
+# (material first, question last, so the document prefix is cacheable) in words small models follow
+# without echoing "Now the material ends.". Chosen per model in PROFILES.
+PROMPT_STYLES: dict[str, tuple[str, str] | None] = {
+    "paper": None,
+    "brief": (
+        "Read {material} below and answer the question after it.\n\n",
+        "\n\nQuestion: {question}\nAnswer in one short sentence.",
+    ),
+}
 _CONTENT = "\u0000LONGLORA_CONTENT\u0000"  # placeholder, split out of the rendered chat template
 MIN_DOCUMENT_BUDGET = 16
 
@@ -68,6 +78,7 @@ class ModelProfile:
 
     document_budget: int | None = None
     passage_tokens: int = 256
+    prompt_style: str = "paper"
     repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
 
@@ -85,6 +96,10 @@ PROFILES: dict[str, ModelProfile] = {
 def profile_for(model) -> ModelProfile:
     name = str(getattr(model.config, "_name_or_path", "") or getattr(model, "name_or_path", ""))
     return PROFILES.get(Path(name.rstrip("/")).name, DEFAULT_PROFILE)
+
+
+def model_spec_is_dir(spec) -> bool:
+    return isinstance(spec, (str, Path)) and Path(str(spec)).expanduser().is_dir()
 
 
 @dataclass
@@ -200,15 +215,29 @@ def normalize_history(history) -> list[tuple[str, str]]:
     return [(str(q), str(a)) for q, a in history]
 
 
-def prompt_parts(tokenizer, question: str, material_type: str = "paper", history=None) -> tuple[str, str]:
+def prompt_parts(
+    tokenizer, question: str, material_type: str = "paper", history=None, style: str = "paper"
+) -> tuple[str, str]:
     """(head, tail): the prompt text before and after the document content.
 
-    The first user turn holds the paper's template (document, then the first question); later turns
-    of ``history`` are plain chat turns, and the current question is the last user turn.
+    The first user turn holds the template (document, then the first question); later turns of
+    ``history`` are plain chat turns, and the current question is the last user turn. ``style``
+    "paper" is the paper's B.6 template; "brief" is a wording small models follow better (see
+    ``PROMPT_STYLES``), still document first.
     """
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"unknown prompt style {style!r}; choose one of {', '.join(PROMPT_STYLES)}")
     pairs = normalize_history(history)
     questions = [q for q, _ in pairs] + [question]
-    first = prompt_prefix(material_type) + _CONTENT + prompt_suffix(questions[0])
+    if style == "paper":
+        first = prompt_prefix(material_type) + _CONTENT + prompt_suffix(questions[0])
+    else:
+        prefix, suffix = PROMPT_STYLES[style]
+        first = (
+            prefix.format(material=material_phrase(material_type))
+            + _CONTENT
+            + suffix.format(question=questions[0].strip())
+        )
     if getattr(tokenizer, "chat_template", None):
         messages = [{"role": "user", "content": first}]
         for (_, answer), q in zip(pairs, questions[1:]):
@@ -475,7 +504,12 @@ class QAEngine:
         self.model, self.tokenizer = model, tokenizer
         self.context_length = window
         if self.profile is None:
-            self.profile = profile_for(model)
+            # A fine-tuned adapter on a known base is a new model: assume it uses its whole window.
+            adapted = self._load_args["adapter"] or (
+                model_spec_is_dir(self.model_spec)
+                and (Path(self.model_spec) / "adapter_config.json").is_file()
+            )
+            self.profile = DEFAULT_PROFILE if adapted else profile_for(model)
         self._eos_ids = _eos_ids(model, tokenizer)
         self._gap_ids = tokenizer(GAP_MARKER, add_special_tokens=False)["input_ids"]
         self.state = "ready"
@@ -514,10 +548,11 @@ class QAEngine:
         self.wait_ready()
         tokenizer = self.tokenizer
         try:
-            enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            # verbose=False: a document longer than the model's window is expected here
+            enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
             return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
         except (NotImplementedError, TypeError, KeyError):  # slow tokenizer: spread offsets evenly
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
             step = len(text) / max(1, len(ids))
             return ids, [(int(i * step), int((i + 1) * step)) for i in range(len(ids))]
 
@@ -538,7 +573,9 @@ class QAEngine:
         """Head/tail ids and the document budget; drops the oldest history turns if they do not fit."""
         pairs = normalize_history(history)
         while True:
-            head, tail = prompt_parts(self.tokenizer, question, session.material_type, pairs)
+            head, tail = prompt_parts(
+                self.tokenizer, question, session.material_type, pairs, style=self.profile.prompt_style
+            )
             head_ids, tail_ids = self._encode(head, first=True), self._encode(tail, first=False)
             room = self.context_length - len(head_ids) - len(tail_ids) - max_new_tokens
             if room >= MIN_DOCUMENT_BUDGET or not pairs:
