@@ -141,4 +141,11 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
                 f"--config {path}: unknown key {key!r}; keys are the finetune flags, e.g. context-length"
             )
         out[name] = value
+    ds = out.get("deepspeed")
+    if ds and not Path(ds).is_absolute() and not Path(ds).exists():
+        # recipes name DeepSpeed configs relative to the repository root; find them from anywhere
+        for root in (p.parent, p.parent.parent):
+            if (root / ds).is_file():
+                out["deepspeed"] = str(root / ds)
+                break
     return out
