@@ -208,3 +208,19 @@ def test_bad_input_gives_errors_that_say_what_to_do(base_dir, text_file, tmp_pat
     ds.write_text('{"zero_optimization": {"stage": 2}}')
     msg = err("--model", base_dir, "--data", text_file, "--output-dir", tmp_path / "o5", "--deepspeed", ds)
     assert "pip install deepspeed" in msg
+
+
+def test_continue_training_an_adapter(base_dir, text_file, tmp_path):
+    first = tmp_path / "first"
+    assert run(base_dir, text_file, first, "--context-length", "512", "--max-steps", "1") == 0
+    second = tmp_path / "second"
+    assert (
+        run(base_dir, text_file, second, "--adapter", first, "--context-length", "512", "--max-steps", "2")
+        == 0
+    )
+    meta = json.loads((second / "longlora_args.json").read_text())
+    assert meta["resolved"]["trainable_parameters"] == 11504 and meta["resolved"]["pi_factor"] == 2
+    a = load_file(first / "adapter_model.safetensors")
+    b = load_file(second / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((second / "config.json").read_text())["rope_parameters"]["factor"] == 2.0
