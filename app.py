@@ -89,23 +89,26 @@ class ChatState:
     material_type: str = "other"
     turns: list[Turn] = field(default_factory=list)
     stop_event: threading.Event = field(default_factory=threading.Event)
+    close: Any = None  # frees the engine's cached prompt for this document (engine.close_session)
 
 
 def _state(state: ChatState | None) -> ChatState:
     return state if state is not None else ChatState()
 
 
-def release_state(engine, state: ChatState | None) -> None:
+def release_state(state: ChatState | None) -> None:
     """Stop the session's answer and free the engine's cached prompt for its document.
 
-    Called on a new upload, on New document, and by gradio when the browser session ends.
+    Called on a new upload, on New document, and by gradio when the browser session ends. It takes
+    no engine on purpose: gradio deep-copies the page config (which holds this callback) on every
+    page request, and a callback bound to the engine would copy the whole model each time.
     """
     if state is None:
         return
     state.stop_event.set()
-    close = getattr(engine, "close_session", None)
-    if state.session is not None and close is not None:
-        close(state.session)
+    if state.close is not None:
+        state.close()
+        state.close = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -245,7 +248,11 @@ def _open_session(engine, state: ChatState, strategy: str, material_type: str | 
     ``material_type=None`` lets the engine guess it from the document.
     """
     try:
+        if state.close is not None:  # re-opened (material type changed): free the old cache
+            state.close()
         state.session = engine.open_document(state.document, material_type=material_type)
+        close_session = getattr(engine, "close_session", None)
+        state.close = partial(close_session, state.session) if close_session else None
         state.material_type = state.session.material_type
         return state.session.card(strategy=strategy).to_markdown()
     except ValueError as exc:
@@ -271,7 +278,7 @@ def upload_document(engine, file_path: str | None, state: ChatState | None, stra
         raise _user_error(str(exc), title="Cannot read this file") from exc
     finally:
         discard_upload(file_path)
-    release_state(engine, state)  # an answer still streaming about the old document stops
+    release_state(state)  # an answer still streaming about the old document stops
     new = ChatState(document=document)
     if engine.state == "ready":
         card = _open_session(engine, new, strategy)
@@ -451,9 +458,9 @@ def clear_chat(state: ChatState | None):
     return chat_messages(state), state
 
 
-def clear(engine, state: ChatState | None):
+def clear(state: ChatState | None):
     """New document: stop anything running and forget the document and the conversation."""
-    release_state(engine, state)
+    release_state(state)
     new = ChatState()
     return (
         None,
@@ -486,7 +493,7 @@ def build_demo(engine, *, max_new_tokens: int = 512, concurrency: int = DEFAULT_
     with gr.Blocks(
         title="LongLoRA: ask a long document", analytics_enabled=False, delete_cache=(600, 3600)
     ) as demo:
-        state = gr.State(None, delete_callback=partial(release_state, engine))
+        state = gr.State(None, delete_callback=release_state)
         gr.Markdown("## LongLoRA: ask questions about a long document")
         status = gr.Markdown(status_markdown(engine), elem_id="status-line")
         timer = gr.Timer(1.0)
@@ -645,7 +652,7 @@ def build_demo(engine, *, max_new_tokens: int = 512, concurrency: int = DEFAULT_
 
         stop_btn.click(stop, [state], [chatbot], api_name="stop", cancels=[*streams, ask_api], **light)
         new_doc.click(
-            partial(clear, engine),
+            clear,
             [state],
             [upload, card, chatbot, question, material, state, *examples],
             api_name="clear",
@@ -656,7 +663,7 @@ def build_demo(engine, *, max_new_tokens: int = 512, concurrency: int = DEFAULT_
             clear_chat, [state], [chatbot, state], api_name="clear_chat", cancels=[*streams, ask_api], **light
         )
         upload.clear(
-            partial(clear, engine),
+            clear,
             [state],
             [upload, card, chatbot, question, material, state, *examples],
             api_name="clear_upload",

@@ -499,7 +499,7 @@ def test_busy_while_answer_pending(engine):
 def test_clear_forgets_document_and_conversation(engine):
     _, state = _upload(engine, PAPER)
     _ask_ui(engine, state, "What is zoo?")
-    file_value, card, chat, question, material, new, *buttons = app.clear(engine, state)
+    file_value, card, chat, question, material, new, *buttons = app.clear(state)
     assert file_value is None and card == app.EMPTY_CARD and chat == [] and question == ""
     assert new.document is None and new.turns == [] and state.stop_event.is_set()
     assert engine.closed == [state.session]
@@ -531,6 +531,18 @@ def test_every_event_has_an_api_name_and_the_public_api():
     config = demo.get_config_file()
     assert "flag" not in str([c.get("props", {}).get("label") for c in config["components"]]).lower()
     assert demo.analytics_enabled is False and demo.delete_cache is not None
+
+
+def test_page_config_does_not_hold_the_engine():
+    # gradio deep-copies the page config on every page request: the engine (and its model) must not
+    # be reachable from it, or each page load would copy the model.
+    import copy
+
+    engine = FakeEngine()
+    demo = app.build_demo(engine)
+    memo: dict = {}
+    copy.deepcopy(demo.get_config_file(), memo)
+    assert id(engine) not in memo
 
 
 def test_nothing_loads_a_model_at_import():
@@ -600,12 +612,26 @@ def test_usage_block_in_module_docstring():
 # --------------------------------------------------------------------------------------------------
 
 
+def launch_with_retry(demo, attempts: int = 3) -> str:
+    """Launch on a free 127.0.0.1 port. On a heavily loaded machine gradio's self-check of
+    localhost (one HEAD request with a 3 s timeout) can time out; launching again then works."""
+    for attempt in range(attempts):
+        try:
+            _, url, _ = app.launch(demo, port=None, prevent_thread_lock=True, quiet=True)
+            return url
+        except ValueError as exc:
+            demo.close()
+            if "localhost is not accessible" not in str(exc) or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture
 def served(tmp_path, monkeypatch):
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
     engine = FakeEngine(answer=" ".join(f"word{i}" for i in range(30)), delay=0.01)
     demo = app.build_demo(engine)
-    _, url, _ = app.launch(demo, port=None, prevent_thread_lock=True, quiet=True)
+    url = launch_with_retry(demo)
     assert url.startswith("http://127.0.0.1:")
     try:
         yield engine, url, tmp_path / "gradio"
@@ -617,7 +643,7 @@ def test_client_session_upload_ask_follow_up_stop(served):
     from gradio_client import Client, handle_file
 
     engine, url, upload_root = served
-    client = Client(url, verbose=False)
+    client = Client(url, verbose=False, httpx_kwargs={"timeout": 120})
     card = client.predict(handle_file(str(PAPER)), api_name="/upload")
     assert isinstance(card, str) and "zoo-faq.pdf" in card and "pages: 15" in card
     assert upload_root.is_dir()  # gradio received the upload there...
@@ -634,7 +660,7 @@ def test_client_session_upload_ask_follow_up_stop(served):
     assert engine.calls[-1]["history"][0] == {"role": "user", "content": "What is zoo?"}
 
     # another client is another session: no document there
-    other = Client(url, verbose=False)
+    other = Client(url, verbose=False, httpx_kwargs={"timeout": 120})
     with pytest.raises(Exception, match="Upload a PDF, TXT or MD document first"):
         other.predict("What is zoo?", api_name="/ask")
     with pytest.raises(Exception, match="type a question"):
