@@ -176,7 +176,12 @@ def check_addressable(config, length: int, *, what: str, context_length: int | N
 def model_label(args: argparse.Namespace) -> str:
     if args.label:
         return args.label
-    name = Path(str(args.model)).name or str(args.model)
+    if str(args.model) == "default":
+        from longlora.models import default_model_dir
+
+        name = default_model_dir().name
+    else:
+        name = Path(str(args.model)).name or str(args.model)
     if args.adapter:
         name += f"+{Path(str(args.adapter)).name}"
     if args.context_length:
