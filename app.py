@@ -725,16 +725,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--context-length",
         type=int,
         default=None,
-        help="context length in tokens; longer than the model's own applies Position Interpolation",
+        help="context length in tokens (default: the model's); longer than the model's window applies Position Interpolation",
     )
     parser.add_argument("--load-in-4bit", action="store_true", help="load the model in 4-bit (bitsandbytes)")
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (0.0.0.0 exposes the app to your network)"
     )
     parser.add_argument("--port", type=int, default=7860, help="port to listen on")
-    parser.add_argument(
-        "--share", action="store_true", help="also create a public gradio.live link (off by default)"
-    )
+    parser.add_argument("--share", action="store_true", help="also create a public gradio.live link")
     parser.add_argument(
         "--max-new-tokens", type=int, default=512, help="default answer length limit in tokens"
     )
@@ -742,7 +740,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--concurrency",
         type=int,
         default=DEFAULT_CONCURRENCY,
-        help="how many answers may be generated at the same time",
+        help="how many questions may be in progress at once; the model answers one at a time and the others show that they wait",
     )
     return parser
 
