@@ -219,7 +219,7 @@ def test_cli_errors_name_the_problem_and_the_fix(tiny_model_dir, book, tmp_path,
     big.write_bytes(np.full(300, 5000, dtype="<u2").tobytes())
     assert main(base + ["--data", str(big), "--seq-len", "64", "--dtype", "uint16"]) == 2
     assert "beyond the model's vocabulary of 128" in capsys.readouterr().err
-    assert main(base + ["--data", str(book), "--seq-len", "64", "--attention", "flash", "--device", "cpu"]) == 2
+    assert main(base + f"--data {book} --seq-len 64 --attention flash --device cpu".split()) == 2
     assert "use --attention sdpa on CPU" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(base + ["--data", str(book), "--seq-len", "64", "--stride", "100"])

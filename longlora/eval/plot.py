@@ -38,6 +38,14 @@ def _length_label(n: int) -> str:
     return f"{n // 1024}k" if n % 1024 == 0 else str(n)
 
 
+def _length_axis(ax, lengths: set[int]) -> None:
+    """Log2 x axis with a tick at every measured length, labelled 1k, 2k, ..."""
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(lengths))
+    ax.set_xticklabels([_length_label(n) for n in sorted(lengths)])
+    ax.minorticks_off()
+
+
 def _save(fig, path: str | os.PathLike) -> Path:
     """Save atomically: a reader never sees a half-written PNG."""
     path = Path(path)
@@ -56,17 +64,14 @@ def _save(fig, path: str | os.PathLike) -> Path:
 def plot_perplexity(payloads: list[dict], path: str | os.PathLike, title: str | None = None) -> Path:
     """One line of perplexity against context length per result payload."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
     ticks: set[int] = set()
     for i, payload in enumerate(payloads):
         rows = sorted(payload["results"], key=lambda r: r["seq_len"])
         xs = [r["seq_len"] for r in rows]
         ax.plot(xs, [r["ppl"] for r in rows], marker="o", label=_label(payload, i))
         ticks.update(xs)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(sorted(ticks))
-    ax.set_xticklabels([_length_label(n) for n in sorted(ticks)])
-    ax.minorticks_off()
+    _length_axis(ax, ticks)
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel("perplexity")
     protocol = payloads[0].get("config", {}).get("protocol") if payloads else None
@@ -82,7 +87,7 @@ def plot_passkey(payloads: list[dict], path: str | os.PathLike, title: str | Non
     """Heatmap of accuracy (depth x length) per payload, plus accuracy vs length for all payloads."""
     plt = _pyplot()
     n = len(payloads)
-    fig, axes = plt.subplots(1, n + 1, figsize=(4.6 * (n + 1), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, n + 1, figsize=(4.8 * (n + 1), 3.8), squeeze=False, layout="constrained")
     for i, payload in enumerate(payloads):
         cells = payload["by_length_depth"]
         lengths = sorted({c["length"] for c in cells})
@@ -96,7 +101,7 @@ def plot_passkey(payloads: list[dict], path: str | os.PathLike, title: str | Non
         ax.set_xticklabels([_length_label(x) for x in lengths])
         ax.set_yticks(range(len(depths)))
         ax.set_yticklabels([f"{d:.0%}" for d in depths])
-        ax.set_xlabel("prompt length (tokens)")
+        ax.set_xlabel("length (tokens, prompt + answer)")
         ax.set_ylabel("key depth")
         ax.set_title(_label(payload, i))
         for r, row in enumerate(grid):
@@ -105,13 +110,16 @@ def plot_passkey(payloads: list[dict], path: str | os.PathLike, title: str | Non
                     ax.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=8)
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     ax = axes[0][n]
+    ticks: set[int] = set()
     for i, payload in enumerate(payloads):
         rows = sorted(payload["by_length"], key=lambda r: r["length"])
+        ticks.update(r["length"] for r in rows)
         ax.plot(
             [r["length"] for r in rows], [r["accuracy"] for r in rows], marker="o", label=_label(payload, i)
         )
+    _length_axis(ax, ticks)
     ax.set_ylim(-0.05, 1.05)
-    ax.set_xlabel("prompt length (tokens)")
+    ax.set_xlabel("length (tokens, prompt + answer)")
     ax.set_ylabel("accuracy")
     ax.set_title(title or "Passkey retrieval accuracy")
     ax.grid(True, alpha=0.3)
