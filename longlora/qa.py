@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 
 from data_tools.prompts import MATERIAL_TYPES, material_phrase, prompt_prefix, prompt_suffix
-from longlora.retrieval import bm25_scores, select_passages, split_passages
+from longlora.retrieval import BM25Index, select_passages, split_passages
 
 STRATEGIES = ("retrieve", "truncate-middle", "truncate-end")
 GAP_MARKER = "\n[...]\n"  # between kept pieces that are not adjacent in the document
@@ -342,7 +342,7 @@ class DocumentSession:
         self._engine = engine
         self._ids: list[int] | None = None
         self._offsets: list[tuple[int, int]] | None = None
-        self._passages: dict[int, list[tuple[int, int]]] = {}
+        self._passages: dict[int, tuple[list[tuple[int, int]], BM25Index]] = {}
         self._lock = threading.Lock()
 
     def _tokens(self) -> tuple[list[int], list[tuple[int, int]]]:
@@ -351,11 +351,14 @@ class DocumentSession:
                 self._ids, self._offsets = self._engine._tokenize_document(self.document.text)
             return self._ids, self._offsets
 
-    def passages(self, size: int) -> list[tuple[int, int]]:
+    def passages(self, size: int) -> tuple[list[tuple[int, int]], BM25Index]:
+        """Token spans of ~``size``-token passages and their BM25 index (computed once per size)."""
         ids, offsets = self._tokens()
         with self._lock:
             if size not in self._passages:
-                self._passages[size] = split_passages(offsets, self.document.text, size)
+                spans = split_passages(offsets, self.document.text, size)
+                texts = [self.document.text[offsets[s][0] : offsets[e - 1][1]] for s, e in spans]
+                self._passages[size] = (spans, BM25Index(texts))
             return self._passages[size]
 
     def char_span(self, start: int, end: int) -> tuple[int, int]:
@@ -611,10 +614,8 @@ class QAEngine:
         ids, _ = session._tokens()
         passages = scores = None
         if strategy == "retrieve" and len(ids) > budget:
-            passages = session.passages(self.profile.passage_tokens)
-            text = session.document.text
-            pieces = [text[slice(*session.char_span(s, e))] for s, e in passages]
-            scores = bm25_scores(question, pieces)
+            passages, index = session.passages(self.profile.passage_tokens)
+            scores = index.scores(question)
         spans, content = fit_document(
             ids, budget, strategy, passages=passages, scores=scores, gap_ids=self._gap_ids
         )
@@ -728,7 +729,9 @@ class QAEngine:
                     generated.append(token)
                     if first_token_s is None:
                         first_token_s = time.perf_counter() - start
-                    new_text = self.tokenizer.decode(generated, skip_special_tokens=True).lstrip()
+                    # trailing whitespace is held back until more text follows, so the deltas
+                    # always add up to the final (stripped) answer
+                    new_text = self.tokenizer.decode(generated, skip_special_tokens=True).strip()
                     if not new_text.endswith("\ufffd") and new_text != text:
                         delta = new_text[len(text) :] if new_text.startswith(text) else new_text
                         text = new_text

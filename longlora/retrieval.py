@@ -6,7 +6,8 @@ with Okapi BM25 (Robertson & Zaragoza, 2009), and picks the best ones that fit a
 in document order so the model reads them as they appear in the document. Pure functions, no torch.
 
     >>> spans = split_passages(offsets, text, size=256)          # [(tok_start, tok_end), ...]
-    >>> scores = bm25_scores(question, [text[a:b] for a, b in char_spans])
+    >>> index = BM25Index([text[a:b] for a, b in char_spans])      # once per document
+    >>> scores = index.scores(question)
     >>> keep = select_passages(scores, [e - s for s, e in spans], budget=1024)
 """
 
@@ -86,24 +87,39 @@ def split_passages(
     return spans
 
 
+class BM25Index:
+    """Okapi BM25 (Robertson & Zaragoza, 2009) over a fixed list of passages; IDF with Lucene's +1.
+
+    Term counts are computed once, so scoring many questions against one document is cheap.
+    """
+
+    def __init__(self, passages: Sequence[str], *, k1: float = 1.2, b: float = 0.75):
+        docs = [terms(p) for p in passages]
+        self.k1, self.b = k1, b
+        self.counts = [Counter(d) for d in docs]
+        self.lengths = [len(d) for d in docs]
+        self.avg_len = (sum(self.lengths) / len(docs) or 1.0) if docs else 1.0
+        self.df: Counter = Counter()
+        for c in self.counts:
+            self.df.update(c.keys())
+
+    def idf(self, term: str) -> float:
+        n, df = len(self.counts), self.df[term]
+        return math.log(1 + (n - df + 0.5) / (df + 0.5))
+
+    def scores(self, query: str) -> list[float]:
+        query_terms = [t for t in dict.fromkeys(terms(query)) if self.df[t]]
+        idf = {t: self.idf(t) for t in query_terms}
+        out = []
+        for tf, length in zip(self.counts, self.lengths):
+            norm = self.k1 * (1 - self.b + self.b * length / self.avg_len)
+            out.append(sum(idf[t] * tf[t] * (self.k1 + 1) / (tf[t] + norm) for t in query_terms if t in tf))
+        return out
+
+
 def bm25_scores(query: str, passages: Sequence[str], *, k1: float = 1.2, b: float = 0.75) -> list[float]:
-    """Okapi BM25 score of each passage for the query (IDF with the +1 smoothing of Lucene)."""
-    docs = [terms(p) for p in passages]
-    query_terms = list(dict.fromkeys(terms(query)))
-    if not docs or not query_terms:
-        return [0.0] * len(docs)
-    n_docs = len(docs)
-    avg_len = sum(len(d) for d in docs) / n_docs or 1.0
-    df = Counter()
-    for d in docs:
-        df.update(set(d))
-    idf = {t: math.log(1 + (n_docs - df[t] + 0.5) / (df[t] + 0.5)) for t in query_terms}
-    scores = []
-    for d in docs:
-        tf = Counter(d)
-        norm = k1 * (1 - b + b * len(d) / avg_len)
-        scores.append(sum(idf[t] * tf[t] * (k1 + 1) / (tf[t] + norm) for t in query_terms if tf[t]))
-    return scores
+    """Okapi BM25 score of each passage for the query (one-off; see BM25Index to reuse the counts)."""
+    return BM25Index(passages, k1=k1, b=b).scores(query)
 
 
 def select_passages(
