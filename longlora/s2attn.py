@@ -81,7 +81,9 @@ def _document_layout(batch: int, seq_len: int, attention_mask, cu_seqlens, devic
     if attention_mask.ndim == 2:
         keep = attention_mask.to(device=device).bool()  # (B, T)
         if keep.shape != (batch, seq_len):
-            raise ValueError(f"2-D attention_mask must be (B, T)=({batch}, {seq_len}), got {tuple(keep.shape)}")
+            raise ValueError(
+                f"2-D attention_mask must be (B, T)=({batch}, {seq_len}), got {tuple(keep.shape)}"
+            )
         prev = torch.cat([keep.new_zeros(batch, 1), keep[:, :-1]], dim=1)
         starts = keep & ~prev
         if bool((starts.sum(dim=1) > 1).any()):
@@ -91,7 +93,9 @@ def _document_layout(batch: int, seq_len: int, attention_mask, cu_seqlens, devic
             )
     elif attention_mask.ndim == 4:
         if attention_mask.shape[-1] != seq_len or attention_mask.shape[-2] != seq_len:
-            raise ValueError(f"4-D attention_mask must end in (T, T)=({seq_len}, {seq_len}), got {tuple(attention_mask.shape)}")
+            raise ValueError(
+                f"4-D attention_mask must end in (T, T)=({seq_len}, {seq_len}), got {tuple(attention_mask.shape)}"
+            )
         m = attention_mask[:, 0].to(device)
         allowed = m if m.dtype == torch.bool else m > torch.finfo(m.dtype).min / 2  # (B, T, T)
         allowed = allowed.expand(batch, seq_len, seq_len)
@@ -101,7 +105,9 @@ def _document_layout(batch: int, seq_len: int, attention_mask, cu_seqlens, devic
         prev_keep = torch.cat([keep.new_zeros(batch, 1), keep[:, :-1]], dim=1)
         starts = keep & ~(sees_prev & prev_keep)
     else:
-        raise ValueError(f"attention_mask must be 2-D (B, T) or 4-D (B, 1, T, T), got {attention_mask.ndim}-D")
+        raise ValueError(
+            f"attention_mask must be 2-D (B, T) or 4-D (B, 1, T, T), got {attention_mask.ndim}-D"
+        )
 
     starts = starts.reshape(n)
     keep = keep.reshape(n)
@@ -182,7 +188,18 @@ def _attend_groups(out, heads, q, k, v, starts, lengths, plan, scaling, dropout,
         sel = (starts[:, None] + slot[None, :])[valid]  # flat token ids in group order
         cu = F.pad(torch.cumsum(lengths, 0), (1, 0)).to(torch.int32)
         max_len = int(lengths.max().item())
-        o = flash(q[sel], k[sel], v[sel], cu, cu, max_len, max_len, dropout_p=dropout, softmax_scale=scaling, causal=True)
+        o = flash(
+            q[sel],
+            k[sel],
+            v[sel],
+            cu,
+            cu,
+            max_len,
+            max_len,
+            dropout_p=dropout,
+            softmax_scale=scaling,
+            causal=True,
+        )
         out[sel, heads] = o
         return
     runs, rest = plan
@@ -202,7 +219,9 @@ def _attend_groups(out, heads, q, k, v, starts, lengths, plan, scaling, dropout,
         # padded slots repeat the group's first token; they sit after every valid slot, so a causal query
         # never attends to them
         index = torch.where(valid, r_starts[:, None] + slot[None, :], r_starts[:, None])
-        og = _sdpa(q[index].transpose(1, 2), k[index].transpose(1, 2), v[index].transpose(1, 2), scaling, dropout)
+        og = _sdpa(
+            q[index].transpose(1, 2), k[index].transpose(1, 2), v[index].transpose(1, 2), scaling, dropout
+        )
         out[index[valid], heads] = og.transpose(1, 2)[valid]
 
 
@@ -256,7 +275,9 @@ def s2_attention(
         ``(B, H, T, D)``; rows of padding tokens are zero.
     """
     if query.ndim != 4 or key.ndim != 4 or value.ndim != 4:
-        raise ValueError(f"query/key/value must be 4-D (B, H, T, D); got {query.ndim}-D, {key.ndim}-D, {value.ndim}-D")
+        raise ValueError(
+            f"query/key/value must be 4-D (B, H, T, D); got {query.ndim}-D, {key.ndim}-D, {value.ndim}-D"
+        )
     batch, heads, seq_len, dim = query.shape
     kv_heads = key.shape[1]
     if key.shape != value.shape or key.shape[0] != batch or key.shape[2] != seq_len or key.shape[3] != dim:
@@ -271,7 +292,9 @@ def s2_attention(
         raise ValueError(f"group_size must be >= 2 tokens, got {group_size}")
     if backend not in ("auto", "sdpa", "flash"):
         raise ValueError(f"backend must be 'auto', 'sdpa' or 'flash', got {backend!r}")
-    flash_ok = query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and _flash_attn_varlen() is not None
+    flash_ok = (
+        query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and _flash_attn_varlen() is not None
+    )
     if backend == "flash" and not flash_ok:
         raise RuntimeError(
             "backend='flash' needs a CUDA device, fp16/bf16 tensors and flash-attn "
@@ -299,7 +322,17 @@ def s2_attention(
         plan = None if use_flash else _plan(starts, lengths)
         for h0, h1, kv0, kv1 in _head_blocks(lo, hi, n_rep):
             _attend_groups(
-                out, slice(h0, h1), q[:, h0:h1], k[:, kv0:kv1], v[:, kv0:kv1], starts, lengths, plan, scaling, dropout, use_flash
+                out,
+                slice(h0, h1),
+                q[:, h0:h1],
+                k[:, kv0:kv1],
+                v[:, kv0:kv1],
+                starts,
+                lengths,
+                plan,
+                scaling,
+                dropout,
+                use_flash,
             )
     return out.reshape(batch, seq_len, heads, dim).transpose(1, 2)
 
@@ -326,9 +359,13 @@ def s2_attention_forward(module, query, key, value, attention_mask, dropout=0.0,
 
     config = module.config
     seq_len = query.shape[2]
-    use_s2 = (module.training or getattr(config, "s2_in_eval", False)) and key.shape[2] == seq_len and seq_len > 1
+    use_s2 = (
+        (module.training or getattr(config, "s2_in_eval", False)) and key.shape[2] == seq_len and seq_len > 1
+    )
     if not use_s2:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     out = s2_attention(
         query,
         key,
@@ -382,7 +419,9 @@ def enable_s2_attention(
     base = _base(model)
     config = base.config
     config.s2_group_size = int(group_size) if group_size is not None else None
-    config.s2_group_size_ratio = None if group_size is not None else (group_size_ratio or DEFAULT_GROUP_SIZE_RATIO)
+    config.s2_group_size_ratio = (
+        None if group_size is not None else (group_size_ratio or DEFAULT_GROUP_SIZE_RATIO)
+    )
     config.s2_shift = bool(shift)
     config.s2_in_eval = bool(in_eval)
     base.set_attn_implementation(ATTN_NAME)
