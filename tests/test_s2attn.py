@@ -277,3 +277,22 @@ def test_gradients_flow_through_the_backend():
     loss.backward()
     grads = [p.grad for n, p in m.named_parameters() if "q_proj" in n]
     assert all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.real_model
+def test_backend_on_the_bundled_default_model():
+    from longlora.models import load_model
+
+    model, tok = load_model("default", dtype="float32", device="cpu")
+    assert (model.config.num_attention_heads, model.config.num_key_value_heads) == (9, 3)
+    ids = tok("It is a truth universally acknowledged, " * 20, return_tensors="pt").input_ids[:, :160]
+    with torch.no_grad():
+        full = model(ids).logits
+        enable_s2_attention(model, group_size=64).train()
+        s2 = model(ids).logits
+        model.eval()
+        s2_eval = model(ids).logits
+    disable_s2_attention(model)
+    assert (s2 - full).abs().max() > 1e-3  # groups of 64 over 160 tokens change the result in training
+    _assert_close(s2[:, :32], full[:, :32], atol=1e-4, what="first half-group")
+    _assert_close(s2_eval, full, atol=0, what="eval falls back to full attention")
