@@ -20,10 +20,11 @@ trial is correct when the first number in the answer is exactly the key.
 Usage (CPU example first)::
 
     python -m longlora.eval.passkey --model default --lengths 1k 2k 4k 8k \\
-        --depths 0 0.25 0.5 0.75 1 --seeds 0 --torch-dtype bfloat16 \\
+        --depths 0 0.25 0.5 0.75 1 --seeds 0 --chat-template off --torch-dtype bfloat16 \\
         --output results/passkey-smollm2.json --plot docs/passkey-smollm2.png
 
-    # base models: chat template off (auto turns it on when the tokenizer has one)
+    # --chat-template off for base models (and to measure retrieval alone on small instruct
+    # models); auto turns it on when the tokenizer has a chat template
     python -m longlora.eval.passkey --model my-base-model --chat-template off --lengths 1k:8k:1k
 
     # a model extended with Position Interpolation, on a GPU
@@ -89,8 +90,8 @@ def encode_prompt(tokenizer, prompt: str, chat_template: bool) -> list[int]:
         text = tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
         )
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    return list(tokenizer(prompt)["input_ids"])
+        return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+    return list(tokenizer(prompt, verbose=False)["input_ids"])
 
 
 @dataclass
