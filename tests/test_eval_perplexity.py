@@ -245,6 +245,16 @@ def test_cli_position_interpolation_and_s2_ablation(tiny_model_dir, book, tmp_pa
     assert s2_result["results"][0]["ppl"] != pytest.approx(full_ppl, rel=1e-6)  # S2 really stays on in eval
 
 
+def test_cli_longlora_protocol_records_its_windows(tiny_model_dir, book, tmp_path):
+    out = tmp_path / "paper.json"
+    args = f"--model {tiny_model_dir} --data {book} --seq-len 64 --max-tokens 400 --protocol longlora"
+    assert main([*args.split(), "--window-step", "32", "--output", str(out), "--no-progress"]) == 0
+    (entry,) = json.loads(out.read_text())["results"]
+    starts = list(range(0, 400 - 64, 32))[:-1]
+    assert entry["protocol"] == "longlora" and entry["window_step"] == 32
+    assert entry["windows"] == len(starts) and entry["tokens"] == len(starts) * 63
+
+
 # ----------------------------------------------------------------------------- real model
 
 
