@@ -204,3 +204,15 @@ def test_default_model_converted_folder():
         [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
     )
     assert tok.model_max_length == 8192
+
+
+def test_load_in_4bit_quantizes_linear_layers(tmp_path):
+    """NF4 through bitsandbytes (it also runs on CPU): projections become Linear4bit, logits stay close."""
+    bnb = pytest.importorskip("bitsandbytes")
+    model = tiny_model("llama", hidden_size=64, intermediate_size=128, head_dim=16, num_attention_heads=4)
+    model.save_pretrained(tmp_path)
+    make_char_tokenizer().save_pretrained(tmp_path)
+    quantized, _ = load_model(str(tmp_path), load_in_4bit=True, dtype="float32", device="cpu", status=None)
+    assert isinstance(quantized.model.layers[0].self_attn.q_proj, bnb.nn.Linear4bit)
+    a, b = _logits(quantized).flatten(), _logits(model).flatten()
+    assert torch.corrcoef(torch.stack([a, b]))[0, 1] > 0.95
