@@ -44,10 +44,8 @@ from pathlib import Path
 import torch
 
 from data_tools.prompts import MATERIAL_TYPES, material_phrase, prompt_prefix, prompt_suffix
-from longlora.retrieval import BM25Index, select_passages, split_passages
+from longlora.retrieval import GAP_MARKER, STRATEGIES, BM25Index, fit_document, split_passages
 
-STRATEGIES = ("retrieve", "truncate-middle", "truncate-end")
-GAP_MARKER = "\n[...]\n"  # between kept pieces that are not adjacent in the document
 # Without a chat template the prompt uses the original LongLoRA SFT wrapping ([INST]...[/INST]).
 PLAIN_TEMPLATE = ("[INST]", "[/INST]")
 # Prompt wordings: "paper" is the paper's B.6 template (data_tools.prompts); the others keep its shape
@@ -256,63 +254,6 @@ def prompt_parts(
             "the chat template dropped the document; use a model whose template keeps user content"
         )
     return head, tail
-
-
-@dataclass
-class Fit:
-    """The document part of one prompt: token spans kept and the ids that represent them."""
-
-    content_ids: list[int]
-    spans: list[tuple[int, int]]
-    report: FitReport
-
-
-def fit_document(
-    ids: Sequence[int],
-    budget: int,
-    strategy: str,
-    *,
-    passages: Sequence[tuple[int, int]] | None = None,
-    scores: Sequence[float] | None = None,
-    gap_ids: Sequence[int] = (),
-) -> tuple[list[tuple[int, int]], list[int]]:
-    """Choose token spans of ``ids`` that fit ``budget`` tokens (gap markers included) -> (spans, ids).
-
-    retrieve needs ``passages`` (token spans) and their ``scores``.
-    """
-    n = len(ids)
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
-    if n <= budget:
-        spans = [(0, n)] if n else []
-    elif strategy == "truncate-end":
-        spans = [(0, budget)]
-    elif strategy == "truncate-middle":
-        room = max(0, budget - len(gap_ids))
-        head = (room + 1) // 2
-        spans = [(0, head), (n - (room - head), n)] if room - head > 0 else [(0, head)]
-    else:
-        if passages is None or scores is None:
-            raise ValueError("retrieve needs passages and their scores")
-        lengths = [e - s for s, e in passages]
-        chosen = select_passages(scores, lengths, budget, separator_len=len(gap_ids))
-        spans = _merge_spans([passages[i] for i in chosen])
-    out: list[int] = []
-    for k, (s, e) in enumerate(spans):
-        if k:
-            out.extend(gap_ids)
-        out.extend(ids[s:e])
-    return spans, out
-
-
-def _merge_spans(spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-    merged: list[tuple[int, int]] = []
-    for s, e in spans:
-        if merged and merged[-1][1] == s:
-            merged[-1] = (merged[-1][0], e)
-        else:
-            merged.append((s, e))
-    return merged
 
 
 def guess_material_type(document) -> str:

@@ -1,14 +1,15 @@
-"""Passage retrieval for documents longer than the context: token-aligned passages + BM25.
+"""What part of a long document goes into the prompt: truncation, or BM25-ranked passages.
 
-The QA engine tokenizes a document once; this module cuts that token sequence into passages of about
-``size`` tokens (preferring to cut where a sentence or line starts), scores them against a question
-with Okapi BM25 (Robertson & Zaragoza, 2009), and picks the best ones that fit a token budget, returned
-in document order so the model reads them as they appear in the document. Pure functions, no torch.
+``fit_document`` picks token spans of a tokenized document that fit a token budget with one of three
+strategies: ``truncate-end`` (the beginning), ``truncate-middle`` (beginning and end) or ``retrieve``:
+the token sequence is cut into passages of about ``size`` tokens (preferring to cut where a sentence
+or line starts), scored against the question with Okapi BM25 (Robertson & Zaragoza, 2009), and the
+best ones that fit are kept in document order, so the model reads them as they appear in the
+document. Pure functions, no torch.
 
     >>> spans = split_passages(offsets, text, size=256)          # [(tok_start, tok_end), ...]
     >>> index = BM25Index([text[a:b] for a, b in char_spans])      # once per document
-    >>> scores = index.scores(question)
-    >>> keep = select_passages(scores, [e - s for s, e in spans], budget=1024)
+    >>> kept, ids = fit_document(doc_ids, 1024, "retrieve", passages=spans, scores=index.scores(q))
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ STOPWORDS = frozenset(
     might must also just only own same such any each few more most other some all both one s t
     according does document paper book text material question answer please tell""".split()
 )
+
+STRATEGIES = ("retrieve", "truncate-middle", "truncate-end")
+GAP_MARKER = "\n[...]\n"  # between kept pieces that are not adjacent in the document
 
 _WORD = re.compile(r"[a-z0-9]+(?:[.'][a-z0-9]+)*")
 _SENTENCE_START = re.compile(r"(?:\n\s*|[.!?][\"')\]]*\s+)(?=\S)")
@@ -144,3 +148,51 @@ def select_passages(
 
 def _gap_cost(indices: Sequence[int], separator_len: int) -> int:
     return separator_len * sum(1 for a, b in zip(indices, indices[1:]) if b != a + 1)
+
+
+def fit_document(
+    ids: Sequence[int],
+    budget: int,
+    strategy: str,
+    *,
+    passages: Sequence[tuple[int, int]] | None = None,
+    scores: Sequence[float] | None = None,
+    gap_ids: Sequence[int] = (),
+) -> tuple[list[tuple[int, int]], list[int]]:
+    """Choose token spans of ``ids`` that fit ``budget`` tokens (gap markers included) -> (spans, ids).
+
+    retrieve needs ``passages`` (token spans) and their ``scores``.
+    """
+    n = len(ids)
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if n <= budget:
+        spans = [(0, n)] if n else []
+    elif strategy == "truncate-end":
+        spans = [(0, budget)]
+    elif strategy == "truncate-middle":
+        room = max(0, budget - len(gap_ids))
+        head = (room + 1) // 2
+        spans = [(0, head), (n - (room - head), n)] if room - head > 0 else [(0, head)]
+    else:
+        if passages is None or scores is None:
+            raise ValueError("retrieve needs passages and their scores")
+        lengths = [e - s for s, e in passages]
+        chosen = select_passages(scores, lengths, budget, separator_len=len(gap_ids))
+        spans = _merge_spans([passages[i] for i in chosen])
+    out: list[int] = []
+    for k, (s, e) in enumerate(spans):
+        if k:
+            out.extend(gap_ids)
+        out.extend(ids[s:e])
+    return spans, out
+
+
+def _merge_spans(spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for s, e in spans:
+        if merged and merged[-1][1] == s:
+            merged[-1] = (merged[-1][0], e)
+        else:
+            merged.append((s, e))
+    return merged
