@@ -289,7 +289,9 @@ def _split_adapter(path: str, adapter: str | None, status: Status | None) -> tup
 
 
 def _has_weights(folder: Path) -> bool:
-    return any(folder.glob("*.safetensors")) or any(folder.glob("pytorch_model*.bin"))
+    """Full-model weights (an adapter folder's adapter_model.safetensors does not count)."""
+    files = list(folder.glob("*.safetensors")) + list(folder.glob("pytorch_model*.bin"))
+    return any(not f.name.startswith("adapter_") for f in files)
 
 
 def _load_config(path: str, adapter: str | None, trust_remote_code: bool):

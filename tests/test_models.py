@@ -216,3 +216,28 @@ def test_load_in_4bit_quantizes_linear_layers(tmp_path):
     assert isinstance(quantized.model.layers[0].self_attn.q_proj, bnb.nn.Linear4bit)
     a, b = _logits(quantized).flatten(), _logits(model).flatten()
     assert torch.corrcoef(torch.stack([a, b]))[0, 1] > 0.95
+
+
+def test_finetune_style_adapter_folder_uses_its_saved_config(adapter_dir, tiny_model_dir):
+    """longlora.finetune writes adapter + tokenizer + the model config it trained with (PI factor)."""
+    from transformers import AutoConfig
+
+    out, expected = adapter_dir
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    config.rope_parameters = {
+        "rope_type": "linear",
+        "factor": 2.0,
+        "rope_theta": config.rope_parameters["rope_theta"],
+    }
+    config.max_position_embeddings = 512
+    config.save_pretrained(out)
+    make_char_tokenizer().save_pretrained(out)
+    model, tok = load_model(str(out), dtype="float32", status=None)
+    assert model.config.max_position_embeddings == 512
+    assert model.config.rope_parameters["factor"] == 2.0
+    assert tok.chat_template
+    # same weights as base + adapter; only the RoPE scaling differs, so positions 0.. differ slightly
+    plain, _ = load_model(str(tiny_model_dir), adapter=str(out), dtype="float32", status=None)
+    assert plain.config.rope_parameters["factor"] == 2.0  # --adapter also takes the adapter's config
+    torch.testing.assert_close(_logits(model), _logits(plain))
+    assert not torch.allclose(_logits(model), expected)
