@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -34,7 +35,9 @@ from data_tools import load_document  # noqa: E402
 from data_tools.clean import LIGATURES, normalize_characters, remove_running_lines  # noqa: E402
 from data_tools.minipdf import write_text_pdf  # noqa: E402
 
-FIXTURES = os.environ.get("LONGLORA_FIXTURES", "/work/shared/fixtures")
+FIXTURES = os.environ.get("LONGLORA_FIXTURES") or str(
+    Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+)
 DEFAULT_PDFS = ["rcpp-jss-2011.pdf", "sandwich-hac-jss.pdf", "zoo-faq.pdf"]
 
 GLUED_SAMPLE = [

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import string
+from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -19,6 +20,11 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# Real documents (PDFs, books) live in shared/fixtures beside the repository; LONGLORA_FIXTURES overrides.
+FIXTURES = Path(
+    os.environ.get("LONGLORA_FIXTURES") or Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+)
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"

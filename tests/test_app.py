@@ -16,10 +16,10 @@ from pathlib import Path
 
 import gradio as gr
 import pytest
+from conftest import FIXTURES  # noqa: E402
 
 import app
 
-FIXTURES = Path("/work/shared/fixtures")
 PAPER = FIXTURES / "zoo-faq.pdf"
 
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 import pytest
+from conftest import FIXTURES  # noqa: E402
 from test_app import launch_with_retry
 
 import app
 
-PAPER = Path("/work/shared/fixtures/zoo-faq.pdf")
+PAPER = FIXTURES / "zoo-faq.pdf"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import make_char_tokenizer, tiny_model
+from conftest import (
+    FIXTURES,  # noqa: E402
+    make_char_tokenizer,
+    tiny_model,
+)
 
 from data_tools.prompts import build_instruction
 from longlora.data import (
@@ -23,8 +26,6 @@ from longlora.data import (
     read_sft_dataset,
     tokenize_documents,
 )
-
-FIXTURES = Path("/work/shared/fixtures")
 
 
 def stream_of(*lengths, start=10):

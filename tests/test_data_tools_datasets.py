@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import FIXTURES  # noqa: E402
 
 from data_tools.longalpaca import BuildConfig, build, dedupe, mix, record_candidates
 from data_tools.longalpaca import main as build_main
@@ -18,7 +19,6 @@ from data_tools.tokenfile import TokenFileError, TokenWriter, open_token_file, w
 from data_tools.tokenize_corpus import main as tokenize_main
 from data_tools.tokenize_corpus import split_for_tokenizing
 
-FIXTURES = Path(os.environ.get("LONGLORA_FIXTURES", "/work/shared/fixtures"))
 SHORT_QA = FIXTURES / "short-qa-bigbench-sample.jsonl"
 needs_fixtures = pytest.mark.skipif(not SHORT_QA.exists(), reason=f"fixtures not found in {FIXTURES}")
 

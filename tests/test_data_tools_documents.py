@@ -4,12 +4,12 @@ files, and the extract command."""
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
 import pypdf
 import pytest
+from conftest import FIXTURES  # noqa: E402
 
 from data_tools import (
     CorruptFileError,
@@ -26,7 +26,6 @@ from data_tools.clean import LIGATURES, normalize_characters
 from data_tools.extract import main as extract_main
 from data_tools.minipdf import write_image_pdf, write_text_pdf
 
-FIXTURES = Path(os.environ.get("LONGLORA_FIXTURES", "/work/shared/fixtures"))
 PDFS = ["rcpp-jss-2011.pdf", "sandwich-hac-jss.pdf", "zoo-faq.pdf"]
 needs_fixtures = pytest.mark.skipif(
     not (FIXTURES / PDFS[0]).exists(), reason=f"fixtures not found in {FIXTURES}"

@@ -6,13 +6,14 @@ import json
 
 import numpy as np
 import pytest
+from conftest import FIXTURES as _FIXTURES  # noqa: E402
 from conftest import make_char_tokenizer
 
 from longlora.eval.common import check_addressable, parse_lengths
 from longlora.eval.data import EvalDataError, load_eval_tokens
 from longlora.eval.plot import main as plot_main
 
-FIXTURES = "/work/shared/fixtures"
+FIXTURES = str(_FIXTURES)
 
 
 @pytest.fixture(scope="module")

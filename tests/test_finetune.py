@@ -7,14 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_char_tokenizer, tiny_model
+from conftest import (
+    FIXTURES,  # noqa: E402
+    make_char_tokenizer,
+    tiny_model,
+)
 from safetensors.torch import load_file
 
 from longlora import finetune
 from longlora.config import FinetuneConfig
 from longlora.finetune import main, parse_args
-
-FIXTURES = Path("/work/shared/fixtures")
 
 
 @pytest.fixture(scope="module")

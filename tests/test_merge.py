@@ -11,7 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_char_tokenizer, tiny_model
+from conftest import (
+    FIXTURES,  # noqa: E402
+    make_char_tokenizer,
+    tiny_model,
+)
 
 from longlora.finetune import main as finetune_main
 from longlora.lora import prepare_model
@@ -19,7 +23,6 @@ from longlora.merge import main as merge_main
 from longlora.merge import merge
 from longlora.position import apply_position_interpolation
 
-FIXTURES = Path("/work/shared/fixtures")
 # bitsandbytes' CPU 4-bit kernels need output sizes in multiples of 32 (k/v: 2 kv heads x 16)
 QLORA_DIMS = dict(
     hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16, intermediate_size=128
