@@ -41,7 +41,9 @@ def run_question(engine, session, question, max_new_tokens):
         "prefilled": prefilled,
         "reused": final.fit.reused_tokens,
         "prefill_tps": prefilled / ttft,
-        "decode_tps": (final.new_tokens - 1) / decode_s if final.new_tokens > 1 and decode_s > 0 else float("nan"),
+        "decode_tps": (final.new_tokens - 1) / decode_s
+        if final.new_tokens > 1 and decode_s > 0
+        else float("nan"),
         "new_tokens": final.new_tokens,
     }
 
@@ -72,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         run_question(engine, warm, QUESTIONS[0], 4)
         for length in args.lengths:
             text = engine.tokenizer.decode(ids[:length])
-            session = engine.open_document(load_text(text, name=f"{args.doc.name}[:{length}]"), material_type="paper")
+            session = engine.open_document(
+                load_text(text, name=f"{args.doc.name}[:{length}]"), material_type="paper"
+            )
             first = run_question(engine, session, QUESTIONS[0], args.max_new_tokens)
             follow = run_question(engine, session, QUESTIONS[1], args.max_new_tokens)
             rows.append((dtype, length, first, follow))
@@ -84,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         del engine
 
     print(f"\nCPU load average after: {os.getloadavg()[0]:.1f}\n")
-    print("| dtype | document tokens | TTFT first | TTFT follow-up | follow-up / first | prefill tok/s | decode tok/s |")
+    print(
+        "| dtype | document tokens | TTFT first | TTFT follow-up | follow-up / first | prefill tok/s | decode tok/s |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for dtype, length, first, follow in rows:
         print(
