@@ -32,7 +32,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 DEFAULT_SET = HERE / "qa_set.jsonl"
-FIXTURES = Path(os.environ.get("LONGLORA_FIXTURES", "/work/shared/fixtures"))
+# Real documents live in shared/fixtures beside the repository; LONGLORA_FIXTURES overrides.
+FIXTURES = Path(os.environ.get("LONGLORA_FIXTURES") or HERE.parents[1] / "shared" / "fixtures")
 DEFAULT_GRID = [
     "retrieve:256:128",
     "retrieve:512:256",

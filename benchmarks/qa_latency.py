@@ -23,7 +23,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-FIXTURES = Path(os.environ.get("LONGLORA_FIXTURES", "/work/shared/fixtures"))
+# Real documents live in shared/fixtures beside the repository; LONGLORA_FIXTURES overrides.
+FIXTURES = Path(os.environ.get("LONGLORA_FIXTURES") or HERE.parents[1] / "shared" / "fixtures")
 QUESTIONS = ("Who wrote this paper?", "Which library inspired Rcpp modules?")
 
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from conftest import FIXTURES
 
 from data_tools import load_text
 
 pytestmark = pytest.mark.real_model
-
-FIXTURES = Path("/work/shared/fixtures")
 BRIDGE = (
     "The Harbor Bridge of Port Alden\n\n"
     "The Harbor Bridge was designed by the engineer Maria Kovalenko and opened to traffic in 1987. "
