@@ -29,7 +29,9 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def run_one(impl: str, seq_len: int, dtype_name: str, device: str, repeats: int, heads: int, kv_heads: int, dim: int):
+def run_one(
+    impl: str, seq_len: int, dtype_name: str, device: str, repeats: int, heads: int, kv_heads: int, dim: int
+):
     """Time forward+backward of one implementation; returns seconds (best of repeats) and peak MB."""
     import torch
     import torch.nn.functional as F
@@ -45,7 +47,9 @@ def run_one(impl: str, seq_len: int, dtype_name: str, device: str, repeats: int,
     g = torch.Generator().manual_seed(0)
 
     def make(h):  # (B, T, H, D) projections viewed as (B, H, T, D), the layout attention layers pass
-        return torch.randn(1, seq_len, h, dim, generator=g).to(device=device, dtype=dtype).requires_grad_(True)
+        return (
+            torch.randn(1, seq_len, h, dim, generator=g).to(device=device, dtype=dtype).requires_grad_(True)
+        )
 
     q_, k_, v_ = make(heads), make(kv_heads), make(kv_heads)
     grad = torch.randn(1, heads, seq_len, dim, generator=g).to(device=device, dtype=dtype)
@@ -89,7 +93,9 @@ def run_one(impl: str, seq_len: int, dtype_name: str, device: str, repeats: int,
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seq-lens", type=int, nargs="+", default=[4096, 8192, 16384], help="sequence lengths T")
-    p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"], help="precisions")
+    p.add_argument(
+        "--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"], help="precisions"
+    )
     p.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS, help="implementations to run")
     p.add_argument("--repeats", type=int, default=2, help="timed repeats per case (best is kept)")
     p.add_argument("--heads", type=int, default=9, help="query heads")
@@ -102,32 +108,59 @@ def main(argv=None):
 
     if args.one:
         impl, seq_len, dtype = args.one
-        res = run_one(impl, int(seq_len), dtype, args.device, args.repeats, args.heads, args.kv_heads, args.head_dim)
+        res = run_one(
+            impl, int(seq_len), dtype, args.device, args.repeats, args.heads, args.kv_heads, args.head_dim
+        )
         print(json.dumps(res))
         return
 
     env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     results = []
-    print(f"H={args.heads} H_kv={args.kv_heads} D={args.head_dim} G=T/4 device={args.device} "
-          f"(forward+backward, best of {args.repeats})", flush=True)
+    print(
+        f"H={args.heads} H_kv={args.kv_heads} D={args.head_dim} G=T/4 device={args.device} "
+        f"(forward+backward, best of {args.repeats})",
+        flush=True,
+    )
     header = f"{'dtype':>5} {'T':>6} {'impl':>6} {'seconds':>9} {'peak MB':>9}"
     print(header)
     for dtype in args.dtypes:
         for seq_len in args.seq_lens:
             for impl in args.impls:
-                cmd = [sys.executable, __file__, "--one", impl, str(seq_len), dtype, "--repeats", str(args.repeats),
-                       "--heads", str(args.heads), "--kv-heads", str(args.kv_heads), "--head-dim", str(args.head_dim),
-                       "--device", args.device]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    impl,
+                    str(seq_len),
+                    dtype,
+                    "--repeats",
+                    str(args.repeats),
+                    "--heads",
+                    str(args.heads),
+                    "--kv-heads",
+                    str(args.kv_heads),
+                    "--head-dim",
+                    str(args.head_dim),
+                    "--device",
+                    args.device,
+                ]
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 if proc.returncode != 0:
-                    print(f"{dtype:>5} {seq_len:>6} {impl:>6}   failed: {proc.stderr.strip().splitlines()[-1:]}")
+                    print(
+                        f"{dtype:>5} {seq_len:>6} {impl:>6}   failed: {proc.stderr.strip().splitlines()[-1:]}"
+                    )
                     continue
                 res = json.loads(proc.stdout.strip().splitlines()[-1])
                 results.append(res)
-                print(f"{dtype:>5} {seq_len:>6} {impl:>6} {res['seconds']:9.3f} {res['peak_mb']:9.0f}", flush=True)
+                print(
+                    f"{dtype:>5} {seq_len:>6} {impl:>6} {res['seconds']:9.3f} {res['peak_mb']:9.0f}",
+                    flush=True,
+                )
 
     print("\nratios (measured in this run):")
-    print(f"{'dtype':>5} {'T':>6} {'full/s2 time':>13} {'naive/s2 time':>14} {'full/s2 mem':>12} {'naive/s2 mem':>13}")
+    print(
+        f"{'dtype':>5} {'T':>6} {'full/s2 time':>13} {'naive/s2 time':>14} {'full/s2 mem':>12} {'naive/s2 mem':>13}"
+    )
     by = {(r["dtype"], r["seq_len"], r["impl"]): r for r in results}
     for dtype in args.dtypes:
         for seq_len in args.seq_lens:
@@ -139,8 +172,10 @@ def main(argv=None):
                 other = by.get((dtype, seq_len, impl))
                 return f"{other[field] / max(s2[field], 1e-9):.2f}x" if other else "-"
 
-            print(f"{dtype:>5} {seq_len:>6} {ratio('full', 'seconds'):>13} {ratio('naive', 'seconds'):>14} "
-                  f"{ratio('full', 'peak_mb'):>12} {ratio('naive', 'peak_mb'):>13}")
+            print(
+                f"{dtype:>5} {seq_len:>6} {ratio('full', 'seconds'):>13} {ratio('naive', 'seconds'):>14} "
+                f"{ratio('full', 'peak_mb'):>12} {ratio('naive', 'peak_mb'):>13}"
+            )
     if args.output:
         args.output.write_text(json.dumps(results, indent=2))
 

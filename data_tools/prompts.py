@@ -27,7 +27,9 @@ MATERIAL_NOUNS: dict[str, str] = {
     "other": "content",
 }
 
-PROMPT_PREFIX = "Below is {material_phrase}. Memorize the content and answer my question after the {material_noun}.\n"
+PROMPT_PREFIX = (
+    "Below is {material_phrase}. Memorize the content and answer my question after the {material_noun}.\n"
+)
 PROMPT_SUFFIX = "\nNow the material ends. {question}"
 
 # The paper's typical questions (B.6), keyed by a short id.
@@ -61,7 +63,9 @@ def material_phrase(material_type: str) -> str:
 
 def prompt_prefix(material_type: str) -> str:
     """The part of the prompt before the document content."""
-    return PROMPT_PREFIX.format(material_phrase=material_phrase(material_type), material_noun=MATERIAL_NOUNS[material_type])
+    return PROMPT_PREFIX.format(
+        material_phrase=material_phrase(material_type), material_noun=MATERIAL_NOUNS[material_type]
+    )
 
 
 def prompt_suffix(question: str) -> str:

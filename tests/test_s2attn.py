@@ -140,7 +140,11 @@ def test_padded_batch_equals_sequences_one_by_one(mask_kind):
     spans = []
     for b, (n, (qi, ki, vi)) in enumerate(zip(lengths, rows)):
         start = 0 if b != 2 else seq_len - n  # rows 0, 1 right-padded; row 2 left-padded
-        q[b, :, start : start + n], k[b, :, start : start + n], v[b, :, start : start + n] = qi[0], ki[0], vi[0]
+        q[b, :, start : start + n], k[b, :, start : start + n], v[b, :, start : start + n] = (
+            qi[0],
+            ki[0],
+            vi[0],
+        )
         keep[b, start : start + n] = True
         spans.append((start, n))
     if mask_kind == "2d":
