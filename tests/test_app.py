@@ -11,7 +11,6 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
@@ -19,6 +18,7 @@ import pytest
 from conftest import FIXTURES  # noqa: E402
 
 import app
+from longlora.qa import AnswerUpdate, DocumentCard, FitReport
 
 PAPER = FIXTURES / "zoo-faq.pdf"
 
@@ -28,61 +28,13 @@ PAPER = FIXTURES / "zoo-faq.pdf"
 # --------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class FakeFit:
-    strategy: str
-    document_tokens: int
-    kept_tokens: int
-    fits_whole: bool
-    pages_used: list[int] = field(default_factory=list)
-
-    def summary(self) -> str:
-        if self.fits_whole:
-            return f"whole document ({self.document_tokens} tokens)"
-        return (
-            f"{self.strategy}: kept {self.kept_tokens} of {self.document_tokens} tokens; pages used: "
-            + ", ".join(map(str, self.pages_used))
-        )
-
-
-@dataclass
-class FakeUpdate:
-    text: str
-    delta: str
-    done: bool
-    fit: FakeFit
-    stopped: bool = False
-    queued: bool = False
-
-
-@dataclass
-class FakeCard:
-    file_name: str
-    kind: str
-    pages: int | None
-    words: int
-    tokens: int
-    context_length: int
-    budget_tokens: int
-    fits: bool
-    strategy: str
-    material_type: str
-
-    def to_markdown(self) -> str:
-        fit = "fits whole" if self.fits else f"too long; strategy: {self.strategy}"
-        return (
-            f"### {self.file_name}\n- pages: {self.pages}\n- words: {self.words}\n- tokens: {self.tokens}\n"
-            f"- context: {self.context_length} ({fit})\n- material: {self.material_type}"
-        )
-
-
 class FakeSession:
     def __init__(self, engine, document, material_type):
         self.engine, self.document, self.material_type = engine, document, material_type
 
     def card(self, strategy="retrieve"):
         tokens = len(self.document.text) // 4
-        return FakeCard(
+        return DocumentCard(
             file_name=self.document.name,
             kind=self.document.kind,
             pages=self.document.num_pages,
@@ -152,26 +104,28 @@ class FakeEngine:
             )
         )
         card = session.card(strategy)
-        fit = FakeFit(
+        fit = FitReport(
             strategy,
             card.tokens,
             min(card.tokens, card.budget_tokens),
             card.fits,
             [] if card.fits else [1, 2, 5],
+            budget_tokens=card.budget_tokens,
+            passages=0 if card.fits else 3,
         )
         text = ""
         if self.queued_first:
-            yield FakeUpdate("", "", False, fit, queued=True)
+            yield AnswerUpdate("", "", False, fit, queued=True)
         words = self.answer.split(" ")
         for i, word in enumerate(words):
             if self.fail_with is not None and i == 2:
                 raise self.fail_with
             if stop_event is not None and stop_event.is_set():
-                yield FakeUpdate(text, "", True, fit, stopped=True)
+                yield AnswerUpdate(text, "", True, fit, stopped=True)
                 return
             delta = word if i == 0 else " " + word
             text += delta
-            yield FakeUpdate(text, delta, i == len(words) - 1, fit)
+            yield AnswerUpdate(text, delta, i == len(words) - 1, fit)
             if self.delay:
                 time.sleep(self.delay)
 
@@ -220,7 +174,7 @@ def _ask_ui(engine, state, question, **settings):
 
 def test_upload_pdf_card_and_guess(engine):
     card, state = _upload(engine, PAPER)
-    assert "zoo-faq.pdf" in card and "pages: 15" in card
+    assert "zoo-faq.pdf" in card and "15 pages" in card
     assert state.document.num_pages == 15 and state.document.word_count > 1000
     assert state.material_type == "paper" and state.session is not None and state.turns == []
     material, chat, *buttons = app.after_upload(state)
@@ -318,7 +272,7 @@ def test_upload_without_file(engine):
 def test_material_type_change_updates_card_prompt_and_examples(engine):
     _, state = _upload(engine, PAPER)
     card, state, *buttons = app.set_material_type(engine, "book", state)
-    assert "material: book" in card and state.session.material_type == "book"
+    assert "read as a book" in card and state.session.material_type == "book"
     assert [b["visible"] for b in buttons] == [True, False, False, True, True]
     _ask_ui(engine, state, "Who is the main character?")
     assert engine.calls[-1]["material_type"] == "book"
@@ -330,7 +284,7 @@ def test_strategy_change_refreshes_card(engine):
     engine.context_length = 1000  # the PDF does not fit
     _, state = _upload(engine, PAPER, strategy="retrieve")
     card = app.refresh_card(engine, state, "truncate-middle")
-    assert "strategy: truncate-middle" in card
+    assert "(`truncate-middle`)" in card
     assert app.refresh_card(engine, None, "retrieve") == app.EMPTY_CARD
 
 
@@ -354,7 +308,7 @@ def test_loading_model_shows_state_and_document_opens_when_ready(txt_file):
     engine.state, engine.status_message = "ready", "SmolLM2 on cpu"
     status, timer, card, state = app.poll_status(engine, state)
     assert status.startswith("**Model ready:**") and timer.active is False
-    assert "tokens:" in card and state.session is not None and state.session.material_type == "book"
+    assert " tokens" in card and state.session is not None and state.session.material_type == "book"
     frames, state = _ask_ui(engine, state, "Who is Elizabeth?")
     assert frames[-1][-1]["content"].startswith("The zoo package")
 
@@ -411,7 +365,7 @@ def test_pages_used_shown_only_when_document_did_not_fit(engine):
     _, state = _upload(small, PAPER)
     frames, _ = _ask_ui(small, state, "What is zoo?")
     final = frames[-1][-1]["content"]
-    assert final.startswith(small.answer) and "pages used: 1, 2, 5" in final
+    assert final.startswith(small.answer) and "(pages 1-2, 5)" in final
 
 
 def test_question_errors(engine):
@@ -645,7 +599,7 @@ def test_client_session_upload_ask_follow_up_stop(served):
     engine, url, upload_root = served
     client = Client(url, verbose=False, httpx_kwargs={"timeout": 120})
     card = client.predict(handle_file(str(PAPER)), api_name="/upload")
-    assert isinstance(card, str) and "zoo-faq.pdf" in card and "pages: 15" in card
+    assert isinstance(card, str) and "zoo-faq.pdf" in card and "15 pages" in card
     assert upload_root.is_dir()  # gradio received the upload there...
     assert not any(p.is_file() for p in upload_root.rglob("*.pdf"))  # ...and it was not kept
 
