@@ -21,6 +21,7 @@ ATTENTIONS = ("s2", "full", "short")
 ROPE_TYPES = ("linear", "yarn", "dynamic", "llama3")
 PACK_MODES = ("document", "eos")
 DTYPES = ("auto", "bf16", "fp32")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -43,6 +44,7 @@ class FinetuneConfig:
     pack: str = "document"
     learning_rate: float = 2e-5
     warmup_steps: int = 20
+    lr_schedule: str = "constant"
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     per_device_batch_size: int = 1
@@ -67,6 +69,7 @@ class FinetuneConfig:
         choice("rope_type", self.rope_type, ROPE_TYPES)
         choice("pack", self.pack, PACK_MODES)
         choice("dtype", self.dtype, DTYPES)
+        choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         if isinstance(self.data, (str, os.PathLike)):
             self.data = [str(self.data)]
         self.data = [str(d) for d in (self.data or [])]

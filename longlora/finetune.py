@@ -39,6 +39,7 @@ import copy
 import dataclasses
 import importlib.util
 import json
+import math
 import os
 import shutil
 import sys
@@ -52,6 +53,7 @@ import torch
 from longlora.config import (
     ATTENTIONS,
     DTYPES,
+    LR_SCHEDULES,
     METHODS,
     MODES,
     PACK_MODES,
@@ -125,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--learning-rate", type=float, help="peak learning rate (default 2e-5)")
     add("--warmup-steps", type=int, help="linear warmup steps, then constant (default 20)")
+    add(
+        "--lr-schedule",
+        choices=LR_SCHEDULES,
+        help="after warmup: constant (default, the paper's fine-tuning) or cosine decay to 10%% of the peak "
+        "at --max-steps (for pre-training from scratch)",
+    )
     add("--weight-decay", type=float, help="AdamW weight decay (default 0)")
     add("--max-grad-norm", type=float, help="gradient clipping norm, 0 to disable (default 1.0)")
     add("--per-device-batch-size", type=int, help="rows per process per micro-step (default 1)")
@@ -180,9 +188,21 @@ class DataOrder:
         return out
 
 
-def lr_at(step: int, peak: float, warmup: int) -> float:
-    """Constant learning rate after a linear warmup over ``warmup`` steps (step counts from 0)."""
-    return peak if warmup <= 0 else peak * min(1.0, (step + 1) / warmup)
+COSINE_FLOOR = 0.1  # cosine decay ends at this fraction of the peak learning rate
+
+
+def lr_at(step: int, peak: float, warmup: int, schedule: str = "constant", total: int | None = None) -> float:
+    """Learning rate of optimizer step ``step`` (from 0): linear warmup over ``warmup`` steps, then
+    constant, or (``schedule="cosine"``) a cosine decay that reaches ``COSINE_FLOOR * peak`` at ``total``.
+
+    A pure function of the step, so a resumed run follows the same curve.
+    """
+    if warmup > 0 and step < warmup:
+        return peak * (step + 1) / warmup
+    if schedule == "constant" or total is None or total <= warmup:
+        return peak
+    progress = min(1.0, (step - warmup + 1) / (total - warmup))
+    return peak * (COSINE_FLOOR + (1 - COSINE_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -390,7 +410,7 @@ def train(cfg: FinetuneConfig) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         params,
-        lr=lr_at(0, cfg.learning_rate, cfg.warmup_steps),
+        lr=lr_at(0, cfg.learning_rate, cfg.warmup_steps, cfg.lr_schedule, cfg.max_steps),
         betas=(0.9, 0.95),
         weight_decay=cfg.weight_decay,
     )
@@ -425,7 +445,7 @@ def train(cfg: FinetuneConfig) -> dict:
     loss_value = float("nan")
     started = time.perf_counter()
     while step < cfg.max_steps:
-        lr = lr_at(step, cfg.learning_rate, cfg.warmup_steps)
+        lr = lr_at(step, cfg.learning_rate, cfg.warmup_steps, cfg.lr_schedule, cfg.max_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
         t0 = time.perf_counter()

@@ -200,7 +200,7 @@ def _attend_groups(out, heads, q, k, v, starts, lengths, plan, scaling, dropout,
             softmax_scale=scaling,
             causal=True,
         )
-        out[sel, heads] = o
+        out[sel, heads] = o.to(out.dtype)
         return
     runs, rest = plan
     for first, n_groups, length in runs:
@@ -222,7 +222,8 @@ def _attend_groups(out, heads, q, k, v, starts, lengths, plan, scaling, dropout,
         og = _sdpa(
             q[index].transpose(1, 2), k[index].transpose(1, 2), v[index].transpose(1, 2), scaling, dropout
         )
-        out[index[valid], heads] = og.transpose(1, 2)[valid]
+        # under autocast SDPA may answer in a lower precision than the buffer; index_put needs equal dtypes
+        out[index[valid], heads] = og.transpose(1, 2)[valid].to(out.dtype)
 
 
 def _head_blocks(head_lo: int, head_hi: int, n_rep: int):

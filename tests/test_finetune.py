@@ -226,3 +226,28 @@ def test_continue_training_an_adapter(base_dir, text_file, tmp_path):
     b = load_file(second / "adapter_model.safetensors")
     assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)
     assert json.loads((second / "config.json").read_text())["rope_parameters"]["factor"] == 2.0
+
+
+def test_learning_rate_schedules():
+    peak, warmup, total = 1e-3, 4, 20
+    constant = [finetune.lr_at(s, peak, warmup) for s in range(total)]
+    assert constant[:4] == pytest.approx([peak / 4, peak / 2, 3 * peak / 4, peak])
+    assert set(constant[3:]) == {peak}
+    cosine = [finetune.lr_at(s, peak, warmup, "cosine", total) for s in range(total)]
+    assert cosine[:4] == constant[:4]  # same warmup
+    after = cosine[3:]
+    assert all(a > b for a, b in zip(after, after[1:]))  # strictly decreasing after the warmup
+    assert cosine[-1] == pytest.approx(finetune.COSINE_FLOOR * peak)  # the last step is at the floor
+    # halfway through the decay the cosine is halfway between peak and floor
+    mid = finetune.lr_at(warmup - 1 + (total - warmup) // 2, peak, warmup, "cosine", total)
+    assert mid == pytest.approx(peak * (1 + finetune.COSINE_FLOOR) / 2)
+
+
+def test_cosine_schedule_is_what_the_run_uses(base_dir, text_file, tmp_path):
+    out = tmp_path / "cos"
+    args = ("--context-length", "256", "--max-steps", "6", "--method", "full", "--attention", "full")
+    assert run(base_dir, text_file, out, *args, "--lr-schedule", "cosine", "--warmup-steps", "2") == 0
+    lrs = [r["lr"] for r in log_of(out)]
+    assert lrs == [finetune.lr_at(s, 5e-3, 2, "cosine", 6) for s in range(6)]
+    assert lrs[-1] == pytest.approx(5e-4) and lrs[1] == 5e-3
+    assert json.loads((out / "longlora_args.json").read_text())["args"]["lr_schedule"] == "cosine"

@@ -76,6 +76,20 @@ def test_bf16_error_within_twice_naive_bf16_error():
     assert err_ours <= 2 * err_naive + 1e-3, (err_ours, err_naive)
 
 
+def test_mixed_precision_autocast_trains_like_the_reference():
+    """Under CPU/GPU autocast a Llama layer hands S2 fp32 q/k (RoPE in fp32) and a bf16 v; SDPA answers in
+    bf16. Every code path (equal-group runs and the gathered leftovers) must accept that and agree with the
+    reference under the same autocast."""
+    q, k, v = _qkv(2, 6, 2, 37, dim=16, seed=3, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        vb = v.bfloat16()
+        out = s2_attention(q, k, vb, 8)  # T % G != 0: runs and leftovers both used
+        ref = s2_attention_ref(q, k, vb, 8)
+    _assert_close(out.float(), ref.float(), atol=3e-2, what="autocast forward")
+    out.float().sum().backward()
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
 def test_group_ranges_follow_the_definition():
     # G=8 over T=21: unshifted [0,8) [8,16) [16,21); shifted [0,4) [4,12) [12,20) [20,21)
     doc, pos = _document_layout(1, 21, None, None, "cpu")
