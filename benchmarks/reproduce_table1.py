@@ -14,7 +14,7 @@ What this script does, end to end:
    8k/16k/32k over Llama 2's 4k) with Position Interpolation and the same number of fine-tuning steps
    and tokens under each regime: full attention, short attention without shift (``--attention
    short``) and S2-Attn (``--attention s2``), group size = 1/4 of the target as in the paper;
-   ``--methods full lora+`` adds the LoRA+ rows;
+   LoRA+ rows (``--method lora+``) are added at ``--lora-targets`` (default: the 4x target);
 4. evaluates every model with full attention (``python -m longlora.eval.perplexity``) on the held-out
    book at its target length and at the short length, plus the extended model with no fine-tuning;
 5. repeats for each seed (initialisation, data order) and prints the table in the paper's shape
@@ -71,25 +71,25 @@ class Settings:
     layers: int = 4
     heads: int = 4
     short_len: int = 256
-    targets: list[int] = field(default_factory=lambda: [512, 1024, 2048])
+    targets: list[int] = field(default_factory=lambda: [512, 1024])
     regimes: list[str] = field(default_factory=lambda: list(REGIMES))
-    methods: list[str] = field(default_factory=lambda: ["full"])
+    lora_targets: list[int] = field(default_factory=lambda: [1024])
     seeds: list[int] = field(default_factory=lambda: [0, 1])
-    pretrain_steps: int = 200
+    pretrain_steps: int = 300
     pretrain_batch: int = 16
-    pretrain_lr: float = 1e-3
-    finetune_steps: int = 40
+    pretrain_lr: float = 2e-3
+    finetune_steps: int = 60
     finetune_tokens_per_step: int = 8192
-    finetune_lr: float = 1e-4
+    finetune_lr: float = 5e-4
     lora_lr: float = 1e-3
     warmup_steps: int = 10
-    eval_tokens: int = 65536
+    eval_tokens: int = 49152
     dtype: str = "bf16"
 
     def key(self) -> dict:
         """The settings that decide results (seeds may grow between runs of one workdir)."""
         d = asdict(self)
-        for name in ("seeds", "targets", "regimes", "methods"):
+        for name in ("seeds", "targets", "regimes", "lora_targets"):
             d.pop(name)
         return d
 
@@ -224,7 +224,17 @@ def loss_curve(train_log: Path, buckets: int = 5) -> list[float]:
     return [round(statistics.fmean(losses[i : i + n]), 4) for i in range(0, n * buckets, n)]
 
 
-def run_seed(s: Settings, work: Path, tokenizer_dir: Path, seed: int, targets, regimes, methods) -> dict:
+def plan_of(s: Settings) -> dict[int, list[str]]:
+    """target length -> the fine-tuning methods run there (full FT at --targets, LoRA+ at --lora-targets)."""
+    plan: dict[int, list[str]] = {}
+    for target in s.targets:
+        plan.setdefault(target, []).append("full")
+    for target in s.lora_targets:
+        plan.setdefault(target, []).append("lora+")
+    return dict(sorted(plan.items()))
+
+
+def run_seed(s: Settings, work: Path, tokenizer_dir: Path, seed: int) -> dict:
     root = work / f"seed-{seed}"
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -263,7 +273,7 @@ def run_seed(s: Settings, work: Path, tokenizer_dir: Path, seed: int, targets, r
         "targets": {},
     }
     log(f"seed {seed}: pre-trained, held-out ppl at {s.short_len}: {result['pretrained'][s.short_len]:.2f}")
-    for target in targets:
+    for target, methods in plan_of(s).items():
         cell: dict = {}
         ppl = perplexity(
             s,
@@ -276,7 +286,7 @@ def run_seed(s: Settings, work: Path, tokenizer_dir: Path, seed: int, targets, r
         for method in methods:
             lr = s.finetune_lr if method == "full" else s.lora_lr
             batch = max(1, s.finetune_tokens_per_step // target)
-            for regime in regimes:
+            for regime in s.regimes:
                 name = f"{method.replace('+', 'plus')}-{regime}-{target}"
                 log(f"seed {seed}: {target} tokens, {METHOD_NAMES[method]}, {REGIME_NAMES[regime]}")
                 t1 = time.perf_counter()
@@ -318,8 +328,9 @@ def run_seed(s: Settings, work: Path, tokenizer_dir: Path, seed: int, targets, r
 # ----------------------------------------------------------------------------- report
 
 
-def rows_of(methods, regimes) -> list[tuple[str, str]]:
+def rows_of(plan: dict[int, list[str]], regimes) -> list[tuple[str, str]]:
     """(key, label) of the table's rows: the un-tuned extension, then method x regime."""
+    methods = [m for m in METHOD_NAMES if any(m in ms for ms in plan.values())]
     rows = [("none", REGIME_NAMES["none"])]
     for method in methods:
         for regime in regimes:
@@ -327,12 +338,16 @@ def rows_of(methods, regimes) -> list[tuple[str, str]]:
     return rows
 
 
-def summarize(per_seed: list[dict], targets, methods, regimes, which: str) -> dict:
-    """{row: {target: {"mean", "min", "max", "seeds"}}} of perplexity at the target or short length."""
+def summarize(per_seed: list[dict], plan, regimes, which: str) -> dict:
+    """{row: {target: {"mean", "min", "max", "seeds"}}} of perplexity at the target or short length;
+    a (row, target) pair that was not run is absent."""
     table: dict = {}
-    for key, _ in rows_of(methods, regimes):
-        for target in targets:
-            values = [r["targets"][str(target)][key][which] for r in per_seed]
+    for key, _ in rows_of(plan, regimes):
+        for target in plan:
+            cells = [r["targets"][str(target)].get(key) for r in per_seed]
+            if any(c is None for c in cells):
+                continue
+            values = [c[which] for c in cells]
             table.setdefault(key, {})[str(target)] = {
                 "mean": statistics.fmean(values),
                 "min": min(values),
@@ -342,40 +357,46 @@ def summarize(per_seed: list[dict], targets, methods, regimes, which: str) -> di
     return table
 
 
-def format_table(table: dict, targets, methods, regimes, short_len: int, title: str) -> str:
-    labels = dict(rows_of(methods, regimes))
+def format_table(table: dict, plan, regimes, short_len: int, title: str) -> str:
+    labels = dict(rows_of(plan, regimes))
     width = max(len(v) for v in labels.values()) + 2
-    head = "".join(f"{f'{t} ({t // short_len}x)':>22}" for t in targets)
+    head = "".join(f"{f'{t} ({t // short_len}x)':>20}" for t in plan)
     lines = [title, f"{'':<{width}}{head}"]
     for key, label in labels.items():
         cells = []
-        for t in targets:
-            c = table[key][str(t)]
+        for t in plan:
+            c = table.get(key, {}).get(str(t))
+            if c is None:
+                cells.append(f"{'-':>12}{'':<8}")
+                continue
             spread = f" ±{(c['max'] - c['min']) / 2:.2f}" if len(c["seeds"]) > 1 else ""
-            cells.append(f"{c['mean']:>14.2f}{spread:<8}")
+            cells.append(f"{c['mean']:>12.2f}{spread:<8}")
         lines.append(f"{label:<{width}}" + "".join(cells))
     return "\n".join(lines)
 
 
-def plot(table: dict, targets, methods, regimes, short_len: int, path: Path) -> None:
-    sys.path.insert(0, str(ROOT))
+def plot(table: dict, plan, regimes, short_len: int, path: Path) -> None:
     from longlora.eval.plot import _pyplot, _save
 
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.8, 4.4), layout="constrained")
+    fig, ax = plt.subplots(figsize=(7.2, 4.6), layout="constrained")
     styles = {"full": "-", "lora+": "--"}
     markers = {"none": "x", "full": "o", "short": "s", "s2": "^"}
-    for key, label in rows_of(methods, regimes):
+    colors = {"none": "tab:gray", "full": "tab:blue", "short": "tab:red", "s2": "tab:green"}
+    targets = list(plan)
+    for key, label in rows_of(plan, regimes):
         method, _, regime = key.partition("/")
         regime = regime or "none"
-        ys = [table[key][str(t)]["mean"] for t in targets]
-        lo = [table[key][str(t)]["mean"] - table[key][str(t)]["min"] for t in targets]
-        hi = [table[key][str(t)]["max"] - table[key][str(t)]["mean"] for t in targets]
+        xs = [t for t in targets if str(t) in table.get(key, {})]
+        if not xs:
+            continue
+        cells = [table[key][str(t)] for t in xs]
         ax.errorbar(
-            targets,
-            ys,
-            yerr=[lo, hi],
+            xs,
+            [c["mean"] for c in cells],
+            yerr=[[c["mean"] - c["min"] for c in cells], [c["max"] - c["mean"] for c in cells]],
             marker=markers[regime],
+            color=colors[regime],
             linestyle=styles.get(method, ":"),
             capsize=3,
             label=label,
@@ -384,17 +405,30 @@ def plot(table: dict, targets, methods, regimes, short_len: int, path: Path) -> 
     ax.set_xticks(targets)
     ax.set_xticklabels([f"{t}\n({t // short_len}x)" for t in targets])
     ax.minorticks_off()
-    ax.set_yscale("log")
     ax.set_xlabel("target context length (tokens; fine-tuned and evaluated there)")
-    ax.set_ylabel("held-out perplexity (full attention, log scale)")
+    ax.set_ylabel("held-out perplexity (full attention)")
     ax.set_title(f"Context extension from {short_len} tokens: Table 1 at small scale")
-    ax.grid(True, alpha=0.3, which="both")
+    ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     _save(fig, path)
     plt.close(fig)
 
 
 # ----------------------------------------------------------------------------- main
+
+# --quick: a smoke run of every stage in well under a minute (its numbers mean nothing)
+QUICK = dict(
+    vocab_size=512,
+    hidden_size=64,
+    layers=2,
+    heads=2,
+    pretrain_steps=6,
+    pretrain_batch=4,
+    finetune_steps=2,
+    finetune_tokens_per_step=2048,
+    warmup_steps=1,
+    eval_tokens=8192,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -405,7 +439,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=d["seeds"].default_factory())
     p.add_argument("--targets", type=int, nargs="+", default=d["targets"].default_factory())
     p.add_argument("--regimes", nargs="+", choices=REGIMES, default=list(REGIMES))
-    p.add_argument("--methods", nargs="+", choices=tuple(METHOD_NAMES), default=["full"])
+    p.add_argument(
+        "--lora-targets",
+        type=int,
+        nargs="*",
+        default=d["lora_targets"].default_factory(),
+        help="target lengths that also get the LoRA+ rows (default: 1024; none: full fine-tuning only)",
+    )
     for name in (
         "vocab_size",
         "hidden_size",
@@ -442,7 +482,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.quick:  # smaller defaults; flags given on the command line still win
+        parser.set_defaults(**QUICK)
+        args = parser.parse_args(argv)
     for book in (args.train_book, args.eval_book):
         if not book.is_file():
             print(f"error: {book} not found; pass --train-book/--eval-book or set LONGLORA_FIXTURES", file=sys.stderr)
@@ -450,11 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.train_book.resolve() == args.eval_book.resolve():
         print("error: --eval-book must be held out: pass a different book than --train-book", file=sys.stderr)
         return 2
-    if args.quick:
-        args.vocab_size, args.hidden_size, args.layers, args.heads = 512, 64, 2, 2
-        args.pretrain_steps, args.finetune_steps, args.eval_tokens = 6, 2, 8192
-        args.pretrain_batch, args.finetune_tokens_per_step, args.warmup_steps = 4, 2048, 1
-    if any(t <= args.short_len for t in args.targets):
+    if any(t <= args.short_len for t in [*args.targets, *args.lora_targets]):
         print(f"error: --targets must all exceed --short-len {args.short_len}", file=sys.stderr)
         return 2
     s = Settings(
@@ -462,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
         eval_book=str(args.eval_book.resolve()),
         **{k: getattr(args, k) for k in Settings.__dataclass_fields__ if k not in ("train_book", "eval_book")},
     )
-    targets, regimes, methods = sorted(set(s.targets)), list(s.regimes), list(s.methods)
+    plan, regimes = plan_of(s), list(s.regimes)
 
     work = args.workdir
     if args.fresh:
@@ -479,25 +519,24 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     tokenizer_dir = train_tokenizer(s, work / "tokenizer")
-    per_seed = [run_seed(s, work, tokenizer_dir, seed, targets, regimes, methods) for seed in s.seeds]
+    per_seed = [run_seed(s, work, tokenizer_dir, seed) for seed in s.seeds]
     seconds = time.perf_counter() - started
 
-    at_target = summarize(per_seed, targets, methods, regimes, "target")
-    at_short = summarize(per_seed, targets, methods, regimes, "short")
+    at_target = summarize(per_seed, plan, regimes, "target")
+    at_short = summarize(per_seed, plan, regimes, "short")
     seeds = ", ".join(map(str, s.seeds))
     print()
     print(
         format_table(
             at_target,
-            targets,
-            methods,
+            plan,
             regimes,
             s.short_len,
             f"Held-out perplexity at the target length, full attention (mean over seeds {seeds}; ± half the range)",
         )
     )
     print()
-    print(format_table(at_short, targets, methods, regimes, s.short_len, f"... and at the short length {s.short_len}"))
+    print(format_table(at_short, plan, regimes, s.short_len, f"... and at the short length {s.short_len}"))
     base = [r["pretrained"][s.short_len] for r in per_seed]
     print(f"\npre-trained model at {s.short_len} tokens: {statistics.fmean(base):.2f} (seeds: {base})")
     print(f"took {seconds / 60:.1f} min")
@@ -515,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
     from longlora.eval.common import write_json
 
     write_json(args.output, payload)
-    plot(at_target, targets, methods, regimes, s.short_len, args.plot)
+    plot(at_target, plan, regimes, s.short_len, args.plot)
     print(f"wrote {args.output} and {args.plot}")
     return 0
 
