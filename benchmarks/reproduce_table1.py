@@ -239,7 +239,14 @@ def run_seed(s: Settings, work: Path, tokenizer_dir: Path, seed: int) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     common = ["--mode", "pretrain", "--data", s.train_book, "--dtype", s.dtype, "--no-gradient-checkpointing"]
-    common += ["--seed", str(seed), "--warmup-steps", str(s.warmup_steps), "--gradient-accumulation-steps", "1"]
+    common += [
+        "--seed",
+        str(seed),
+        "--warmup-steps",
+        str(s.warmup_steps),
+        "--gradient-accumulation-steps",
+        "1",
+    ]
 
     init = init_model(s, tokenizer_dir, seed, root / "init")
     log(f"seed {seed}: pre-training from scratch at {s.short_len} tokens, {s.pretrain_steps} steps")
@@ -475,7 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="a smoke run: tiny model, few steps, few eval tokens (numbers mean nothing)",
     )
     p.add_argument("--workdir", type=Path, default=ROOT / "out" / "reproduce-table1")
-    p.add_argument("--fresh", action="store_true", help="delete --workdir first (otherwise finished stages are reused)")
+    p.add_argument(
+        "--fresh", action="store_true", help="delete --workdir first (otherwise finished stages are reused)"
+    )
     p.add_argument("--output", type=Path, default=ROOT / "results" / "table1-small.json")
     p.add_argument("--plot", type=Path, default=ROOT / "docs" / "table1-small.png")
     return p
@@ -489,7 +498,10 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     for book in (args.train_book, args.eval_book):
         if not book.is_file():
-            print(f"error: {book} not found; pass --train-book/--eval-book or set LONGLORA_FIXTURES", file=sys.stderr)
+            print(
+                f"error: {book} not found; pass --train-book/--eval-book or set LONGLORA_FIXTURES",
+                file=sys.stderr,
+            )
             return 2
     if args.train_book.resolve() == args.eval_book.resolve():
         print("error: --eval-book must be held out: pass a different book than --train-book", file=sys.stderr)
@@ -500,7 +512,9 @@ def main(argv: list[str] | None = None) -> int:
     s = Settings(
         train_book=str(args.train_book.resolve()),
         eval_book=str(args.eval_book.resolve()),
-        **{k: getattr(args, k) for k in Settings.__dataclass_fields__ if k not in ("train_book", "eval_book")},
+        **{
+            k: getattr(args, k) for k in Settings.__dataclass_fields__ if k not in ("train_book", "eval_book")
+        },
     )
     plan, regimes = plan_of(s), list(s.regimes)
 

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import FIXTURES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +25,9 @@ pytestmark = pytest.mark.skipif(not (TRAIN.is_file() and EVAL.is_file()), reason
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("reproduce_table1", ROOT / "benchmarks" / "reproduce_table1.py")
+    spec = importlib.util.spec_from_file_location(
+        "reproduce_table1", ROOT / "benchmarks" / "reproduce_table1.py"
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses resolve their module while the class is built
     spec.loader.exec_module(module)
@@ -94,7 +95,10 @@ def test_table_cells_are_the_perplexity_command_results(quick_run):
             assert seed_result["targets"]["512"][key]["target"] == by_len[512]
             assert seed_result["targets"]["512"][key]["short"] == by_len[256]
         # the fine-tuned models were trained at the target (here 2x) with Position Interpolation and the regime
-        assert json.loads((seed_dir / "loraplus-s2-512" / "longlora_args.json").read_text())["args"]["method"] == "lora+"
+        assert (
+            json.loads((seed_dir / "loraplus-s2-512" / "longlora_args.json").read_text())["args"]["method"]
+            == "lora+"
+        )
         args = json.loads((seed_dir / "full-short-512" / "longlora_args.json").read_text())["args"]
         assert (args["attention"], args["context_length"], args["method"]) == ("short", 512, "full")
         config = json.loads((seed_dir / "full-s2-512" / "config.json").read_text())
@@ -112,7 +116,9 @@ def test_rerun_reuses_finished_stages(script, quick_run):
     assert after["ppl_at_target"] == before["ppl_at_target"]
 
 
-def test_refuses_a_workdir_with_other_settings_and_an_eval_book_that_is_not_held_out(script, quick_run, capsys):
+def test_refuses_a_workdir_with_other_settings_and_an_eval_book_that_is_not_held_out(
+    script, quick_run, capsys
+):
     tmp, argv, _ = quick_run
     assert script.main([*argv, "--finetune-steps", "3"]) == 2
     assert "other settings" in capsys.readouterr().err
