@@ -234,9 +234,27 @@ def plan_of(s: Settings) -> dict[int, list[str]]:
     return dict(sorted(plan.items()))
 
 
+def covers(result: dict, s: Settings) -> bool:
+    """Whether a seed's saved result holds every cell the settings ask for."""
+    for target, methods in plan_of(s).items():
+        cell = result.get("targets", {}).get(str(target), {})
+        keys = ["none"] + [f"{m}/{r}" for m in methods for r in s.regimes]
+        if any(k not in cell for k in keys):
+            return False
+    return True
+
+
 def run_seed(s: Settings, work: Path, tokenizer_dir: Path, seed: int) -> dict:
+    """All stages of one seed; the result (with the seconds they took) is kept in seed-N/result.json."""
+    from longlora.eval.common import write_json
+
     root = work / f"seed-{seed}"
     root.mkdir(parents=True, exist_ok=True)
+    saved = root / "result.json"
+    previous = json.loads(saved.read_text()) if saved.is_file() else {}
+    if previous and covers(previous, s):
+        log(f"seed {seed}: done earlier ({previous['seconds'] / 60:.1f} min), reusing {saved}")
+        return previous
     t0 = time.perf_counter()
     common = ["--mode", "pretrain", "--data", s.train_book, "--dtype", s.dtype, "--no-gradient-checkpointing"]
     common += [
@@ -276,10 +294,14 @@ def run_seed(s: Settings, work: Path, tokenizer_dir: Path, seed: int) -> dict:
     result: dict = {
         "seed": seed,
         "pretrain_loss_curve": loss_curve(base / "train_log.jsonl"),
-        "pretrained": perplexity(s, base, root / "ppl-pretrained.json", [s.short_len]),
+        "pretrained": {
+            str(k): v for k, v in perplexity(s, base, root / "ppl-pretrained.json", [s.short_len]).items()
+        },
         "targets": {},
     }
-    log(f"seed {seed}: pre-trained, held-out ppl at {s.short_len}: {result['pretrained'][s.short_len]:.2f}")
+    log(
+        f"seed {seed}: pre-trained, held-out ppl at {s.short_len}: {result['pretrained'][str(s.short_len)]:.2f}"
+    )
     for target, methods in plan_of(s).items():
         cell: dict = {}
         ppl = perplexity(
@@ -328,7 +350,9 @@ def run_seed(s: Settings, work: Path, tokenizer_dir: Path, seed: int) -> dict:
                 }
                 log(f"  ppl at {target}: {ppl[target]:.3f}, at {s.short_len}: {ppl[s.short_len]:.3f}")
         result["targets"][str(target)] = cell
-    result["seconds"] = round(time.perf_counter() - t0, 1)
+    # wall time of this seed's stages, summed over the invocations that ran them
+    result["seconds"] = round(previous.get("seconds", 0.0) + time.perf_counter() - t0, 1)
+    write_json(saved, result)
     return result
 
 
@@ -364,6 +388,44 @@ def summarize(per_seed: list[dict], plan, regimes, which: str) -> dict:
     return table
 
 
+def paired_gaps(per_seed: list[dict], plan, regimes) -> dict:
+    """{row: {target: {"mean", "seeds"}}}: % perplexity above full-attention fine-tuning with the same seed
+    and method (the un-tuned row against full FT), at the target length. Paired, so the seed's shift of
+    every number (its own pre-trained model) cancels."""
+    gaps: dict = {}
+    for key, _ in rows_of(plan, regimes):
+        method, _, regime = key.partition("/")
+        if regime == "full":
+            continue
+        ref_key = "full/full" if key == "none" else f"{method}/full"
+        for target in plan:
+            cells = [r["targets"][str(target)] for r in per_seed]
+            if any(key not in c or ref_key not in c for c in cells):
+                continue
+            values = [100 * (c[key]["target"] / c[ref_key]["target"] - 1) for c in cells]
+            gaps.setdefault(key, {})[str(target)] = {"mean": statistics.fmean(values), "seeds": values}
+    return gaps
+
+
+def format_gaps(gaps: dict, plan, regimes, short_len: int, title: str) -> str:
+    labels = {k: v for k, v in rows_of(plan, regimes) if k in gaps}
+    width = max(len(v) for v in labels.values()) + 2
+    head = "".join(f"{f'{t} ({t // short_len}x)':>28}" for t in plan)
+    lines = [title, f"{'':<{width}}{head}"]
+    for key, label in labels.items():
+        cells = []
+        for t in plan:
+            c = gaps[key].get(str(t))
+            text = (
+                "-"
+                if c is None
+                else f"{c['mean']:+.2f}% (" + ", ".join(f"{v:+.2f}" for v in c["seeds"]) + ")"
+            )
+            cells.append(f"{text:>28}")
+        lines.append(f"{label:<{width}}" + "".join(cells))
+    return "\n".join(lines)
+
+
 def format_table(table: dict, plan, regimes, short_len: int, title: str) -> str:
     labels = dict(rows_of(plan, regimes))
     width = max(len(v) for v in labels.values()) + 2
@@ -382,20 +444,22 @@ def format_table(table: dict, plan, regimes, short_len: int, title: str) -> str:
     return "\n".join(lines)
 
 
-def plot(table: dict, plan, regimes, short_len: int, path: Path) -> None:
+def plot(table: dict, gaps: dict, plan, regimes, short_len: int, path: Path) -> None:
+    """Left: perplexity of the fine-tuned models at their target length (un-tuned values in the legend).
+    Right: the paired gap to full-attention fine-tuning, one dot per seed."""
     from longlora.eval.plot import _pyplot, _save
 
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.2, 4.6), layout="constrained")
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11.5, 4.4), layout="constrained")
     styles = {"full": "-", "lora+": "--"}
-    markers = {"none": "x", "full": "o", "short": "s", "s2": "^"}
+    markers = {"full": "o", "short": "s", "s2": "^"}
     colors = {"none": "tab:gray", "full": "tab:blue", "short": "tab:red", "s2": "tab:green"}
     targets = list(plan)
-    for key, label in rows_of(plan, regimes):
+    labels = dict(rows_of(plan, regimes))
+    for key, label in labels.items():
         method, _, regime = key.partition("/")
-        regime = regime or "none"
         xs = [t for t in targets if str(t) in table.get(key, {})]
-        if not xs:
+        if key == "none" or not xs:
             continue
         cells = [table[key][str(t)] for t in xs]
         ax.errorbar(
@@ -404,19 +468,55 @@ def plot(table: dict, plan, regimes, short_len: int, path: Path) -> None:
             yerr=[[c["mean"] - c["min"] for c in cells], [c["max"] - c["mean"] for c in cells]],
             marker=markers[regime],
             color=colors[regime],
-            linestyle=styles.get(method, ":"),
+            linestyle=styles[method],
             capsize=3,
             label=label,
         )
+    none = ", ".join(
+        f"{table['none'][str(t)]['mean']:.0f} at {t}" for t in targets if str(t) in table["none"]
+    )
+    ax.plot([], [], " ", label=f"{labels['none']}: {none}")
     ax.set_xscale("log", base=2)
     ax.set_xticks(targets)
     ax.set_xticklabels([f"{t}\n({t // short_len}x)" for t in targets])
     ax.minorticks_off()
-    ax.set_xlabel("target context length (tokens; fine-tuned and evaluated there)")
-    ax.set_ylabel("held-out perplexity (full attention)")
-    ax.set_title(f"Context extension from {short_len} tokens: Table 1 at small scale")
+    ax.set_xlabel("target context length (fine-tuned and evaluated there)")
+    ax.set_ylabel("held-out perplexity, full attention (mean; bars: seed range)")
+    ax.set_title("Perplexity at the target length")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
+
+    rows = [k for k in gaps if k != "none"]
+    width = 0.8 / max(1, len(rows))
+    for i, key in enumerate(rows):
+        method, _, regime = key.partition("/")
+        for j, t in enumerate(targets):
+            cell = gaps[key].get(str(t))
+            if cell is None:
+                continue
+            x = j + (i - (len(rows) - 1) / 2) * width
+            bx.bar(
+                x,
+                cell["mean"],
+                width * 0.9,
+                color=colors[regime],
+                alpha=0.85 if method == "full" else 0.45,
+                hatch="" if method == "full" else "//",
+                label=labels[key]
+                if j == min(jj for jj, tt in enumerate(targets) if str(tt) in gaps[key])
+                else None,
+            )
+            bx.plot([x] * len(cell["seeds"]), cell["seeds"], "k.", markersize=5)
+    bx.axhline(0, color=colors["full"], linewidth=1.5, label="full attention (same seed, same method)")
+    bx.set_xticks(range(len(targets)))
+    bx.set_xticklabels([f"{t} ({t // short_len}x)" for t in targets])
+    bx.set_ylabel("% perplexity above full attention")
+    bx.set_title("Paired gap to full-attention fine-tuning (dots: seeds)")
+    bx.grid(True, axis="y", alpha=0.3)
+    bx.legend(fontsize=7)
+    fig.suptitle(
+        f"Context extension from {short_len} tokens with Position Interpolation: Table 1 at small scale"
+    )
     _save(fig, path)
     plt.close(fig)
 
@@ -534,7 +634,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     tokenizer_dir = train_tokenizer(s, work / "tokenizer")
     per_seed = [run_seed(s, work, tokenizer_dir, seed) for seed in s.seeds]
-    seconds = time.perf_counter() - started
+    this_run = time.perf_counter() - started
+    seconds = sum(r["seconds"] for r in per_seed)  # every stage's wall time, even if run by an earlier call
 
     at_target = summarize(per_seed, plan, regimes, "target")
     at_short = summarize(per_seed, plan, regimes, "short")
@@ -551,24 +652,41 @@ def main(argv: list[str] | None = None) -> int:
     )
     print()
     print(format_table(at_short, plan, regimes, s.short_len, f"... and at the short length {s.short_len}"))
-    base = [r["pretrained"][s.short_len] for r in per_seed]
+    gaps = paired_gaps(per_seed, plan, regimes)
+    print()
+    print(
+        format_gaps(
+            gaps,
+            plan,
+            regimes,
+            s.short_len,
+            "Perplexity above full-attention fine-tuning (same seed, same method), at the target length:"
+            " mean (per seed)",
+        )
+    )
+    base = [r["pretrained"][str(s.short_len)] for r in per_seed]
     print(f"\npre-trained model at {s.short_len} tokens: {statistics.fmean(base):.2f} (seeds: {base})")
-    print(f"took {seconds / 60:.1f} min")
+    print(
+        f"took {seconds / 60:.1f} min for {len(per_seed)} seed(s) (wall time of every stage; "
+        f"this invocation: {this_run / 60:.1f} min)"
+    )
 
     payload = {
         "kind": "table1-small",
         "settings": asdict(s),
         "seconds": round(seconds, 1),
+        "seconds_this_invocation": round(this_run, 1),
         "pretrained_ppl_short": base,
         "ppl_at_target": at_target,
         "ppl_at_short": at_short,
+        "gap_to_full_attention_pct": gaps,
         "per_seed": per_seed,
         "versions": _versions(),
     }
     from longlora.eval.common import write_json
 
     write_json(args.output, payload)
-    plot(at_target, plan, regimes, s.short_len, args.plot)
+    plot(at_target, gaps, plan, regimes, s.short_len, args.plot)
     print(f"wrote {args.output} and {args.plot}")
     return 0
 

@@ -76,6 +76,16 @@ def test_quick_run_writes_the_table_json_and_plot(quick_run, capsys):
             assert len(cell["seeds"]) == 2 and all(math.isfinite(v) and v > 1 for v in cell["seeds"])
             assert cell["min"] <= cell["mean"] <= cell["max"]
             assert cell["mean"] == pytest.approx(sum(cell["seeds"]) / 2)
+    # the paired gaps are each seed's own ratio to full attention with the same method
+    gaps = payload["gap_to_full_attention_pct"]
+    assert set(gaps) == rows - {"full/full", "lora+/full"}
+    for key, ref in (("full/short", "full/full"), ("lora+/s2", "lora+/full"), ("none", "full/full")):
+        want = [
+            100 * (r["targets"]["512"][key]["target"] / r["targets"]["512"][ref]["target"] - 1)
+            for r in payload["per_seed"]
+        ]
+        assert gaps[key]["512"]["seeds"] == pytest.approx(want)
+    assert payload["seconds"] == pytest.approx(sum(r["seconds"] for r in payload["per_seed"]))
     # different seeds give different models (initialisation and data order both follow the seed)
     assert len(set(payload["pretrained_ppl_short"])) == 2
 
