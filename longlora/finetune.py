@@ -342,6 +342,7 @@ def train(cfg: FinetuneConfig) -> dict:
             f"extends a context: pass --context-length {original} or more"
         )
 
+    _fresh_accelerator_state()
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
@@ -518,6 +519,17 @@ def train(cfg: FinetuneConfig) -> dict:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary
+
+
+def _fresh_accelerator_state() -> None:
+    """accelerate keeps one AcceleratorState per process and refuses a second Accelerator with another
+    precision, so a second run in the same process (a notebook, a benchmark, a test suite) with another
+    --dtype would fail. A single-process run starts from a clean state; launched (distributed) runs keep
+    theirs."""
+    from accelerate.state import AcceleratorState
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 and AcceleratorState._shared_state:
+        AcceleratorState._reset_state(reset_partial_state=False)
 
 
 def _after_step(step: int) -> None:

@@ -251,3 +251,29 @@ def test_cosine_schedule_is_what_the_run_uses(base_dir, text_file, tmp_path):
     assert lrs == [finetune.lr_at(s, 5e-3, 2, "cosine", 6) for s in range(6)]
     assert lrs[-1] == pytest.approx(5e-4) and lrs[1] == 5e-3
     assert json.loads((out / "longlora_args.json").read_text())["args"]["lr_schedule"] == "cosine"
+
+
+def test_runs_with_different_precisions_in_one_process(base_dir, text_file, tmp_path):
+    """accelerate's process-wide state must not make a second run with another --dtype fail."""
+    args = ("--context-length", "256", "--max-steps", "1", "--method", "full", "--attention", "s2")
+    assert run(base_dir, text_file, tmp_path / "fp32", *args) == 0
+    assert (
+        main(
+            [
+                "--model",
+                str(base_dir),
+                "--data",
+                str(text_file),
+                "--output-dir",
+                str(tmp_path / "bf16"),
+                "--dtype",
+                "bf16",
+                "--gradient-accumulation-steps",
+                "1",
+                *args,
+            ]
+        )
+        == 0
+    )
+    assert run(base_dir, text_file, tmp_path / "fp32-again", *args) == 0
+    assert [len(log_of(tmp_path / d)) for d in ("fp32", "bf16", "fp32-again")] == [1, 1, 1]
