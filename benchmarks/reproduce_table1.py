@@ -542,20 +542,48 @@ QUICK = dict(
 )
 
 
+HELP = {
+    "vocab_size": "BPE vocabulary",
+    "hidden_size": "model width",
+    "layers": "decoder layers",
+    "heads": "attention heads",
+    "short_len": "pre-training context (the model's original window)",
+    "pretrain_steps": "pre-training optimizer steps",
+    "pretrain_batch": "pre-training rows of --short-len tokens per step",
+    "finetune_steps": "fine-tuning steps per regime and target",
+    "finetune_tokens_per_step": "fine-tuning tokens per step (rows = this / target)",
+    "warmup_steps": "linear warmup steps of every run",
+    "eval_tokens": "held-out tokens scored",
+    "pretrain_lr": "peak pre-training learning rate (cosine to 10%%)",
+    "finetune_lr": "full fine-tuning learning rate (constant)",
+    "lora_lr": "LoRA+ learning rate (constant)",
+}
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and every flag's default."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = Settings.__dataclass_fields__
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--train-book", type=Path, default=FIXTURES / "austen-emma.txt")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
+    p.add_argument("--train-book", type=Path, default=FIXTURES / "austen-emma.txt", help="pre-training text")
     p.add_argument("--eval-book", type=Path, default=FIXTURES / "austen-prideprejudice.txt", help="held out")
-    p.add_argument("--seeds", type=int, nargs="+", default=d["seeds"].default_factory())
-    p.add_argument("--targets", type=int, nargs="+", default=d["targets"].default_factory())
-    p.add_argument("--regimes", nargs="+", choices=REGIMES, default=list(REGIMES))
+    p.add_argument("--seeds", type=int, nargs="+", default=d["seeds"].default_factory(), help="one run each")
+    p.add_argument(
+        "--targets",
+        type=int,
+        nargs="+",
+        default=d["targets"].default_factory(),
+        help="extended lengths (columns), full fine-tuning",
+    )
+    p.add_argument("--regimes", nargs="+", choices=REGIMES, default=list(REGIMES), help="training attention")
     p.add_argument(
         "--lora-targets",
         type=int,
         nargs="*",
         default=d["lora_targets"].default_factory(),
-        help="target lengths that also get the LoRA+ rows, e.g. 1024 (about 5 more minutes per seed and target; default: none)",
+        help="target lengths that also get the LoRA+ rows, e.g. 1024 (about 5 more minutes per seed and target)",
     )
     for name in (
         "vocab_size",
@@ -570,9 +598,9 @@ def build_parser() -> argparse.ArgumentParser:
         "warmup_steps",
         "eval_tokens",
     ):
-        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=d[name].default)
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=d[name].default, help=HELP[name])
     for name in ("pretrain_lr", "finetune_lr", "lora_lr"):
-        p.add_argument(f"--{name.replace('_', '-')}", type=float, default=d[name].default)
+        p.add_argument(f"--{name.replace('_', '-')}", type=float, default=d[name].default, help=HELP[name])
     p.add_argument(
         "--dtype",
         choices=("bf16", "fp32"),
