@@ -411,41 +411,35 @@ def paired_gaps(per_seed: list[dict], plan, regimes) -> dict:
     return gaps
 
 
-def format_gaps(gaps: dict, plan, regimes, short_len: int, title: str) -> str:
-    labels = {k: v for k, v in rows_of(plan, regimes) if k in gaps}
+def _grid(labels: dict, plan, short_len: int, title: str, column: int, cell) -> str:
+    """Rows of ``labels`` x target columns of ``column`` characters; ``cell(key, target)`` -> its text."""
     width = max(len(v) for v in labels.values()) + 2
-    head = "".join(f"{f'{t} ({t // short_len}x)':>32}" for t in plan)
+    head = "".join(f"{f'{t} ({t // short_len}x)':>{column}}" for t in plan)
     lines = [title, f"{'':<{width}}{head}"]
     for key, label in labels.items():
-        cells = []
-        for t in plan:
-            c = gaps[key].get(str(t))
-            text = (
-                "-"
-                if c is None
-                else f"{c['mean']:+.2f}% (" + ", ".join(f"{v:+.2f}" for v in c["seeds"]) + ")"
-            )
-            cells.append(f"{text:>32}")
-        lines.append(f"{label:<{width}}" + "".join(cells))
+        lines.append(f"{label:<{width}}" + "".join(cell(key, t) for t in plan))
     return "\n".join(lines)
+
+
+def format_gaps(gaps: dict, plan, regimes, short_len: int, title: str) -> str:
+    def cell(key, t):
+        c = gaps[key].get(str(t))
+        text = "-" if c is None else f"{c['mean']:+.2f}% (" + ", ".join(f"{v:+.2f}" for v in c["seeds"]) + ")"
+        return f"{text:>32}"
+
+    labels = {k: v for k, v in rows_of(plan, regimes) if k in gaps}
+    return _grid(labels, plan, short_len, title, 32, cell)
 
 
 def format_table(table: dict, plan, regimes, short_len: int, title: str) -> str:
-    labels = dict(rows_of(plan, regimes))
-    width = max(len(v) for v in labels.values()) + 2
-    head = "".join(f"{f'{t} ({t // short_len}x)':>20}" for t in plan)
-    lines = [title, f"{'':<{width}}{head}"]
-    for key, label in labels.items():
-        cells = []
-        for t in plan:
-            c = table.get(key, {}).get(str(t))
-            if c is None:
-                cells.append(f"{'-':>12}{'':<8}")
-                continue
-            spread = f" ±{(c['max'] - c['min']) / 2:.2f}" if len(c["seeds"]) > 1 else ""
-            cells.append(f"{c['mean']:>12.2f}{spread:<8}")
-        lines.append(f"{label:<{width}}" + "".join(cells))
-    return "\n".join(lines)
+    def cell(key, t):
+        c = table.get(key, {}).get(str(t))
+        if c is None:
+            return f"{'-':>12}{'':<8}"
+        spread = f" ±{(c['max'] - c['min']) / 2:.2f}" if len(c["seeds"]) > 1 else ""
+        return f"{c['mean']:>12.2f}{spread:<8}"
+
+    return _grid(dict(rows_of(plan, regimes)), plan, short_len, title, 20, cell)
 
 
 def plot(table: dict, gaps: dict, plan, regimes, short_len: int, path: Path) -> None:
