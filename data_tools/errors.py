@@ -1,13 +1,29 @@
-"""Errors raised while loading documents.
+"""The one error hierarchy for bad user input, shared by ``data_tools`` and ``longlora``.
 
-Every error is a ``ValueError`` (callers that only want "bad input" can catch that) and its message
-names the file, the problem and what to do about it, so a UI can show it unchanged.
+Every error here is a ``ValueError`` (callers that only want "bad input" can catch that, or
+:class:`InputError`), and its message names the problem and what to do about it, so a command or the
+app can show it unchanged.
+
+    InputError                      bad input from the user: a file, a flag, a model, a record
+    ├── DocumentError               a document could not be turned into text
+    │   ├── EncryptedPDFError, NoTextLayerError, CorruptFileError,
+    │   └── UnsupportedFileTypeError, EmptyDocumentError
+    ├── DataError                   training / evaluation data: token files, records, folders
+    ├── ModelLoadError              a model, tokenizer or adapter cannot be loaded as asked
+    └── DependencyError             an optional package the chosen option needs is not installed
+
+This module is torch-free and sits at the bottom of the dependency graph (``app -> longlora ->
+data_tools``), so both packages raise the same classes.
 """
 
 from __future__ import annotations
 
 
-class DocumentError(ValueError):
+class InputError(ValueError):
+    """Bad input from the user; the message names the problem and the fix."""
+
+
+class DocumentError(InputError):
     """A document could not be turned into text."""
 
 
@@ -24,8 +40,20 @@ class CorruptFileError(DocumentError):
 
 
 class UnsupportedFileTypeError(DocumentError):
-    """The file type is not one of .pdf, .txt, .md."""
+    """The file type is not one the reader knows."""
 
 
 class EmptyDocumentError(DocumentError):
     """The document holds no text at all."""
+
+
+class DataError(InputError):
+    """Training or evaluation data is unusable: token files, dataset records, input folders."""
+
+
+class ModelLoadError(InputError):
+    """A model, tokenizer or adapter cannot be loaded as asked."""
+
+
+class DependencyError(InputError):
+    """An optional package that the chosen option needs is not installed (the message says how)."""
