@@ -19,117 +19,47 @@ Every event has an ``api_name``, so the app also works from ``gradio_client``:
     client = Client("http://127.0.0.1:7860/")
     card = client.predict(handle_file("paper.pdf"), api_name="/upload")       # the document card (markdown)
     answer = client.predict("What are the main contributions?", api_name="/ask")  # the final answer text
+    sources = client.predict(api_name="/sources")  # the passages of the last answer: text, pages, score
 
 State is per browser session (``gr.State``); uploaded files are deleted as soon as their text is
 extracted, so the document lives only in the session. Nothing here loads a model at import time.
+
+This file holds the event handlers, their wiring and the command line; the layout, the session
+state, the Markdown and the background loading live in the ``webapp`` package beside this file
+(outside ``longlora``, whose import loads transformers: the page must come up before the model).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import threading
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 import gradio as gr
 
-from data_tools.prompts import QUESTIONS_FOR, template_question
+from data_tools.prompts import QUESTIONS_FOR, guess_material_type
 
-STRATEGIES = ("retrieve", "truncate-middle", "truncate-end")
-STRATEGY_HELP = (
-    "How a document longer than the model's context is cut down: 'retrieve' keeps the passages most "
-    "related to the question, 'truncate-middle' keeps the beginning and the end, 'truncate-end' keeps "
-    "the beginning."
+# Names re-exported for callers of app (tests, scripts): the state, Markdown and layout helpers.
+from webapp.cards import EMPTY_CARD, card_markdown, pending_card_markdown, status_markdown  # noqa: F401
+from webapp.chat import (  # noqa: F401
+    EXAMPLE_LABELS,
+    ChatState,
+    Turn,
+    chat_messages,
+    display_answer,
+    engine_history,
+    example_question,
+    example_visibility,
+    fit_note,
+    release_state,
 )
-MATERIAL_CHOICES = [("Paper", "paper"), ("Book", "book"), ("Other", "other")]
-
-# Button labels for the paper's example questions (data_tools.prompts.QUESTION_TEMPLATES keys).
-EXAMPLE_LABELS: dict[str, str] = {
-    "summary": "Summarize in one paragraph",
-    "contributions": "Main contributions and novelties",
-    "limitations": "Limitations",
-    "characters": "Relationships among the characters",
-    "importance": "Why the main character matters",
-}
-
-EMPTY_CARD = "*No document yet.* Upload a PDF, TXT or MD file to start."
-DEFAULT_CONCURRENCY = 1
-
-
-# --------------------------------------------------------------------------------------------------
-# Per-session state
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Turn:
-    """One question and its (possibly partial) answer."""
-
-    question: str
-    answer: str = ""
-    note: str = ""  # e.g. which pages were used when the document did not fit whole
-    done: bool = False
-    stopped: bool = False
-    error: str = ""
-    waiting: bool = False  # queued behind another answer (one model serves every session)
-
-
-@dataclass
-class ChatState:
-    """Everything one browser session knows: the document, its engine session and the conversation.
-
-    Lives in a ``gr.State`` (never in a global); gradio keeps it by reference, so the stop handler
-    sees the same ``stop_event`` as the answer that is streaming.
-    """
-
-    document: Any = None  # data_tools.Document
-    session: Any = None  # longlora.qa.DocumentSession, None until the model is ready
-    material_type: str = "other"
-    turns: list[Turn] = field(default_factory=list)
-    stop_event: threading.Event = field(default_factory=threading.Event)
-    close: Any = None  # frees the engine's cached prompt for this document (engine.close_session)
+from webapp.layout import CSS, MATERIAL_CHOICES, STRATEGY_HELP, build_layout  # noqa: F401
+from webapp.server import DEFAULT_CONCURRENCY, build_parser, launch, parse_args  # noqa: F401
 
 
 def _state(state: ChatState | None) -> ChatState:
     return state if state is not None else ChatState()
-
-
-def release_state(state: ChatState | None) -> None:
-    """Stop the session's answer and free the engine's cached prompt for its document.
-
-    Called on a new upload, on New document, and by gradio when the browser session ends. It takes
-    no engine on purpose: gradio deep-copies the page config (which holds this callback) on every
-    page request, and a callback bound to the engine would copy the whole model each time.
-    """
-    if state is None:
-        return
-    state.stop_event.set()
-    if state.close is not None:
-        state.close()
-        state.close = None
-
-
-# --------------------------------------------------------------------------------------------------
-# Pure helpers (no gradio events)
-# --------------------------------------------------------------------------------------------------
-
-
-def status_markdown(engine) -> str:
-    """The status line: loading / converting, ready, or the load error."""
-    message = getattr(engine, "status_message", "") or ""
-    if engine.state == "ready":
-        spec = getattr(engine, "model_spec", None)
-        name = "the bundled SmolLM2-135M-Instruct" if spec in (None, "default") else f"`{spec}`"
-        context = getattr(engine, "context_length", 0)
-        return f"**Model ready:** {name}" + (f", context {context:,} tokens." if context else ".")
-    if engine.state == "error":
-        return (
-            f"**The model failed to load:** {message} "
-            "Restart the app with a different `--model` (a local folder, a merged model or an adapter)."
-        )
-    return f"**Loading the model...** {message or 'Please wait.'}"
 
 
 def _user_error(message: str, title: str) -> gr.Error:
@@ -147,71 +77,6 @@ def _require_model(engine) -> None:
         )
     if engine.state == "error":
         raise gr.Error(status_markdown(engine), title="Model unavailable")
-
-
-def pending_card_markdown(document) -> str:
-    """Card for a document whose tokens cannot be counted yet (the model is still loading)."""
-    pages = document.num_pages
-    lines = [
-        f"### {document.name}",
-        f"- **Type:** {document.kind}" + (f", {pages} pages" if pages else ""),
-        f"- **Words:** {document.word_count:,}",
-        "- **Tokens:** counted when the model is ready...",
-    ]
-    return "\n".join(lines)
-
-
-def chat_messages(state: ChatState | None) -> list[dict[str, str]]:
-    """The conversation in gr.Chatbot's message format, rebuilt from the session state."""
-    messages: list[dict[str, str]] = []
-    for turn in state.turns if state is not None else []:
-        messages.append({"role": "user", "content": turn.question})
-        text = display_answer(turn)
-        if text:
-            messages.append({"role": "assistant", "content": text})
-    return messages
-
-
-def display_answer(turn: Turn) -> str:
-    """Answer text plus the notes a reader needs: stopped, error, pages used."""
-    parts = [turn.answer]
-    if turn.waiting and not turn.answer:
-        parts.append("*Waiting for another answer to finish...*")
-    if turn.stopped:
-        parts.append("*(stopped)*")
-    if turn.error:
-        parts.append(f"**Error:** {turn.error}")
-    if turn.note:
-        parts.append(f"*{turn.note}*")
-    return "\n\n".join(p for p in parts if p)
-
-
-def fit_note(fit) -> str:
-    """'Pages used: ...' when the document did not fit whole; empty when it did."""
-    if fit is None or fit.fits_whole:
-        return ""
-    return fit.summary()
-
-
-def engine_history(turns: list[Turn]) -> list[dict[str, str]]:
-    """Finished turns as chat messages for ``engine.ask(history=...)`` (failed turns left out)."""
-    history: list[dict[str, str]] = []
-    for turn in turns:
-        if turn.error or not turn.answer:
-            continue
-        history.append({"role": "user", "content": turn.question})
-        history.append({"role": "assistant", "content": turn.answer})
-    return history
-
-
-def example_question(key: str, material_type: str) -> str:
-    return template_question(key, material_type if material_type in QUESTIONS_FOR else "other")
-
-
-def example_visibility(material_type: str) -> list[bool]:
-    """Which example-question buttons to show (in EXAMPLE_LABELS order) for a material type."""
-    keys = QUESTIONS_FOR.get(material_type, QUESTIONS_FOR["other"])
-    return [key in keys for key in EXAMPLE_LABELS]
 
 
 def _is_gradio_upload(path: str) -> bool:
@@ -237,9 +102,7 @@ def discard_upload(path: str) -> None:
 
 
 def _guess_material_type(document) -> str:
-    from longlora.qa import guess_material_type
-
-    return guess_material_type(document)
+    return guess_material_type(document)  # the engine's own rule, for a document opened before the model
 
 
 def _open_session(engine, state: ChatState, strategy: str, material_type: str | None = None) -> str:
@@ -251,10 +114,9 @@ def _open_session(engine, state: ChatState, strategy: str, material_type: str | 
         if state.close is not None:  # re-opened (material type changed): free the old cache
             state.close()
         state.session = engine.open_document(state.document, material_type=material_type)
-        close_session = getattr(engine, "close_session", None)
-        state.close = partial(close_session, state.session) if close_session else None
+        state.close = partial(engine.close_session, state.session)
         state.material_type = state.session.material_type
-        return state.session.card(strategy=strategy).to_markdown()
+        return card_markdown(engine.card(state.session, strategy))
     except ValueError as exc:
         raise _user_error(str(exc), title="Cannot open the document") from exc
     except Exception as exc:  # a model/tokenizer failure must not take the app down
@@ -321,7 +183,7 @@ def refresh_card(engine, state: ChatState | None, strategy: str = "retrieve") ->
         return EMPTY_CARD
     if state.session is None:
         return pending_card_markdown(state.document)
-    return state.session.card(strategy=strategy).to_markdown()
+    return card_markdown(engine.card(state.session, strategy))
 
 
 def poll_status(engine, state: ChatState | None, strategy: str = "retrieve"):
@@ -393,6 +255,7 @@ def _stream_turn(engine, state: ChatState, turn: Turn, strategy, max_new_tokens,
             if update.done:
                 turn.stopped = bool(update.stopped)
                 turn.note = fit_note(update.fit)
+                turn.sources = list(update.fit.sources)
                 turn.done = True
             yield turn
     except ValueError as exc:
@@ -458,6 +321,16 @@ def clear_chat(state: ChatState | None):
     return chat_messages(state), state
 
 
+def sources(state: ChatState | None) -> list[dict]:
+    """API: the passages the last finished answer was based on: [{"text", "pages", "score"}].
+
+    ``pages`` are 1-based for PDFs and empty for plain text; ``score`` is the BM25 score for the
+    question (None when the passage was kept by truncation or the whole document fits).
+    """
+    done = [turn for turn in (state.turns if state is not None else []) if turn.done and not turn.error]
+    return [source.to_dict() for source in done[-1].sources] if done else []
+
+
 def clear(state: ChatState | None):
     """New document: stop anything running and forget the document and the conversation."""
     release_state(state)
@@ -474,203 +347,124 @@ def clear(state: ChatState | None):
 
 
 # --------------------------------------------------------------------------------------------------
-# Layout
+# Event wiring (the layout is webapp.layout)
 # --------------------------------------------------------------------------------------------------
 
-CSS = """
-#doc-card { min-height: 8em; }
-#status-line { font-size: 0.95em; }
-#examples-label { margin-bottom: -0.5em; }
-footer { display: none !important; }
-"""
+LIGHT = dict(concurrency_limit=None, show_progress="hidden")  # quick events: never queued behind answers
 
 
 def build_demo(engine, *, max_new_tokens: int = 512, concurrency: int = DEFAULT_CONCURRENCY) -> gr.Blocks:
     """The Blocks app for one engine. Generation events share one concurrency group."""
-    gen = dict(concurrency_id="generate", concurrency_limit=concurrency)
-    light = dict(concurrency_limit=None, show_progress="hidden")
-
     with gr.Blocks(
         title="LongLoRA: ask a long document", analytics_enabled=False, delete_cache=(600, 3600)
     ) as demo:
         state = gr.State(None, delete_callback=release_state)
-        gr.Markdown("## LongLoRA: ask questions about a long document")
-        status = gr.Markdown(status_markdown(engine), elem_id="status-line")
-        timer = gr.Timer(1.0)
+        ui = build_layout(status_markdown(engine), max_new_tokens)
+        gen = dict(concurrency_id="generate", concurrency_limit=concurrency)
+        _wire_document(demo, engine, ui, state)
+        streams = _wire_questions(engine, ui, state, gen)
+        _wire_controls(ui, state, cancels=streams)
+    return demo
 
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=2, min_width=300):
-                upload = gr.File(
-                    label="Document (PDF, TXT or MD)",
-                    file_types=[".pdf", ".txt", ".md"],
-                    type="filepath",
-                    height=120,
-                    elem_id="upload",
-                )
-                material = gr.Radio(
-                    MATERIAL_CHOICES,
-                    value="other",
-                    label="Material type",
-                    info="Guessed from the file; change it if the guess is wrong.",
-                    elem_id="material",
-                )
-                card = gr.Markdown(EMPTY_CARD, elem_id="doc-card", container=True)
-                new_doc = gr.Button("New document", variant="secondary", elem_id="new-doc")
-                with gr.Accordion("Advanced settings", open=False):
-                    strategy = gr.Radio(
-                        list(STRATEGIES), value="retrieve", label="Strategy", info=STRATEGY_HELP
-                    )
-                    max_tokens = gr.Slider(16, 4096, value=max_new_tokens, step=16, label="Max new tokens")
-                    temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="Temperature (0 = greedy)")
-                    top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p")
 
-            with gr.Column(scale=3, min_width=400):
-                chatbot = gr.Chatbot(
-                    label="Chat about the document",
-                    height=460,
-                    feedback_options=None,
-                    buttons=["copy", "copy_all"],
-                    elem_id="chat",
-                    placeholder="Upload a document, then ask about it or pick an example question.",
-                )
-                with gr.Row():
-                    question = gr.Textbox(
-                        placeholder="Ask a question about the document and press Enter",
-                        show_label=False,
-                        label="Question",
-                        scale=5,
-                        elem_id="question",
-                    )
-                    ask_btn = gr.Button("Ask", variant="primary", scale=1, min_width=80, elem_id="ask")
-                    stop_btn = gr.Button("Stop", variant="stop", scale=1, min_width=80, elem_id="stop")
-                gr.Markdown("Example questions (LongLoRA paper, B.6):", elem_id="examples-label")
-                with gr.Row():
-                    example_buttons = {
-                        key: gr.Button(
-                            label,
-                            size="sm",
-                            visible=key in QUESTIONS_FOR["other"],
-                            elem_id=f"example-{key}",
-                        )
-                        for key, label in EXAMPLE_LABELS.items()
-                    }
-                # The API answer of /ask (API-only endpoint; never shown in the page).
-                answer_text = gr.Textbox(visible=False, label="Answer")
+def _wire_document(demo: gr.Blocks, engine, ui, state: gr.State) -> None:
+    """Model status, upload -> card (public API), material type and strategy changes."""
+    demo.load(
+        partial(status_markdown, engine),
+        None,
+        [ui.status],
+        api_name="status_on_load",
+        api_visibility="private",
+        **LIGHT,
+    )
+    ui.timer.tick(
+        partial(poll_status, engine),
+        [state, ui.strategy],
+        [ui.status, ui.timer, ui.card, state],
+        api_name="status",
+        **LIGHT,
+    )
+    ui.upload.upload(
+        partial(upload_document, engine),
+        [ui.upload, state, ui.strategy],
+        [ui.card, state],
+        api_name="upload",
+        concurrency_id="document",
+    ).success(
+        after_upload,
+        [state],
+        [ui.material, ui.chatbot, *ui.example_buttons.values()],
+        api_name="after_upload",
+        api_visibility="private",
+        **LIGHT,
+    )
+    ui.material.input(
+        partial(set_material_type, engine),
+        [ui.material, state, ui.strategy],
+        [ui.card, state, *ui.example_buttons.values()],
+        api_name="material_type",
+        concurrency_id="document",
+    )
+    ui.strategy.input(
+        partial(refresh_card, engine), [state, ui.strategy], [ui.card], api_name="card", **LIGHT
+    )
 
-        examples = list(example_buttons.values())
-        settings = [strategy, max_tokens, temperature, top_p]
 
-        # Model status on page load and while it loads / converts.
-        demo.load(
-            partial(status_markdown, engine),
-            None,
-            [status],
-            api_name="status_on_load",
+def _wire_questions(engine, ui, state: gr.State, gen: dict) -> list:
+    """Questions from the page (box, button, examples) and from the API; returns the answer events."""
+    settings = [ui.strategy, ui.max_tokens, ui.temperature, ui.top_p]
+
+    def start_then_stream(trigger, start, inputs, outputs, name):
+        # add the question to the chat (quick), then stream its answer (one model: the gen queue)
+        return trigger(start, inputs, outputs, api_name=name, api_visibility="private", **LIGHT).success(
+            partial(stream_answer, engine),
+            [state, *settings],
+            [ui.chatbot],
+            api_name=f"{name}_answer",
             api_visibility="private",
-            **light,
-        )
-        timer.tick(
-            partial(poll_status, engine),
-            [state, strategy],
-            [status, timer, card, state],
-            api_name="status",
-            **light,
-        )
-
-        # Upload -> card (public API), then the UI around it.
-        upload.upload(
-            partial(upload_document, engine),
-            [upload, state, strategy],
-            [card, state],
-            api_name="upload",
-            concurrency_id="document",
-        ).success(
-            after_upload,
-            [state],
-            [material, chatbot, *examples],
-            api_name="after_upload",
-            api_visibility="private",
-            **light,
-        )
-        material.input(
-            partial(set_material_type, engine),
-            [material, state, strategy],
-            [card, state, *examples],
-            api_name="material_type",
-            concurrency_id="document",
-        )
-        strategy.input(partial(refresh_card, engine), [state, strategy], [card], api_name="card", **light)
-
-        # Ask from the page: add the question, then stream the answer into the chat.
-        streams = []
-        for trigger, name in ((question.submit, "submit_question"), (ask_btn.click, "ask_button")):
-            streams.append(
-                trigger(
-                    partial(start_turn, engine),
-                    [question, state],
-                    [question, chatbot, state],
-                    api_name=name,
-                    api_visibility="private",
-                    **light,
-                ).success(
-                    partial(stream_answer, engine),
-                    [state, *settings],
-                    [chatbot],
-                    api_name=f"{name}_answer",
-                    api_visibility="private",
-                    **gen,
-                )
-            )
-        for key, button in example_buttons.items():
-            streams.append(
-                button.click(
-                    partial(start_example_turn, engine, key),
-                    [state],
-                    [chatbot, state],
-                    api_name=f"example_{key}",
-                    api_visibility="private",
-                    **light,
-                ).success(
-                    partial(stream_answer, engine),
-                    [state, *settings],
-                    [chatbot],
-                    api_name=f"example_{key}_answer",
-                    api_visibility="private",
-                    **gen,
-                )
-            )
-
-        # Ask from gradio_client: question -> streamed answer text, in this client's session.
-        ask_api = gr.on(
-            triggers=[],
-            fn=partial(ask, engine),
-            inputs=[question, state, *settings],
-            outputs=[answer_text, state],
-            api_name="ask",
             **gen,
         )
 
-        stop_btn.click(stop, [state], [chatbot], api_name="stop", cancels=[*streams, ask_api], **light)
-        new_doc.click(
-            clear,
-            [state],
-            [upload, card, chatbot, question, material, state, *examples],
-            api_name="clear",
-            cancels=[*streams, ask_api],
-            **light,
+    typed = [ui.question, state], [ui.question, ui.chatbot, state]
+    streams = [
+        start_then_stream(ui.question.submit, partial(start_turn, engine), *typed, "submit_question"),
+        start_then_stream(ui.ask_btn.click, partial(start_turn, engine), *typed, "ask_button"),
+    ]
+    for key, button in ui.example_buttons.items():
+        start = partial(start_example_turn, engine, key)
+        streams.append(start_then_stream(button.click, start, [state], [ui.chatbot, state], f"example_{key}"))
+    # Ask from gradio_client: question -> streamed answer text, in this client's session.
+    streams.append(
+        gr.on(
+            triggers=[],
+            fn=partial(ask, engine),
+            inputs=[ui.question, state, *settings],
+            outputs=[ui.answer_text, state],
+            api_name="ask",
+            **gen,
         )
-        chatbot.clear(
-            clear_chat, [state], [chatbot, state], api_name="clear_chat", cancels=[*streams, ask_api], **light
-        )
-        upload.clear(
-            clear,
-            [state],
-            [upload, card, chatbot, question, material, state, *examples],
-            api_name="clear_upload",
-            api_visibility="private",
-            **light,
-        )
-    return demo
+    )
+    gr.on(triggers=[], fn=sources, inputs=[state], outputs=[ui.sources_json], api_name="sources", **LIGHT)
+    return streams
+
+
+def _wire_controls(ui, state: gr.State, cancels: list) -> None:
+    """Stop, New document, the chat's trash button and clearing the upload."""
+    everything = [
+        ui.upload,
+        ui.card,
+        ui.chatbot,
+        ui.question,
+        ui.material,
+        state,
+        *ui.example_buttons.values(),
+    ]
+    ui.stop_btn.click(stop, [state], [ui.chatbot], api_name="stop", cancels=cancels, **LIGHT)
+    ui.new_doc.click(clear, [state], everything, api_name="clear", cancels=cancels, **LIGHT)
+    ui.chatbot.clear(
+        clear_chat, [state], [ui.chatbot, state], api_name="clear_chat", cancels=cancels, **LIGHT
+    )
+    ui.upload.clear(clear, [state], everything, api_name="clear_upload", api_visibility="private", **LIGHT)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -678,98 +472,12 @@ def build_demo(engine, *, max_new_tokens: int = 512, concurrency: int = DEFAULT_
 # --------------------------------------------------------------------------------------------------
 
 
-def launch(
-    demo: gr.Blocks,
-    *,
-    host: str = "127.0.0.1",
-    port: int | None = 7860,
-    share: bool = False,
-    concurrency: int = DEFAULT_CONCURRENCY,
-    prevent_thread_lock: bool = False,
-    quiet: bool = False,
-):
-    """Queue + launch with the app's privacy settings (no share link unless asked, no run history)."""
-    demo.queue(default_concurrency_limit=concurrency, max_size=64)
-    return demo.launch(
-        server_name=host,
-        server_port=port,
-        share=share,
-        prevent_thread_lock=prevent_thread_lock,
-        quiet=quiet,
-        show_error=True,
-        run_history=False,
-        enable_monitoring=False,
-        mcp_server=False,
-        footer_links=["api"],
-        max_file_size="200mb",
-        # System fonts: the page must look right with no internet access.
-        theme=gr.themes.Soft(
-            font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
-        ),
-        css=CSS,
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python app.py",
-        description="Ask questions about a long document (PDF/TXT/MD) with a LongLoRA model in the browser.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument(
-        "--model",
-        default="default",
-        help="'default' (bundled SmolLM2-135M-Instruct), a local model/merged/adapter folder, or a hub id",
-    )
-    parser.add_argument(
-        "--context-length",
-        type=int,
-        default=None,
-        help="context length in tokens (default: the model's); longer than the model's window applies Position Interpolation",
-    )
-    parser.add_argument("--load-in-4bit", action="store_true", help="load the model in 4-bit (bitsandbytes)")
-    parser.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (0.0.0.0 exposes the app to your network)"
-    )
-    parser.add_argument("--port", type=int, default=7860, help="port to listen on")
-    parser.add_argument("--share", action="store_true", help="also create a public gradio.live link")
-    parser.add_argument(
-        "--max-new-tokens", type=int, default=512, help="default answer length limit in tokens"
-    )
-    parser.add_argument(
-        "--concurrency",
-        type=int,
-        default=DEFAULT_CONCURRENCY,
-        help="how many questions may be in progress at once; the model answers one at a time and the others show that they wait",
-    )
-    return parser
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.context_length is not None and args.context_length <= 0:
-        parser.error(f"--context-length must be a positive number of tokens, got {args.context_length}")
-    if args.max_new_tokens <= 0:
-        parser.error(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
-    if args.concurrency < 1:
-        parser.error(f"--concurrency must be at least 1, got {args.concurrency}")
-    if not 0 < args.port < 65536:
-        parser.error(f"--port must be between 1 and 65535, got {args.port}")
-    return args
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    from longlora.qa import QAEngine
+    from webapp.loading import BackgroundEngine
 
-    engine = QAEngine(
-        args.model,
-        context_length=args.context_length,
-        load_in_4bit=args.load_in_4bit,
-        max_new_tokens=args.max_new_tokens,
-        background=True,  # the page comes up now and shows the loading status
-    )
+    # the page comes up now and shows the loading status
+    engine = BackgroundEngine.from_args(args, max_new_tokens=args.max_new_tokens)
     demo = build_demo(engine, max_new_tokens=args.max_new_tokens, concurrency=args.concurrency)
     launch(demo, host=args.host, port=args.port, share=args.share, concurrency=args.concurrency)
 

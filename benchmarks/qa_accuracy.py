@@ -1,16 +1,27 @@
-"""QA accuracy of the engine per fit strategy, document budget, passage size and repetition control.
+"""QA accuracy of the engine: through the pipeline, with better retrieval, and given the evidence.
 
-Runs the questions of ``benchmarks/qa_set.jsonl`` (short facts stated once in the fixture documents,
-at varied depths) through ``longlora.qa.QAEngine`` and counts an answer correct when it contains one
-of the gold answers (case-insensitive; ``"match": "word"`` entries need whole words). It also counts
-degenerate answers (echoing the prompt's "Now the material ends." / "Below is", or repeating a
-phrase). This is what picked ``PROFILES`` in ``longlora/qa.py`` for the bundled model.
+Runs the questions of the development set ``benchmarks/qa_dev_set.jsonl`` (facts stated once in
+real PDFs, fixtures and books, each with its evidence quote; see ``retrieval_recall.py``) through
+``longlora.qa.QAEngine`` and counts an answer correct when it contains one of the gold answers
+(case-insensitive; ``"match": "word"`` entries need whole words). Each question runs in up to three
+modes with the same model, prompt and token budget:
 
-Usage (CPU; every config runs all questions; results are appended to --out and reused on rerun)::
+- ``pipeline``: the engine on the whole document (its own fit strategy and retrieval);
+- ``windows``: ``longlora.retrieval.PassageIndex`` picks the passages (half-overlapping windows,
+  front matter for bibliographic questions), and the engine reads only them;
+- ``evidence``: the engine reads the budget's worth of tokens centred on the evidence quote: the
+  ceiling of any retrieval for this model.
 
-    python benchmarks/qa_accuracy.py                                   # the default grid
-    python benchmarks/qa_accuracy.py --configs retrieve:1024:256 truncate-end:4096 --limit 10
-    python benchmarks/qa_accuracy.py --model ./merged-32k --configs retrieve:full
+It also counts degenerate answers (echoing the prompt's "Now the material ends." / "Below is", or
+repeating a phrase). With ``--qa-set benchmarks/qa_set.jsonl`` (no evidence quotes) only
+``pipeline`` runs; that grid picked the bundled model's profile (``data_tools.profiles``).
+
+Usage (CPU; results are appended to --out and reused on rerun, so an interrupted run resumes)::
+
+    python benchmarks/qa_accuracy.py                                   # dev set, bundled model profile
+    python benchmarks/qa_accuracy.py --limit 6 --modes pipeline evidence
+    python benchmarks/qa_accuracy.py --qa-set benchmarks/qa_set.jsonl --configs retrieve:1024:256 truncate-end:4096
+    python benchmarks/qa_accuracy.py --model ./merged-32k --configs retrieve:full --modes pipeline
 
 A config is ``strategy[:budget[:passage_tokens[:repetition_penalty[:no_repeat_ngram]]]][@prompt_style]``;
 budget ``full`` means the whole context window; prompt styles are ``longlora.qa.PROMPT_STYLES``.
@@ -31,9 +42,20 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-DEFAULT_SET = HERE / "qa_set.jsonl"
+from retrieval_recall import TYPES, evidence_key, shared_root  # noqa: E402
+
+DEFAULT_SET = HERE / "qa_dev_set.jsonl"
 # Real documents live in shared/fixtures beside the repository; LONGLORA_FIXTURES overrides.
 FIXTURES = Path(os.environ.get("LONGLORA_FIXTURES") or HERE.parents[1] / "shared" / "fixtures")
+MODES = ("pipeline", "windows", "evidence")
+# The bundled model's profile (data_tools.profiles) through the engine, the windows that measured best
+# for recall (64 tokens, benchmarks/retrieval_recall.py) and the ceiling, all at its 256-token budget.
+DEV_RUNS = [
+    "pipeline=retrieve:256:128:1.0:4@brief",
+    "windows=retrieve:256:64:1.0:4@brief",
+    "evidence=retrieve:256:128:1.0:4@brief",
+]
+SLACK = 16  # tokens kept free when a selection is re-read as a document (re-tokenizing may differ)
 DEFAULT_GRID = [
     "retrieve:256:128",
     "retrieve:512:256",
@@ -113,7 +135,82 @@ def is_degenerate(answer: str) -> bool:
 
 
 def load_set(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def doc_type(item: dict) -> str:
+    """The record's document type; the older QA set has none (its PDFs are papers, the rest books)."""
+    return item.get("type") or ("paper" if item["doc"].endswith(".pdf") else "book")
+
+
+def resolve(doc: str, fixtures: Path) -> Path:
+    """A record's document: relative to the fixtures folder (older set) or to the shared folder."""
+    path = fixtures / doc
+    return path if path.exists() else shared_root() / doc
+
+
+def evidence_char_span(text: str, quote: str) -> tuple[int, int] | None:
+    """Character span in ``text`` of the evidence quote, matched as ``evidence_key`` matches."""
+    kept = [i for i, c in enumerate(text) if evidence_key(c)]
+    key_chars = [evidence_key(text[i]) for i in kept]
+    # NFKD can turn one character into several ("ﬁ" -> "fi"): index the key by character
+    owner = [k for k, piece in enumerate(key_chars) for _ in piece]
+    at = "".join(key_chars).find(evidence_key(quote))
+    if at < 0:
+        return None
+    end = at + len(evidence_key(quote)) - 1
+    return kept[owner[at]], kept[owner[end]] + 1
+
+
+def centred_tokens(offsets, span: tuple[int, int], budget: int) -> tuple[int, int]:
+    """Token span of ``budget`` tokens centred on a character span (clipped to the document)."""
+    first = next(i for i, (a, b) in enumerate(offsets) if b > span[0])
+    last = max(first, max(i for i, (a, b) in enumerate(offsets) if a < span[1]))
+    extra = max(0, budget - (last + 1 - first))
+    start = max(0, first - extra // 2)
+    end = min(len(offsets), start + max(budget, last + 1 - first))
+    start = max(0, end - max(budget, last + 1 - first))
+    return start, end
+
+
+def reading(engine, session, item: dict, mode: str, passage_tokens: int):
+    """The session the engine answers from in this mode (a short document holding the selection)."""
+    from data_tools import load_text
+    from longlora.retrieval import GAP_MARKER
+
+    if mode == "pipeline":
+        return session
+    budget = engine.document_budget(session, item["question"]) - SLACK
+    text, offsets = session.document.text, session.offsets
+    if mode == "windows":
+        index = session_index(session, passage_tokens)
+        spans = index.select(
+            item["question"],
+            budget,
+            separator_len=len(engine.tokenizer(GAP_MARKER, add_special_tokens=False)["input_ids"]),
+        )
+    else:
+        span = evidence_char_span(text, item["evidence"])
+        if span is None:
+            raise SystemExit(
+                f"{item['id']}: evidence not found in {item['doc']}; run retrieval_recall.py --check"
+            )
+        spans = [centred_tokens(offsets, span, budget)]
+    pieces = [text[offsets[s][0] : offsets[e - 1][1]] for s, e in spans]
+    document = load_text(GAP_MARKER.join(pieces), name=f"{item['id']}-{mode}")
+    return engine.open_document(document, material_type=session.material_type)
+
+
+_INDEXES: dict = {}
+
+
+def session_index(session, size: int):
+    from longlora.retrieval import PassageIndex
+
+    key = (session.id, size)
+    if key not in _INDEXES:
+        _INDEXES[key] = PassageIndex(session.offsets, session.document.text, size)
+    return _INDEXES[key]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,11 +218,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="default", help="model spec for longlora.models.load_model")
     parser.add_argument("--dtype", default="auto", help="auto, float32 or bfloat16")
     parser.add_argument(
-        "--qa-set", type=Path, default=DEFAULT_SET, help="JSONL of {id, doc, question, answers}"
+        "--qa-set",
+        type=Path,
+        default=DEFAULT_SET,
+        help="JSONL of {id, doc, question, answers[, evidence, type]}",
     )
-    parser.add_argument("--fixtures", type=Path, default=FIXTURES, help="folder holding the documents")
     parser.add_argument(
-        "--configs", nargs="+", default=DEFAULT_GRID, help="configs to run (see the docstring)"
+        "--fixtures", type=Path, default=FIXTURES, help="folder holding the older set's documents"
+    )
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        default=None,
+        help="configs to run (see the docstring; default depends on the set)",
+    )
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES, help="modes to run")
+    parser.add_argument(
+        "--runs", nargs="+", default=None, help="explicit mode=config runs (default on the dev set: DEV_RUNS)"
     )
     parser.add_argument("--max-new-tokens", type=int, default=48, help="answer length limit")
     parser.add_argument("--limit", type=int, default=None, help="only the first N questions")
@@ -138,14 +247,21 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from longlora.qa import QAEngine
 
-    configs = [Config.parse(c) for c in args.configs]
     items = load_set(args.qa_set)[: args.limit]
+    has_evidence = all("evidence" in i for i in items)
+    modes = args.modes if has_evidence else ["pipeline"]
+    if args.runs or (has_evidence and args.configs is None):
+        runs = [parse_run(r) for r in args.runs or DEV_RUNS]
+        if not has_evidence and any(m != "pipeline" for m, _ in runs):
+            raise SystemExit("windows/evidence runs need a QA set with evidence quotes (qa_dev_set.jsonl)")
+    else:
+        runs = [(mode, Config.parse(c)) for c in (args.configs or DEFAULT_GRID) for mode in modes]
     done: dict[tuple[str, str], dict] = {}
     if args.out.exists() and not args.fresh:
         for line in args.out.read_text().splitlines():
             row = json.loads(line)
             if row.get("model") == args.model:
-                done[(row["config"], row["id"])] = row
+                done[(run_name(row.get("mode", "pipeline"), row["config"]), row["id"])] = row
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
     engine = QAEngine(args.model, dtype=args.dtype, max_new_tokens=args.max_new_tokens)
@@ -153,16 +269,17 @@ def main(argv: list[str] | None = None) -> int:
     sessions = {}
     for item in items:
         if item["doc"] not in sessions:
-            sessions[item["doc"]] = engine.open_document(args.fixtures / item["doc"])
+            sessions[item["doc"]] = engine.open_document(resolve(item["doc"], args.fixtures))
     print(
         f"model {args.model}: window {engine.context_length}; documents: "
         + ", ".join(f"{d} {s.num_tokens:,} tok" for d, s in sessions.items()),
         file=sys.stderr,
     )
 
-    rows_by_config: dict[str, list[dict]] = defaultdict(list)
+    rows_by_run: dict[str, list[dict]] = defaultdict(list)
     with args.out.open("a") as out:
-        for config in configs:
+        for mode, config in runs:
+            name = run_name(mode, config.name)
             engine.profile = dataclasses.replace(
                 base_profile,
                 document_budget=config.budget,
@@ -171,17 +288,23 @@ def main(argv: list[str] | None = None) -> int:
                 no_repeat_ngram_size=config.no_repeat_ngram_size,
                 prompt_style=config.prompt_style,
             )
+            if mode == "windows" and config.strategy != "retrieve":
+                continue
             for item in items:
-                key = (config.name, item["id"])
+                key = (name, item["id"])
                 if key in done:
-                    rows_by_config[config.name].append(done[key])
+                    rows_by_run[name].append(done[key])
                     continue
                 start = time.perf_counter()
+                session = reading(engine, sessions[item["doc"]], item, mode, config.passage_tokens)
                 final = None
-                for update in engine.ask(sessions[item["doc"]], item["question"], strategy=config.strategy):
+                for update in engine.ask(session, item["question"], strategy=config.strategy):
                     final = update
+                if session is not sessions[item["doc"]]:
+                    engine.close_session(session)
                 row = {
                     "model": args.model,
+                    "mode": mode,
                     "config": config.name,
                     "id": item["id"],
                     "answer": final.text,
@@ -189,38 +312,67 @@ def main(argv: list[str] | None = None) -> int:
                     "degenerate": is_degenerate(final.text),
                     "kept_tokens": final.fit.kept_tokens,
                     "prompt_tokens": final.fit.prompt_tokens,
-                    "reused_tokens": final.fit.reused_tokens,
+                    "fits_whole": final.fit.fits_whole,
                     "seconds": round(time.perf_counter() - start, 2),
                 }
                 out.write(json.dumps(row) + "\n")
                 out.flush()
-                rows_by_config[config.name].append(row)
+                rows_by_run[name].append(row)
                 mark = "+" if row["correct"] else ("~" if row["degenerate"] else "-")
-                print(f"{config.name:28s} {mark} {item['id']:22s} {final.text[:90]!r}", file=sys.stderr)
+                print(f"{name:40s} {mark} {item['id']:22s} {final.text[:80]!r}", file=sys.stderr)
 
-    groups = {
-        "papers": lambda i: i["doc"].endswith(".pdf"),
-        "novels": lambda i: not i["doc"].endswith(".pdf"),
-    }
+    print_table(items, runs, rows_by_run)
+    return 0
+
+
+def run_name(mode: str, config: str) -> str:
+    return f"{mode} {config}"
+
+
+def parse_run(text: str) -> tuple[str, Config]:
+    mode, sep, config = text.partition("=")
+    if not sep or mode not in MODES:
+        raise SystemExit(f"bad run {text!r}; use MODE=CONFIG with MODE one of {', '.join(MODES)}")
+    return mode, Config.parse(config)
+
+
+def print_table(items: list[dict], runs, rows_by_run: dict[str, list[dict]]) -> None:
+    """Markdown table: accuracy per run, per split and per document type, and share of the ceiling."""
     by_id = {i["id"]: i for i in items}
-    print("\n| config | accuracy | papers | novels | degenerate | mean prompt tokens |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for config in configs:
-        rows = [r for r in rows_by_config[config.name] if r["id"] in by_id]
+    types = [t for t in TYPES if any(doc_type(i) == t for i in items)]
+    splits = [s for s in ("dev", "holdout") if any(i.get("split") == s for i in items)]
+    print(
+        "\n| mode | config | accuracy | "
+        + " | ".join(splits + types)
+        + " | of ceiling | degenerate | prompt tokens |"
+    )
+    print("| --- " * (6 + len(splits) + len(types)) + "|")
+    for mode, config in runs:
+        rows = [r for r in rows_by_run.get(run_name(mode, config.name), []) if r["id"] in by_id]
         if not rows:
             continue
         acc = sum(r["correct"] for r in rows)
-        parts = []
-        for test in groups.values():
-            sub = [r for r in rows if test(by_id[r["id"]])]
-            parts.append(f"{sum(r['correct'] for r in sub)}/{len(sub)}")
+        cells = []
+        for group in splits + types:
+            sub = [r for r in rows if group in (by_id[r["id"]].get("split"), doc_type(by_id[r["id"]]))]
+            cells.append(f"{sum(r['correct'] for r in sub)}/{len(sub)}")
+        ceiling = [
+            r
+            for m, c in runs
+            if m == "evidence" and c.budget == config.budget
+            for r in rows_by_run.get(run_name(m, c.name), [])
+            if r["id"] in by_id
+        ]
+        share = "-"
+        if ceiling and sum(r["correct"] for r in ceiling):
+            share = f"{100 * acc / sum(r['correct'] for r in ceiling):.0f}%"
         degenerate = sum(r["degenerate"] for r in rows)
         prompt = sum(r["prompt_tokens"] for r in rows) / len(rows)
         print(
-            f"| `{config.name}` | {acc}/{len(rows)} ({100 * acc / len(rows):.0f}%) | {parts[0]} | {parts[1]} "
-            f"| {degenerate} | {prompt:,.0f} |"
+            f"| {mode} | `{config.name}` | {acc}/{len(rows)} ({100 * acc / len(rows):.0f}%) | "
+            + " | ".join(cells)
+            + f" | {share} | {degenerate} | {prompt:,.0f} |"
         )
-    return 0
 
 
 if __name__ == "__main__":

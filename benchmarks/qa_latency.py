@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     for dtype in args.dtypes:
         engine = QAEngine(args.model, dtype=dtype, max_new_tokens=args.max_new_tokens)
         engine.profile = dataclasses.replace(engine.profile, document_budget=None)  # whole document in
-        ids, _ = engine.open_document(load_document(args.doc))._tokens()
+        ids = engine.open_document(load_document(args.doc)).ids
         # warm-up: the first forward pass of a process pays one-off kernel setup
         warm = engine.open_document(load_text(engine.tokenizer.decode(ids[:256])), material_type="paper")
         run_question(engine, warm, QUESTIONS[0], 4)

@@ -5,12 +5,17 @@ Usage:
     python -m data_tools extract papers/ -o out/ --drop-references  # a directory, recursively
     python -m data_tools extract paper.pdf -o paper.txt           # one file to a named .txt
     python -m data_tools extract paper.pdf -o -                   # text to stdout
+    python -m data_tools extract scan.pdf -o out/ --ocr           # image-only/garbled pages via tesseract
 
 The page map ``NAME.pages.json`` maps each page number to its [start, end) character span in
 ``NAME.txt`` (Python string offsets, i.e. code points):
 
     {"source": "paper.pdf", "num_pages": 19, "pages": {"1": [0, 2732], "2": [2734, 5812], ...},
-     "notes": []}
+     "notes": [], "garbled_pages": [], "ocr_pages": []}
+
+Pages whose text is not language (a font mapping glyphs to wrong characters, see
+``data_tools.garble``) are left out (empty span), listed in ``garbled_pages`` and named in the
+report line of that file.
 
 A directory run reports each failing file (encrypted, scanned, damaged, unsupported) and goes on;
 the exit status is 1 when any file failed.
@@ -35,6 +40,8 @@ def page_map(doc: Document) -> dict:
         "num_pages": doc.num_pages,
         "pages": {str(p.number): [p.start, p.end] for p in doc.pages},
         "notes": list(doc.notes),
+        "garbled_pages": list(doc.garbled_pages),
+        "ocr_pages": list(doc.ocr_pages),
     }
 
 
@@ -74,7 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--password", default=None, help="password for encrypted PDFs (the empty one is always tried)"
     )
-    p.add_argument("--quiet", action="store_true", help="print only failures and the summary")
+    p.add_argument(
+        "--ocr",
+        action="store_true",
+        help="read image-only and garbled PDF pages with tesseract (must be installed; off by default)",
+    )
+    p.add_argument("--quiet", action="store_true", help="print only failures, garbled pages and the summary")
     return p
 
 
@@ -101,16 +113,21 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
 
-    failed, pages, words = [], 0, 0
+    failed, pages, words, garbled = [], 0, 0, 0
     for src, root in jobs:
         try:
-            doc = load_document(src, drop_references=args.drop_references, password=args.password)
+            doc = load_document(
+                src, drop_references=args.drop_references, password=args.password, ocr=args.ocr
+            )
         except DocumentError as e:
             failed.append(src)
             print(f"FAILED {src}: {e}", file=sys.stderr)
             continue
         pages += doc.num_pages or 0
         words += doc.word_count
+        garbled += len(doc.garbled_pages)
+        if doc.garbled_pages and (args.quiet or args.output == "-"):
+            print(f"WARNING {src}: {doc.warning}", file=sys.stderr)
         if args.output == "-":
             sys.stdout.write(doc.text + "\n")
             continue
@@ -122,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{src} -> {', '.join(written)} [{doc.word_count:,} words{extra}]{note}", file=sys.stderr)
     ok = len(jobs) - len(failed)
     print(
-        f"extracted {ok} of {len(jobs)} file(s): {words:,} words, {pages:,} PDF pages; {len(failed)} failed",
+        f"extracted {ok} of {len(jobs)} file(s): {words:,} words, {pages:,} PDF pages "
+        f"({garbled} garbled, left out); {len(failed)} failed",
         file=sys.stderr,
     )
     return 1 if failed else 0

@@ -35,6 +35,23 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write(path, text.encode("utf-8"))
 
 
+def list_folder(path: str | os.PathLike, suffixes: tuple[str, ...]) -> list[str]:
+    """Files under ``path`` (recursively, sorted) whose name ends in one of ``suffixes`` (any case).
+
+    Hidden files and folders (names starting with ".") are skipped: editor backups, ``.git``,
+    ``.ipynb_checkpoints`` and macOS ``._`` files are never data. This is the one folder rule of
+    every command that reads a folder.
+    """
+    suffixes = tuple(s.lower() for s in suffixes)
+    found = []
+    for root, dirs, files in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [
+            os.path.join(root, f) for f in files if f.lower().endswith(suffixes) and not f.startswith(".")
+        ]
+    return sorted(found)
+
+
 def expand_inputs(paths: Iterable[str | os.PathLike], suffixes: tuple[str, ...]) -> list[str]:
     """Files named directly plus files with one of ``suffixes`` found (recursively, sorted) in
     directories. A missing path raises FileNotFoundError naming it."""
@@ -42,15 +59,7 @@ def expand_inputs(paths: Iterable[str | os.PathLike], suffixes: tuple[str, ...])
     for p in paths:
         p = os.fspath(p)
         if os.path.isdir(p):
-            found = []
-            for root, dirs, files in os.walk(p):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                found += [
-                    os.path.join(root, f)
-                    for f in files
-                    if f.lower().endswith(suffixes) and not f.startswith(".")
-                ]
-            out += sorted(found)
+            out += list_folder(p, suffixes)
         elif os.path.exists(p):
             out.append(p)
         else:

@@ -43,7 +43,13 @@ from dataclasses import dataclass, field
 from .document import KINDS_BY_SUFFIX, Document, load_document
 from .errors import DocumentError
 from .files import atomic_write, atomic_write_text, expand_inputs
-from .prompts import MATERIAL_TYPES, QUESTION_TEMPLATES, build_instruction, template_question
+from .prompts import (
+    MATERIAL_TYPES,
+    QUESTION_TEMPLATES,
+    build_instruction,
+    guess_material_type,
+    template_question,
+)
 from .records import RecordError, iter_records, write_records
 
 
@@ -105,10 +111,8 @@ class BuildConfig:
 
 
 def default_material_type(doc: Document) -> str:
-    """'paper' for PDFs, 'book' for long texts (> 20,000 words), else 'other'."""
-    if doc.kind == "pdf":
-        return "paper"
-    return "book" if doc.word_count > 20_000 else "other"
+    """The material type the QA engine also guesses (``data_tools.prompts.guess_material_type``)."""
+    return guess_material_type(doc)
 
 
 def document_index(docs: list[Document]) -> dict[str, Document]:

@@ -4,6 +4,11 @@
     write_text_pdf("glued.pdf", pages, glued=True)     # words lose their spaces in pypdf's default mode
     write_image_pdf("scan.pdf", pages=2)               # images, no text layer
 
+``unicode_offset=-29`` gives the pages in ``offset_pages`` (1-based; default all) a font whose
+``ToUnicode`` map sends every code ``c`` to ``c - 29``: the glyphs still show "The", extractors read
+"7KH" (the shifted-glyph failure of some DocBook manuals); ``unicode_offset=0xE000`` maps them to
+private-use code points instead.
+
 ``glued=True`` draws each line the way TeX drivers do (one ``TJ`` array of words separated by
 negative offsets, no space glyph) with a font whose space is declared 1.5 em wide, which reproduces
 the "Hereareafewbasicmethods" extraction failure.
@@ -39,19 +44,49 @@ def _stream(data: bytes, extra: str = "") -> bytes:
     return f"<< /Length {len(data)}{extra} >>\nstream\n".encode() + data + b"\nendstream"
 
 
-def text_pdf_bytes(pages: list[list[str]], *, glued: bool = False, font_size: float = 11) -> bytes:
-    """PDF bytes with one page per list of lines (Letter size, 14 pt leading)."""
+def _to_unicode_cmap(offset: int) -> bytes:
+    """A ToUnicode CMap mapping each one-byte code c (33-255) to c + offset; the space stays a space
+    (TeX fonts have no space glyph, so extractors find word gaps the same way in the real case)."""
+    pairs = [(32, 32)] + [(c, c + offset) for c in range(33, 256) if 0 < c + offset < 0x110000]
+    lines = [
+        "/CIDInit /ProcSet findresource begin 12 dict begin begincmap",
+        "/CIDSystemInfo << /Registry (Adobe) /Ordering (UCS) /Supplement 0 >> def",
+        "/CMapName /Shifted def /CMapType 2 def",
+        "1 begincodespacerange <00> <FF> endcodespacerange",
+    ]
+    for start in range(0, len(pairs), 100):  # a bfchar block holds at most 100 entries
+        chunk = pairs[start : start + 100]
+        lines.append(f"{len(chunk)} beginbfchar")
+        lines += [f"<{c:02X}> <{u:04X}>" for c, u in chunk]
+        lines.append("endbfchar")
+    lines.append("endcmap CMapName currentdict /CMap defineresource pop end end")
+    return _stream("\n".join(lines).encode())
+
+
+def text_pdf_bytes(
+    pages: list[list[str]],
+    *,
+    glued: bool = False,
+    font_size: float = 11,
+    unicode_offset: int = 0,
+    offset_pages: list[int] | None = None,
+) -> bytes:
+    """PDF bytes with one page per list of lines (Letter size, 14 pt leading); see the module doc
+    for ``glued``, ``unicode_offset`` and ``offset_pages``."""
     font = "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding"
     if glued:
         # every glyph 0.5 em, the space 1.5 em: pypdf then needs a 0.75 em gap to see a space
         font += " /FirstChar 32 /LastChar 255 /Widths [1500" + " 500" * 223 + "]"
-    font += " >>"
     n = len(pages)
     objects = [
         b"<< /Type /Catalog /Pages 2 0 R >>",
         f"<< /Type /Pages /Kids [{' '.join(f'{4 + 2 * i} 0 R' for i in range(n))}] /Count {n} >>".encode(),
-        font.encode(),
+        (font + " >>").encode(),
     ]
+    shifted = set(range(1, n + 1) if offset_pages is None else offset_pages) if unicode_offset else set()
+    cmap_ref = ""
+    if shifted:  # objects 4 + 2n (the shifted font) and 5 + 2n (its CMap) follow the pages
+        cmap_ref = f"{4 + 2 * n} 0 R"
     for i, lines in enumerate(pages):
         ops = [f"BT /F1 {font_size} Tf 72 740 Td 14 TL"]
         for line in lines:
@@ -61,17 +96,21 @@ def text_pdf_bytes(pages: list[list[str]], *, glued: bool = False, font_size: fl
             else:
                 ops.append(f"({_escape(line)}) Tj T*")
         ops.append("ET")
+        font_ref = cmap_ref if i + 1 in shifted else "3 0 R"
         objects.append(
             f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
-            f"/Resources << /Font << /F1 3 0 R >> >> /Contents {5 + 2 * i} 0 R >>".encode()
+            f"/Resources << /Font << /F1 {font_ref} >> >> /Contents {5 + 2 * i} 0 R >>".encode()
         )
         objects.append(_stream("\n".join(ops).encode("latin-1")))
+    if shifted:
+        objects.append(f"{font} /ToUnicode {5 + 2 * n} 0 R >>".encode())
+        objects.append(_to_unicode_cmap(unicode_offset))
     return _pdf(objects)
 
 
-def write_text_pdf(path: str | os.PathLike, pages: list[list[str]], *, glued: bool = False) -> str:
-    """Write ``text_pdf_bytes(pages, glued=glued)`` to ``path``; returns the path."""
-    atomic_write(path, text_pdf_bytes(pages, glued=glued))
+def write_text_pdf(path: str | os.PathLike, pages: list[list[str]], **options) -> str:
+    """Write ``text_pdf_bytes(pages, **options)`` to ``path``; returns the path."""
+    atomic_write(path, text_pdf_bytes(pages, **options))
     return os.fspath(path)
 
 

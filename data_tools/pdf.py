@@ -1,36 +1,42 @@
-"""PDF pages to raw text with pypdf, with the failure modes real PDFs have.
+"""PDF pages to raw text with PDFium (``pypdfium2``), with the failure modes real PDFs have.
 
-``read_pdf_pages(path)`` returns one raw string per page (before cleaning). It
+``read_pdf_pages(path)`` returns one raw string per page (before cleaning) and a quality score per
+page (``data_tools.garble``). It
 
-- tries the empty password on encrypted PDFs (many are "encrypted" only to restrict printing) and
-  otherwise raises ``EncryptedPDFError``;
-- raises ``NoTextLayerError`` for scanned PDFs (pages with images but no text), ``EmptyDocumentError``
-  for PDFs with no text and no images, ``CorruptFileError`` for damaged files;
-- detects pages whose inter-word spaces were lost ("Hereareafewbasicmethods...") and recovers them.
+- opens encrypted PDFs with the empty password (many are "encrypted" only to restrict printing) or
+  the given one, and otherwise raises ``EncryptedPDFError``;
+- raises ``NoTextLayerError`` for scanned PDFs (pages with images but no text) unless ``ocr=True``
+  and ``tesseract`` is installed (``data_tools.ocr``), ``EmptyDocumentError`` for PDFs with no text
+  and no images, ``CorruptFileError`` for damaged files;
+- fixes PDFium's own quirks: ``\\r\\n`` line ends, U+0002 for a hyphen at a line end (sometimes
+  with the line break itself lost), and words or table cells run together where PDFium's spacing
+  rule misses a gap (groff/Ghostscript man pages: "theyare"; an Excel export: "Macquotedblright",
+  stacked row numbers "123456789"). For those, the page's text is rebuilt from the characters'
+  boxes: a space where two neighbours are more than ``WORD_GAP`` of the line height apart, a line
+  break where they do not share a line. Only pages whose text shows the symptom are rebuilt,
+  because asking PDFium for every character's box costs about 3 us per character.
 
-Why words get glued: TeX drivers (xdvipdfmx, dvipdfm) draw a line as one ``TJ`` array of word
-strings separated by negative offsets (the inter-word gap, ~250-400 thousandths of an em), with no
-space glyph. pypdf turns an offset into a space only when it exceeds half the font's space width,
-and fonts without a space glyph often report a space as wide as an em (CID fonts' default width
-1000), so no gap qualifies. The recovery re-reads the page with every ``TJ`` offset of at least
-``WORD_GAP`` thousandths of an em (a gap no kern reaches) widened far past any space width, which
-makes pypdf insert the spaces; pypdf's layout mode is the second attempt. The text with the fewest
-glued runs wins.
+Why PDFium and not pypdf: on the 14-file development corpus (../shared/corpus) pypdf keeps a third
+of the words of a DocBook manual (lost inter-word spaces), 7 words of a 27-slide groff deck (text
+in Form XObjects) and splits words at kerns; PDFium is within 2% of ``pdftotext`` on all of them
+and 5-10x faster than pypdf (numbers in docs/data_tools.md). pypdf is no longer used to read
+PDFs; the tests still use it to *write* encrypted PDFs and as an independent second reader.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 
-from .clean import GLUED_THRESHOLD, glued_word_ratio
 from .errors import CorruptFileError, EmptyDocumentError, EncryptedPDFError, NoTextLayerError
+from .garble import PageQuality, page_quality
 
-# pypdf logs every recoverable syntax problem at WARNING; a damaged-but-readable PDF is our problem
-# to report, not a wall of log lines.
-logging.getLogger("pypdf").setLevel(logging.ERROR)
+# Neighbouring characters further apart than this share of the line height are separate words:
+# an inter-word space is 0.25-0.33 em, kerns and tracking stay under 0.1 em (a loose char box is
+# about 1.1 em tall).
+WORD_GAP = 0.15
 
 
 @dataclass
@@ -38,14 +44,13 @@ class PdfPages:
     """Raw page texts plus how they were obtained."""
 
     texts: list[str]
-    respaced_pages: list[int] = field(
-        default_factory=list
-    )  # 1-based pages whose lost word spaces were recovered
+    respaced_pages: list[int] = field(default_factory=list)  # 1-based pages rebuilt from char boxes
+    quality: list[PageQuality] = field(default_factory=list)  # one per page, see data_tools.garble
+    ocr_pages: list[int] = field(default_factory=list)  # 1-based pages read by OCR
 
 
-def _open_reader(path: str, password: str | None):
-    import pypdf
-    from pypdf.errors import DependencyError, FileNotDecryptedError, PdfReadError, PdfStreamError
+def _open(path: str, password: str | None):
+    import pypdfium2 as pdfium
 
     name = os.path.basename(path)
     with open(path, "rb") as f:
@@ -56,147 +61,174 @@ def _open_reader(path: str, password: str | None):
             "and that the download finished"
         )
     try:
-        reader = pypdf.PdfReader(path, strict=False)
-    except (PdfReadError, PdfStreamError, ValueError, KeyError, TypeError, AssertionError, OSError) as e:
-        raise CorruptFileError(
-            f"{name}: the PDF is damaged and cannot be read ({e}); re-download it or repair it "
-            "(e.g. `qpdf in.pdf out.pdf` or print it to a new PDF)"
-        ) from e
-    if reader.is_encrypted:
-        tried = "the given password" if password else "the empty password"
-        try:
-            ok = reader.decrypt(password or "")
-        except DependencyError as e:
-            raise EncryptedPDFError(
-                f"{name}: the PDF is AES-encrypted and decrypting it needs the 'cryptography' package; "
-                f"run `pip install cryptography` and try again ({e})"
-            ) from e
-        except (FileNotDecryptedError, PdfReadError, NotImplementedError) as e:
-            raise EncryptedPDFError(
-                f"{name}: the PDF is encrypted with an unsupported scheme ({e}); decrypt it first, "
-                "e.g. `qpdf --decrypt --password=PASSWORD in.pdf out.pdf`"
-            ) from e
-        if not ok:
+        return pdfium.PdfDocument(path, password=password)
+    except pdfium.PdfiumError as e:
+        if getattr(e, "err_code", None) == pdfium.raw.FPDF_ERR_PASSWORD:
+            tried = "the given password" if password else "the empty password"
             hint = "check the password" if password else "pass its password (--password / password=)"
             raise EncryptedPDFError(
                 f"{name}: the PDF is encrypted and {tried} does not open it; {hint}, or decrypt it "
                 "first with `qpdf --decrypt --password=PASSWORD in.pdf out.pdf`"
-            )
-    return reader
+            ) from e
+        if getattr(e, "err_code", None) == pdfium.raw.FPDF_ERR_SECURITY:
+            raise EncryptedPDFError(
+                f"{name}: the PDF is encrypted with an unsupported scheme ({e}); decrypt it first, "
+                "e.g. `qpdf --decrypt --password=PASSWORD in.pdf out.pdf`"
+            ) from e
+        raise CorruptFileError(
+            f"{name}: the PDF is damaged and cannot be read ({e}); re-download it or repair it "
+            "(e.g. `qpdf in.pdf out.pdf` or print it to a new PDF)"
+        ) from e
 
 
 def _page_has_images(page) -> bool:
-    try:
-        resources = page.get("/Resources")
-        resources = resources.get_object() if resources is not None else {}
-        xobjects = resources.get("/XObject")
-        if xobjects is None:
-            return False
-        for ref in xobjects.get_object().values():
-            obj = ref.get_object()
-            if obj.get("/Subtype") in ("/Image", "/Form"):
-                return True
-    except Exception:  # noqa: BLE001 - a broken resource dict means "can't tell", not a failure
+    import pypdfium2.raw as raw
+
+    # get_objects descends into Form XObjects, where scanners and slide tools often put the image
+    return next(page.get_objects(filter=[raw.FPDF_PAGEOBJ_IMAGE]), None) is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# Words PDFium ran together
+
+_GLUED_PUNCT = re.compile(r"[a-z][,;][A-Za-z]|[a-z]{2}\.[A-Z][a-z]|\d{10,}")
+_LETTERS = re.compile(r"[a-z]+")
+
+
+def _run_together(token: str, vocabulary: Counter[str]) -> bool:
+    """ "theyare": two words the document uses often, written as one word it does not use."""
+    word = token.strip(".,;:()[]\"'").lower()
+    if len(word) < 5 or not word.isalpha() or not word.isascii() or vocabulary[word] > 1:
         return False
-    return False
+    return any(vocabulary[word[:i]] >= 3 and vocabulary[word[i:]] >= 3 for i in range(2, len(word) - 1))
 
 
-# Negative TJ offsets at least this large (thousandths of an em) are word gaps: TeX's inter-word
-# space is 0.25-0.5 em even when shrunk, kerns stay under ~0.1 em.
-WORD_GAP = 150
+def glued_suspects(text: str, vocabulary: Counter[str]) -> int:
+    """How many tokens of ``text`` look like neighbouring words or cells run together."""
+    return sum(bool(_GLUED_PUNCT.search(t)) or _run_together(t, vocabulary) for t in text.split())
 
 
-def _widened_gaps_text(page) -> str:
-    """The page's text after widening every TJ word gap (see the module doc); text-only, in memory."""
-    import pypdf
-    from pypdf.generic import ArrayObject, ContentStream, FloatObject
+def respaced_text(textpage) -> str:
+    """The page's text with a space between characters ``WORD_GAP`` apart and a line break between
+    characters on different lines, where PDFium put neither (see the module doc)."""
+    import numpy as np
+    import pypdfium2.raw as raw
 
-    contents = page.get_contents()
-    if contents is None:
-        return ""
-    stream = ContentStream(contents, page.pdf)
-    changed = 0
-    for operands, operator in stream.operations:
-        if operator != b"TJ" or not operands or not isinstance(operands[0], ArrayObject):
-            continue
-        array = operands[0]
-        for k, item in enumerate(array):
-            if isinstance(item, (int, float)) and not isinstance(item, bool) and float(item) <= -WORD_GAP:
-                array[k] = FloatObject(-20000)
-                changed += 1
-    if not changed:
-        return ""
-    # a reader's page cannot take new contents; a throwaway writer page can
-    scratch = pypdf.PdfWriter().add_page(page)
-    scratch.replace_contents(stream)
-    return scratch.extract_text() or ""
-
-
-def _layout_text(page) -> str:
-    text = page.extract_text(extraction_mode="layout", layout_mode_space_vertically=False)
-    # layout mode pads columns with runs of spaces; keep single spaces only
-    return "\n".join(re.sub(r" {2,}", " ", line).strip() for line in text.split("\n"))
+    text = textpage.get_text_range()
+    n = textpage.count_chars()
+    if len(text) != n or n < 2:  # characters outside the BMP: indices do not line up
+        return text
+    rects = (raw.FS_RECTF * n)()
+    get, handle = raw.FPDFText_GetLooseCharBox, textpage.raw
+    for k in range(n):  # one C call per character: the cost of this step
+        get(handle, k, rects[k])
+    left, top, right, bottom = _along_lines(np.frombuffer(rects, dtype=np.float32).reshape(n, 4).T)
+    height = np.minimum(top[:-1] - bottom[:-1], top[1:] - bottom[1:])  # (n - 1,) per neighbour pair
+    overlap = np.minimum(top[:-1], top[1:]) - np.maximum(bottom[:-1], bottom[1:])
+    chars = np.frombuffer(text.encode("utf-16-le"), dtype=np.uint16)
+    blank = np.isin(chars, [32, 10, 13])
+    pair = (height > 0) & ~blank[:-1] & ~blank[1:]
+    newline = pair & (overlap < 0.3 * height)
+    space = pair & ~newline & (left[1:] - right[:-1] > WORD_GAP * height)
+    out, last = [], 0
+    for k in np.flatnonzero(newline | space).tolist():
+        out += [text[last : k + 1], "\n" if newline[k] else " "]
+        last = k + 1
+    out.append(text[last:])
+    return "".join(out)
 
 
-def _respaced(page, text: str) -> str | None:
-    """A re-read of a glued page with its word spaces back, or None when no attempt does better."""
+def _along_lines(boxes):
+    """(left, top, right, bottom) arrays of char boxes, turned so that the page's text runs left to
+    right: a landscape table printed on a portrait page (an Excel export) runs bottom to top."""
+    import numpy as np
 
-    def score(t: str) -> tuple[float, int]:  # fewer glued letters first, then more words
-        return (glued_word_ratio(t), -len(t.split()))
-
-    best, best_score = None, score(text)
-    for attempt in (_widened_gaps_text, _layout_text):
-        try:
-            candidate = attempt(page)
-        except Exception:  # noqa: BLE001 - a failed recovery keeps the default text
-            continue
-        if candidate.strip() and score(candidate) < best_score:
-            best, best_score = candidate, score(candidate)
-        if best is not None and best_score[0] <= GLUED_THRESHOLD:
-            break
-    return best
+    left, top, right, bottom = boxes
+    dx = np.abs(np.diff(left + right))
+    dy = np.diff(top + bottom)
+    along_y = np.abs(dy) > dx  # neighbour pairs that step along y
+    if along_y.sum() <= along_y.size / 2:
+        return left, top, right, bottom
+    if (dy[along_y] > 0).sum() > along_y.sum() / 2:  # bottom to top: x' = y, y' = -x
+        return bottom, -left, top, -right
+    return -top, right, -bottom, left  # top to bottom: x' = -y, y' = x
 
 
-def read_pdf_pages(path: str | os.PathLike, password: str | None = None) -> PdfPages:
-    """One raw text per page; raises the ``DocumentError`` subclasses described in the module doc."""
+def fix_pdfium_quirks(text: str) -> str:
+    """PDFium's line ends to ``\\n``; its U+0002 or U+FFFE (a hyphen at a line end; the line break
+    itself is sometimes lost) back to a hyphen that ends the line, so ``join_hyphenated`` decides
+    whether the word is joined; a line break before punctuation removed."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\ufffe", "\x02")
+    text = re.sub(r"\x02(?!\n)", "-\n", text)
+    # PDFium starts a new line after a subscript ("term u_i. In" -> "term ui\n. In"); punctuation
+    # that opens a line belongs to the line before
+    text = re.sub(r"(?<=\w)\n(?=[,.;:](?:[ \n]|$))", "", text)
+    return text.replace("\x02", "-")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def read_pdf_pages(path: str | os.PathLike, password: str | None = None, *, ocr: bool = False) -> PdfPages:
+    """One raw text per page; raises the ``DocumentError`` subclasses described in the module doc.
+
+    ``ocr=True`` reads image-only pages with ``tesseract`` (``data_tools.ocr``) instead of raising
+    ``NoTextLayerError``; it raises ``DependencyError`` when tesseract is not installed.
+    """
     path = os.fspath(path)
     name = os.path.basename(path)
-    reader = _open_reader(path, password)
+    pdf = _open(path, password)
     try:
-        pages = list(reader.pages)
-    except Exception as e:  # noqa: BLE001 - pypdf raises many types on a broken page tree
-        raise CorruptFileError(
-            f"{name}: the PDF's page tree is damaged ({type(e).__name__}: {e}); repair it "
-            "(e.g. `qpdf in.pdf out.pdf`) and try again"
-        ) from e
-    if not pages:
-        raise EmptyDocumentError(f"{name}: the PDF has no pages; check that it is the right file")
-    texts: list[str] = []
-    for number, page in enumerate(pages, start=1):
-        try:
-            texts.append(page.extract_text() or "")
-        except Exception as e:  # noqa: BLE001
-            raise CorruptFileError(
-                f"{name}: page {number} cannot be read ({type(e).__name__}: {e}); the file is damaged, "
-                "repair it (e.g. `qpdf in.pdf out.pdf`) and try again"
-            ) from e
-    # Short pages ("Third page.") cannot show glue on their own: when the document as a whole is
-    # glued, every page is re-read.
-    whole = glued_word_ratio("\n".join(texts)) > GLUED_THRESHOLD
-    respaced_pages: list[int] = []
-    for i, (page, text) in enumerate(zip(pages, texts)):
-        if whole or glued_word_ratio(text) > GLUED_THRESHOLD:
-            better = _respaced(page, text)
-            if better is not None:
-                texts[i] = better
-                respaced_pages.append(i + 1)
-    if not any(t.strip() for t in texts):
-        if any(_page_has_images(p) for p in pages):
+        if len(pdf) == 0:
+            raise EmptyDocumentError(f"{name}: the PDF has no pages; check that it is the right file")
+        pages, textpages, texts = [], [], []
+        for number in range(1, len(pdf) + 1):
+            try:
+                page = pdf[number - 1]
+                textpage = page.get_textpage()
+                texts.append(textpage.get_text_range())
+            except Exception as e:  # noqa: BLE001 - pdfium raises PdfiumError and others on bad pages
+                raise CorruptFileError(
+                    f"{name}: page {number} cannot be read ({type(e).__name__}: {e}); the file is "
+                    "damaged, repair it (e.g. `qpdf in.pdf out.pdf`) and try again"
+                ) from e
+            pages.append(page)
+            textpages.append(textpage)
+        vocabulary = Counter(w for t in texts for w in _LETTERS.findall(t.lower()))
+        respaced = []
+        for i, text in enumerate(texts):
+            suspects = glued_suspects(text, vocabulary)
+            if suspects >= max(2, 0.005 * len(text.split())):
+                texts[i] = respaced_text(textpages[i])
+                respaced.append(i + 1)
+        texts = [fix_pdfium_quirks(t) for t in texts]
+        quality = [page_quality(t) for t in texts]
+        ocr_pages: list[int] = []
+        if ocr:
+            from .ocr import ocr_page
+
+            for i, page in enumerate(pages):
+                # a garbled page's glyphs still render right, so OCR reads it too
+                if quality[i].garbled or (not texts[i].strip() and _page_has_images(page)):
+                    texts[i] = ocr_page(page)
+                    quality[i] = page_quality(texts[i])
+                    ocr_pages.append(i + 1)
+        if not any(t.strip() for t in texts):
+            if not any(_page_has_images(p) for p in pages):
+                raise EmptyDocumentError(
+                    f"{name}: the PDF's {len(pages)} page(s) hold no text; check that it is the right file"
+                )
+            if ocr:
+                raise NoTextLayerError(
+                    f"{name}: the PDF has {len(pages)} page(s) of images but no text layer, and OCR "
+                    "found no text on them either; check that the pages show text"
+                )
             raise NoTextLayerError(
                 f"{name}: the PDF has {len(pages)} page(s) of images but no text layer (a scan?); "
-                f"it needs OCR first, e.g. `ocrmypdf {name} out.pdf`, then load out.pdf"
+                f"it needs OCR: pass --ocr / ocr=True (needs tesseract), or run "
+                f"`ocrmypdf {name} out.pdf` and load out.pdf"
             )
-        raise EmptyDocumentError(
-            f"{name}: the PDF's {len(pages)} page(s) hold no text; check that it is the right file"
-        )
-    return PdfPages(texts, respaced_pages)
+        return PdfPages(texts, respaced, quality, ocr_pages)
+    finally:
+        pdf.close()

@@ -8,10 +8,17 @@ the document first and the question last:
     Now the material ends. {question}
 
 The first slot takes the article ("Below is a paper."), the second the bare noun ("after the paper."),
-as in the original LongLoRA inference code.
+as in the original LongLoRA inference code. Without a chat template the user turn is wrapped as in
+the original SFT code, ``[INST]{instruction}[/INST]`` (:func:`wrap_plain`).
+
+This module is the one home of the prompt and of the material-type guess: the LongAlpaca builder,
+SFT rendering (``longlora.data``) and the QA engine all use it, so a document gets the same prompt in
+training and in serving.
 """
 
 from __future__ import annotations
+
+import re
 
 # Short names users pick (CLI flags, the app's radio buttons) -> the noun phrase the paper's template uses.
 MATERIAL_TYPES: dict[str, str] = {
@@ -30,7 +37,16 @@ MATERIAL_NOUNS: dict[str, str] = {
 PROMPT_PREFIX = (
     "Below is {material_phrase}. Memorize the content and answer my question after the {material_noun}.\n"
 )
-PROMPT_SUFFIX = "\nNow the material ends. {question}"
+MATERIAL_END = "Now the material ends."
+PROMPT_SUFFIX = "\n" + MATERIAL_END + " {question}"
+# The original LongLoRA SFT wrapping, used when the tokenizer has no chat template.
+PLAIN_TEMPLATE = ("[INST]", "[/INST]")
+
+# Above this many words a text is "a book" (a long PDF only when it also has chapters).
+BOOK_WORDS = 20_000
+_ABSTRACT = re.compile(r"\babstract\b", re.IGNORECASE)
+_REFERENCES = re.compile(r"\b(references|bibliography)\b", re.IGNORECASE)
+_CHAPTER = re.compile(r"\bchapter\b", re.IGNORECASE)
 
 # The paper's typical questions (B.6), keyed by a short id.
 QUESTION_TEMPLATES: dict[str, str] = {
@@ -84,3 +100,27 @@ def template_question(key: str, material_type: str = "paper") -> str:
         raise ValueError(f"unknown question template {key!r}; choose one of {sorted(QUESTION_TEMPLATES)}")
     material_phrase(material_type)
     return QUESTION_TEMPLATES[key].format(short_type=_SHORT[material_type])
+
+
+def wrap_plain(user: str) -> str:
+    """A user turn in the original SFT wrapping (for tokenizers without a chat template)."""
+    start, end = PLAIN_TEMPLATE
+    return f"{start}{user}{end}"
+
+
+def guess_material_type(document) -> str:
+    """The material type of a ``data_tools.Document``: 'paper', 'book' or 'other'.
+
+    One rule for training data and serving: a PDF is a paper unless it is long (> ``BOOK_WORDS``
+    words) and has chapters; any other long text is a book; a shorter text with an abstract and a
+    reference list is a paper; everything else is 'other'.
+    """
+    text = document.text
+    long = document.word_count > BOOK_WORDS
+    if document.kind == "pdf":
+        return "book" if long and _CHAPTER.search(text[:200_000]) else "paper"
+    if long:
+        return "book"
+    if _ABSTRACT.search(text[:20_000]) and _REFERENCES.search(text[-40_000:]):
+        return "paper"
+    return "other"

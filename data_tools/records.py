@@ -13,10 +13,11 @@ import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 
+from .errors import DataError
 from .files import atomic_write
 
 
-class RecordError(ValueError):
+class RecordError(DataError):
     """A record file is malformed; the message names the file, the line and the fix."""
 
 

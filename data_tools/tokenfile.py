@@ -26,10 +26,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import DataError
+
 DTYPES = ("uint16", "uint32")
 
 
-class TokenFileError(ValueError):
+class TokenFileError(DataError):
     """A token file is missing, inconsistent with its sidecar, or cannot hold the ids."""
 
 
@@ -52,6 +54,7 @@ class TokenFile:
     dtype: str
     documents: list[tuple[int, int]] | None
     meta: dict = field(default_factory=dict)
+    path: str = ""
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -62,6 +65,86 @@ class TokenFile:
             raise TokenFileError("this token file records no document boundaries (raw .bin without sidecar)")
         start, end = self.documents[i]
         return self.tokens[start:end]
+
+    def check_vocabulary(self, vocab_size: int, *, scan: int | None = 0) -> None:
+        """Refuse a file written for another vocabulary than the model's ``vocab_size``.
+
+        The sidecar's recorded vocabulary is always compared; ``scan`` ids (None: all) are also checked
+        against ``vocab_size`` (raw files have no sidecar, and a wrong ``dtype`` shows up as huge ids).
+        """
+        name = self.path or "token file"
+        tokenizer = self.meta.get("tokenizer", "unknown")
+        n = len(self) if scan is None else min(int(scan), len(self))
+        if n:
+            top = int(np.max(self.tokens[:n]))
+            if top >= vocab_size:
+                raise TokenFileError(
+                    f"token file {name} holds id {top}, beyond the model's vocabulary of {vocab_size}: it was "
+                    f"written with another tokenizer ({tokenizer}) or the wrong --dtype; re-tokenize it with "
+                    "`python -m data_tools tokenize` and this model's tokenizer"
+                )
+        recorded = self.meta.get("vocab_size")
+        if recorded is not None and int(recorded) > vocab_size:
+            raise TokenFileError(
+                f"{name}: token file was written for a vocabulary of {recorded} ids (tokenizer {tokenizer!r}) "
+                f"but the model's tokenizer has {vocab_size}; re-tokenize it with `python -m data_tools "
+                "tokenize` and this model's tokenizer"
+            )
+
+
+class ChainedTokens:
+    """Several 1-D token arrays (memmaps of any dtype, or in-memory arrays) read as one, lazily.
+
+    Slicing copies only the requested ids (as int64); nothing of the total size is ever allocated, so
+    gigabytes of uint16 files stay on disk (a concatenation would hold them in memory as int64, 4x
+    their size, in every process).
+    """
+
+    def __init__(self, parts: Sequence[np.ndarray]):
+        self.parts = [p for p in parts if len(p)]
+        self.offsets = np.cumsum([0] + [len(p) for p in self.parts]).astype(np.int64)  # (P + 1,)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (len(self),)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.int64)
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            i = int(key) + (len(self) if key < 0 else 0)
+            if not 0 <= i < len(self):
+                raise IndexError(key)
+            part = int(np.searchsorted(self.offsets, i, side="right")) - 1
+            return np.int64(self.parts[part][i - self.offsets[part]])
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("ChainedTokens supports integers and contiguous slices")
+        lo, hi, _ = key.indices(len(self))
+        out = np.empty(max(0, hi - lo), dtype=np.int64)
+        if hi <= lo:
+            return out
+        first = int(np.searchsorted(self.offsets, lo, side="right")) - 1
+        pos = lo
+        for part in range(first, len(self.parts)):
+            start = int(self.offsets[part])
+            if start >= hi:
+                break
+            a, b = pos - start, min(hi, int(self.offsets[part + 1])) - start
+            out[pos - lo : pos - lo + b - a] = self.parts[part][a:b]
+            pos += b - a
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+    def tolist(self) -> list[int]:
+        return self[:].tolist()
 
 
 class TokenWriter:
@@ -218,4 +301,4 @@ def open_token_file(path: str | os.PathLike, dtype: str | None = None) -> TokenF
     le = np.dtype(dtype).newbyteorder("<")
     tokens = np.memmap(path, dtype=le, mode="r", shape=(n,)) if n else np.zeros(0, dtype=le)
     documents = [tuple(d) for d in meta["documents"]] if meta.get("documents") is not None else None
-    return TokenFile(tokens=tokens, dtype=dtype, documents=documents, meta=meta)
+    return TokenFile(tokens=tokens, dtype=dtype, documents=documents, meta=meta, path=path)

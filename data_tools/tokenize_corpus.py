@@ -20,13 +20,10 @@ import argparse
 import sys
 from collections.abc import Iterator
 
-from .document import KINDS_BY_SUFFIX, load_document
-from .errors import DocumentError
-from .files import expand_inputs
-from .records import RecordError, iter_records
+from .errors import DataError, DocumentError
+from .reader import RECORD_SUFFIXES, find_sources, read_texts  # noqa: F401  (RECORD_SUFFIXES: old import)
 from .tokenfile import DTYPES, TokenFileError, TokenWriter, open_token_file
 
-RECORD_SUFFIXES = (".jsonl", ".json")
 PIECE_CHARS = 1 << 20  # tokenize long documents in ~1M-character pieces
 
 
@@ -53,20 +50,15 @@ def split_for_tokenizing(text: str, piece_chars: int = PIECE_CHARS) -> list[str]
 def iter_documents(
     inputs: list[str], field: str = "text", drop_references: bool = False, errors: list[str] | None = None
 ) -> Iterator[tuple[str, str]]:
-    """(where, text) for every document in ``inputs``; document failures go to ``errors`` and are
-    skipped, a malformed record file raises ``RecordError``."""
-    files = expand_inputs(inputs, tuple(KINDS_BY_SUFFIX) + RECORD_SUFFIXES)
-    for path in files:
-        if path.lower().endswith(RECORD_SUFFIXES):
-            for lineno, rec in iter_records(path, required=(field,)):
-                yield f"{path}:{lineno}", rec[field]
-            continue
+    """(where, text) for every document in ``inputs`` (files, folders, globs; see ``data_tools.reader``);
+    document failures go to ``errors`` and are skipped, a malformed record file raises ``RecordError``."""
+    for source in find_sources(inputs, ("document", "records")):
         try:
-            yield path, load_document(path, drop_references=drop_references).text
+            yield from read_texts(source, field=field, drop_references=drop_references)
         except DocumentError as e:
             if errors is None:
                 raise
-            errors.append(f"{path}: {e}")
+            errors.append(f"{source.path}: {e}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         "inputs",
         nargs="+",
         metavar="FILE_OR_DIR",
-        help=".pdf/.txt/.md files, .jsonl/.json record files, directories",
+        help="documents (.pdf/.txt/.md, ...), .jsonl/.json record files, folders or globs (see data_tools.reader)",
     )
     p.add_argument(
         "--tokenizer", required=True, help="model dir, tokenizer.json, 'default' (bundled SmolLM2) or hub id"
@@ -145,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                 writer.add(ids)
                 bar.update(1)
                 bar.set_postfix(tokens=f"{writer.num_tokens:,}")
-    except (RecordError, FileNotFoundError, TokenFileError) as e:
+    except DataError as e:  # a missing path, a malformed record file, an unwritable token file
         bar.close()
         print(f"error: {e}", file=sys.stderr)
         return 2

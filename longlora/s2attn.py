@@ -35,6 +35,11 @@ import math
 import torch
 import torch.nn.functional as F
 
+from longlora.s2groups import Batch, document_layout, groups, plan_batches, split_shared
+
+# the layout helpers under their former private names (tests and older callers import them from here)
+_document_layout, _groups = document_layout, groups
+
 __all__ = [
     "ATTN_NAME",
     "s2_attention",
@@ -49,98 +54,12 @@ ATTN_NAME = "s2_attention"
 DEFAULT_GROUP_SIZE_RATIO = 0.25  # paper default: G = N / 4
 
 
-# ----------------------------------------------------------------------------- token -> group layout
-
-
-def _document_layout(batch: int, seq_len: int, attention_mask, cu_seqlens, device):
-    """Per flattened token: document id (-1 for padding) and position inside its document. Shapes (B*T,)."""
-    n = batch * seq_len
-    flat = torch.arange(n, device=device)
-    if cu_seqlens is not None:
-        cu = cu_seqlens.to(device=device, dtype=torch.long)
-        if cu.ndim != 1 or cu[0].item() != 0 or cu[-1].item() > n or bool((cu[1:] < cu[:-1]).any()):
-            raise ValueError(
-                f"cu_seqlens must be a 1-D increasing tensor starting at 0 and ending at <= B*T={n}, "
-                f"got {cu.tolist()[:8]}..."
-            )
-        doc = torch.searchsorted(cu, flat, right=True) - 1  # (B*T,)
-        real = flat < cu[-1]
-        if batch > 1:  # a document must not cross a row boundary
-            row_starts = torch.arange(0, n, seq_len, device=device)
-            if not bool(torch.isin(row_starts, cu).all()):
-                raise ValueError("cu_seqlens must put a document boundary at the start of every batch row")
-        start = cu[doc.clamp(max=len(cu) - 2)]
-        pos = flat - start
-        return torch.where(real, doc, -1), pos
-
-    if attention_mask is None:
-        doc = flat // seq_len
-        pos = flat % seq_len
-        return doc, pos
-
-    if attention_mask.ndim == 2:
-        keep = attention_mask.to(device=device).bool()  # (B, T)
-        if keep.shape != (batch, seq_len):
-            raise ValueError(
-                f"2-D attention_mask must be (B, T)=({batch}, {seq_len}), got {tuple(keep.shape)}"
-            )
-        prev = torch.cat([keep.new_zeros(batch, 1), keep[:, :-1]], dim=1)
-        starts = keep & ~prev
-        if bool((starts.sum(dim=1) > 1).any()):
-            raise ValueError(
-                "2-D attention_mask has holes (more than one run of 1s in a row); pass packed documents with "
-                "cu_seqlens or restarting position_ids instead"
-            )
-    elif attention_mask.ndim == 4:
-        if attention_mask.shape[-1] != seq_len or attention_mask.shape[-2] != seq_len:
-            raise ValueError(
-                f"4-D attention_mask must end in (T, T)=({seq_len}, {seq_len}), got {tuple(attention_mask.shape)}"
-            )
-        m = attention_mask[:, 0].to(device)
-        allowed = m if m.dtype == torch.bool else m > torch.finfo(m.dtype).min / 2  # (B, T, T)
-        allowed = allowed.expand(batch, seq_len, seq_len)
-        keep = torch.diagonal(allowed, dim1=1, dim2=2)  # token attends to itself -> it is real
-        sees_prev = torch.diagonal(allowed, offset=-1, dim1=1, dim2=2)  # (B, T-1): i attends i-1
-        sees_prev = torch.cat([sees_prev.new_zeros(batch, 1), sees_prev], dim=1)
-        prev_keep = torch.cat([keep.new_zeros(batch, 1), keep[:, :-1]], dim=1)
-        starts = keep & ~(sees_prev & prev_keep)
-    else:
-        raise ValueError(
-            f"attention_mask must be 2-D (B, T) or 4-D (B, 1, T, T), got {attention_mask.ndim}-D"
-        )
-
-    starts = starts.reshape(n)
-    keep = keep.reshape(n)
-    doc = torch.cumsum(starts.long(), 0) - 1
-    # position inside the document = distance to the last start at or before the token
-    start_idx = torch.where(starts, flat, torch.zeros_like(flat))
-    start_idx = torch.cummax(start_idx, dim=0).values
-    pos = flat - start_idx
-    return torch.where(keep, doc, -1), pos
-
-
-def _groups(doc, pos, group_size: int, offset: int):
-    """Contiguous groups of real tokens as (first flat token, length) pairs, each ``(n_groups,)``.
-
-    Group id = (document, (pos + shift) // G) with shift = (G - offset) % G, so that with offset=G//2 the
-    groups are [0, G/2), [G/2, 3G/2), ... inside every document.
-    """
-    real = doc >= 0
-    shift = (group_size - offset) % group_size
-    gid = (pos + shift) // group_size
-    key = torch.where(real, doc * (int(pos.max().item()) // group_size + 2) + gid, torch.full_like(doc, -1))
-    flat = torch.arange(doc.numel(), device=doc.device)
-    prev = torch.cat([key.new_full((1,), -2), key[:-1]])
-    is_start = real & (key != prev)
-    starts = flat[is_start]  # (n_groups,)
-    ends = torch.cat([starts[1:], starts.new_tensor([doc.numel()])])
-    # a group ends at the next group start or at the first padding token
-    real_count = torch.cumsum(real.long(), 0)
-    lengths = real_count[ends - 1] - torch.cat([real_count.new_zeros(1), real_count])[starts]
-    return starts, lengths
-
-
 # ----------------------------------------------------------------------------- attention on groups
+
+# Fixed cost of one more SDPA call (forward + backward, autograd bookkeeping, gather/scatter), in causal
+# query-key pairs per head that the same time would compute. Measured with benchmarks/attention.py --packed:
+# about 1 ms per call on a 2-core CPU; on CUDA kernel launches dominate small calls even more.
+_CALL_COST_PAIRS = {"cpu": 16384, "cuda": 262144}
 
 
 def _flash_attn_varlen():
@@ -151,79 +70,24 @@ def _flash_attn_varlen():
     return flash_attn_varlen_func
 
 
-def _plan(starts, lengths):
-    """Split groups into contiguous runs of equal-length groups (served by a free view) and leftovers.
-
-    Returns ``(runs, rest)``: runs are ``(first_token, n_groups, length)`` tuples with at least two groups;
-    ``rest`` indexes the remaining groups (short half-groups, document tails), which are gathered into one
-    right-padded batch.
-    """
-    s, ln = starts.tolist(), lengths.tolist()
-    runs, rest, i = [], [], 0
-    while i < len(s):
-        j = i + 1
-        while j < len(s) and ln[j] == ln[i] and s[j] == s[j - 1] + ln[i]:
-            j += 1
-        if j - i >= 2:
-            runs.append((s[i], j - i, ln[i]))
-        else:
-            rest.append(i)
-        i = j
-    return runs, rest
-
-
-def _sdpa(q, k, v, scaling, dropout):
-    """Causal SDPA over a batch of groups: q (n, h, L, D), k/v (n, hk, L, D)."""
+def _sdpa(q, k, v, scaling, dropout, window):
+    """Causal SDPA over a batch of groups, q (n, h, L, D), k/v (n, hk, L, D); ``window`` (or None) limits
+    query i to keys j with i - j < window, transformers' sliding-window convention."""
+    length = q.shape[2]
+    mask = None
+    if window is not None and window < length:
+        i = torch.arange(length, device=q.device)
+        mask = (i[:, None] >= i[None, :]) & (i[:, None] - i[None, :] < window)  # (L, L)
     return F.scaled_dot_product_attention(
-        q, k, v, dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=k.shape[1] != q.shape[1]
+        q,
+        k,
+        v,
+        attn_mask=mask,
+        dropout_p=dropout,
+        is_causal=mask is None,
+        scale=scaling,
+        enable_gqa=k.shape[1] != q.shape[1],
     )
-
-
-def _attend_groups(out, heads, q, k, v, starts, lengths, plan, scaling, dropout, use_flash):
-    """Write into ``out[:, heads]`` (N, h, D) the grouped causal attention of q (N, h, D) over k/v (N, hk, D)."""
-    if use_flash:
-        flash = _flash_attn_varlen()
-        slot = torch.arange(int(lengths.max().item()), device=q.device)
-        valid = slot[None, :] < lengths[:, None]
-        sel = (starts[:, None] + slot[None, :])[valid]  # flat token ids in group order
-        cu = F.pad(torch.cumsum(lengths, 0), (1, 0)).to(torch.int32)
-        max_len = int(lengths.max().item())
-        o = flash(
-            q[sel],
-            k[sel],
-            v[sel],
-            cu,
-            cu,
-            max_len,
-            max_len,
-            dropout_p=dropout,
-            softmax_scale=scaling,
-            causal=True,
-        )
-        out[sel, heads] = o.to(out.dtype)
-        return
-    runs, rest = plan
-    for first, n_groups, length in runs:
-        span = slice(first, first + n_groups * length)
-
-        def groups(x, n_groups=n_groups, length=length, span=span):  # (n*L, h, D) -> (n, h, L, D), a view
-            return x[span].view(n_groups, length, x.shape[1], x.shape[2]).transpose(1, 2)
-
-        o = _sdpa(groups(q), groups(k), groups(v), scaling, dropout)  # (n, h, L, D)
-        out[span, heads] = o.transpose(1, 2).reshape(n_groups * length, q.shape[1], q.shape[2])
-    if rest:
-        rest = torch.tensor(rest, device=q.device)
-        r_starts, r_lengths = starts[rest], lengths[rest]
-        slot = torch.arange(int(r_lengths.max().item()), device=q.device)
-        valid = slot[None, :] < r_lengths[:, None]  # (n_rest, L)
-        # padded slots repeat the group's first token; they sit after every valid slot, so a causal query
-        # never attends to them
-        index = torch.where(valid, r_starts[:, None] + slot[None, :], r_starts[:, None])
-        og = _sdpa(
-            q[index].transpose(1, 2), k[index].transpose(1, 2), v[index].transpose(1, 2), scaling, dropout
-        )
-        # under autocast SDPA may answer in a lower precision than the buffer; index_put needs equal dtypes
-        out[index[valid], heads] = og.transpose(1, 2)[valid].to(out.dtype)
 
 
 def _head_blocks(head_lo: int, head_hi: int, n_rep: int):
@@ -243,6 +107,80 @@ def _head_blocks(head_lo: int, head_hi: int, n_rep: int):
     return blocks
 
 
+def _attend_batch(q, k, v, batch: Batch, heads: tuple[int, int], n_rep, scaling, dropout, window):
+    """Grouped causal attention of one :class:`Batch` for query heads ``heads``; q (N, H, D), k/v
+    (N, H_kv, D). Returns (token ids (m,), output (m, h, D)) for the m real tokens of the batch."""
+    device = q.device
+    if batch.first is not None:
+        span = slice(batch.first, batch.first + batch.n * batch.length)
+        tokens = torch.arange(span.start, span.stop, device=device)
+
+        def take(x):  # (n*L, h, D) -> (n, h, L, D), a view
+            return x[span].view(batch.n, batch.length, x.shape[1], x.shape[2]).transpose(1, 2)
+
+        valid = None
+    else:
+        starts = torch.tensor(batch.starts, device=device)
+        slot = torch.arange(batch.length, device=device)
+        valid = slot[None, :] < torch.tensor(batch.lengths, device=device)[:, None]  # (n, L)
+        # padded slots repeat the group's first token; they sit after every valid slot, so a causal query
+        # never attends to them
+        index = torch.where(valid, starts[:, None] + slot[None, :], starts[:, None])
+        tokens = index[valid]
+
+        def take(x):  # (N, h, D) -> (n, h, L, D), gathered
+            return x[index].transpose(1, 2)
+
+    outs = []
+    for h0, h1, kv0, kv1 in _head_blocks(heads[0], heads[1], n_rep):
+        o = _sdpa(take(q[:, h0:h1]), take(k[:, kv0:kv1]), take(v[:, kv0:kv1]), scaling, dropout, window)
+        outs.append(o.transpose(1, 2))  # (n, L, h, D)
+    o = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
+    o = o.reshape(-1, o.shape[2], o.shape[3]) if valid is None else o[valid]  # (m, h, D)
+    return tokens, o
+
+
+def _attend_flash(q, k, v, starts, lengths, heads, n_rep, scaling, dropout, window):
+    """All groups of one head half in one ``flash_attn_varlen_func`` call per head block, unpadded."""
+    flash = _flash_attn_varlen()
+    max_len = max(lengths)
+    starts_t = torch.tensor(starts, device=q.device)
+    lengths_t = torch.tensor(lengths, device=q.device)
+    slot = torch.arange(max_len, device=q.device)
+    valid = slot[None, :] < lengths_t[:, None]
+    sel = (starts_t[:, None] + slot[None, :])[valid]  # flat token ids in group order
+    cu = F.pad(torch.cumsum(lengths_t, 0), (1, 0)).to(torch.int32)
+    extra = {} if window is None else {"window_size": (window - 1, 0)}
+    outs = []
+    for h0, h1, kv0, kv1 in _head_blocks(heads[0], heads[1], n_rep):
+        o = flash(
+            q[sel, h0:h1],
+            k[sel, kv0:kv1],
+            v[sel, kv0:kv1],
+            cu,
+            cu,
+            max_len,
+            max_len,
+            dropout_p=dropout,
+            softmax_scale=scaling,
+            causal=True,
+            **extra,
+        )
+        outs.append(o)
+    return sel, torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
+
+
+def _scatter_back(pieces, n_tokens: int, heads: int, like):
+    """Token order from pieces of (token ids (m,), output (m, h, D)) that cover every real token once:
+    one gather instead of one in-place write per piece (each of which would copy the whole output in
+    backward). Tokens in no piece (padding) get zeros. Returns (N, h, D)."""
+    tokens = torch.cat([t for t, _ in pieces])
+    rows = torch.cat([o.to(like.dtype) for _, o in pieces] + [like.new_zeros(1, heads, like.shape[-1])])
+    where = torch.full((n_tokens,), rows.shape[0] - 1, dtype=torch.long, device=like.device)
+    where[tokens] = torch.arange(tokens.numel(), device=like.device)
+    return rows[where]
+
+
 def s2_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -255,6 +193,7 @@ def s2_attention(
     shift: bool = True,
     dropout: float = 0.0,
     backend: str = "auto",
+    sliding_window: int | None = None,
 ) -> torch.Tensor:
     """Shifted sparse attention (LongLoRA S2-Attn) with causal groups and no future-token leakage.
 
@@ -271,6 +210,9 @@ def s2_attention(
         dropout: attention dropout probability.
         backend: ``"auto"`` (flash-attn varlen on CUDA when installed and dtype is fp16/bf16, else SDPA),
             ``"sdpa"`` or ``"flash"``.
+        sliding_window: the layer's attention window (Mistral, Gemma 2/3, Qwen 2/3 sliding layers), in
+            transformers' convention: query i sees key j only if ``i - j < sliding_window``. Each group's
+            causal attention is intersected with it, so training never attends farther than inference.
 
     Returns:
         ``(B, H, T, D)``; rows of padding tokens are zero.
@@ -291,6 +233,9 @@ def s2_attention(
     group_size = int(group_size)
     if group_size < 2:
         raise ValueError(f"group_size must be >= 2 tokens, got {group_size}")
+    if sliding_window is not None and int(sliding_window) < 1:
+        raise ValueError(f"sliding_window must be >= 1 token or None, got {sliding_window}")
+    window = int(sliding_window) if sliding_window is not None and sliding_window < group_size else None
     if backend not in ("auto", "sdpa", "flash"):
         raise ValueError(f"backend must be 'auto', 'sdpa' or 'flash', got {backend!r}")
     flash_ok = (
@@ -308,34 +253,32 @@ def s2_attention(
     q = query.transpose(1, 2).reshape(n, heads, dim)  # (B*T, H, D)
     k = key.transpose(1, 2).reshape(n, kv_heads, dim)  # (B*T, H_kv, D)
     v = value.transpose(1, 2).reshape(n, kv_heads, dim)
-    n_rep = heads // kv_heads
 
-    doc, pos = _document_layout(batch, seq_len, attention_mask, cu_seqlens, query.device)
+    doc, pos = document_layout(batch, seq_len, attention_mask, cu_seqlens, query.device)
     if not bool((doc >= 0).any()):
         return query.new_zeros(query.shape)
     split = heads // 2 if shift else heads
-    halves = [(0, split, 0)]
-    if split < heads:
-        halves.append((split, heads, group_size // 2))
-    out = q.new_zeros(n, heads, dim)  # (B*T, H, D); padding tokens stay zero
-    for lo, hi, offset in halves:
-        starts, lengths = _groups(doc, pos, group_size, offset)
-        plan = None if use_flash else _plan(starts, lengths)
-        for h0, h1, kv0, kv1 in _head_blocks(lo, hi, n_rep):
-            _attend_groups(
-                out,
-                slice(h0, h1),
-                q[:, h0:h1],
-                k[:, kv0:kv1],
-                v[:, kv0:kv1],
-                starts,
-                lengths,
-                plan,
-                scaling,
-                dropout,
-                use_flash,
-            )
-    return out.reshape(batch, seq_len, heads, dim).transpose(1, 2)
+    ranges = [(lo, hi, off) for lo, hi, off in ((0, split, 0), (split, heads, group_size // 2)) if lo < hi]
+    own = [[x.tolist() for x in groups(doc, pos, group_size, off)] for _, _, off in ranges]
+    shared = ([], [])
+    if len(ranges) == 2 and not use_flash:
+        # a group both head halves share (a document shorter than G/2) is attended once with every head
+        shared, own[0], own[1] = split_shared(own[0], own[1])
+    call_cost = _CALL_COST_PAIRS["cuda" if query.is_cuda else "cpu"]
+    attend = dict(n_rep=heads // kv_heads, scaling=scaling, dropout=dropout, window=window)
+    pieces = [[] for _ in ranges]  # per head range: (token ids, output) covering every real token once
+    for b in plan_batches(*shared, call_cost):
+        tokens, o = _attend_batch(q, k, v, b, (0, heads), **attend)
+        for piece, (lo, hi, _) in zip(pieces, ranges):
+            piece.append((tokens, o[:, lo:hi]))
+    for piece, (lo, hi, _), (starts, lengths) in zip(pieces, ranges, own):
+        if use_flash:
+            piece.append(_attend_flash(q, k, v, starts, lengths, (lo, hi), **attend))
+            continue
+        for b in plan_batches(starts, lengths, call_cost):
+            piece.append(_attend_batch(q, k, v, b, (lo, hi), **attend))
+    out = torch.cat([_scatter_back(p, n, hi - lo, q) for p, (lo, hi, _) in zip(pieces, ranges)], dim=1)
+    return out.reshape(batch, seq_len, heads, dim).transpose(1, 2)  # padding tokens are zero
 
 
 # ----------------------------------------------------------------------------- transformers adapter
@@ -376,6 +319,9 @@ def s2_attention_forward(module, query, key, value, attention_mask, dropout=0.0,
         attention_mask=attention_mask,
         cu_seqlens=kwargs.get("cu_seq_lens_q"),
         shift=getattr(config, "s2_shift", True),
+        # per layer: Mistral passes config.sliding_window to every layer; Gemma 2/3 and Qwen 2/3 pass it only
+        # to their "sliding_attention" layers (config.layer_types) and None to full-attention layers
+        sliding_window=kwargs.get("sliding_window"),
         dropout=dropout if module.training else 0.0,
     )
     return out.transpose(1, 2), None  # (B, T, H, D) as transformers expects

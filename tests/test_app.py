@@ -1,13 +1,14 @@
 """The Gradio app's handlers, layout and API, with a small in-test engine.
 
-``FakeEngine`` has the method names and return shapes of ``longlora.qa.QAEngine`` and streams canned
-text word by word; it isolates the UI from the model (the real engine is exercised in
+``FakeEngine`` satisfies ``longlora.qa.QAEngineLike`` like the real engine (``test_engines_satisfy_the_protocol``
+checks both) and streams canned text word by word; it isolates the UI from the model (the real engine is exercised in
 ``test_app_live.py``). Documents are real: fixture files and PDFs generated here go through
 ``data_tools.load_document``.
 """
 
 from __future__ import annotations
 
+import inspect
 import shutil
 import threading
 import time
@@ -15,10 +16,12 @@ from pathlib import Path
 
 import gradio as gr
 import pytest
-from conftest import FIXTURES  # noqa: E402
+from conftest import FIXTURES, make_char_tokenizer, tiny_model  # noqa: E402
 
 import app
-from longlora.qa import AnswerUpdate, DocumentCard, FitReport
+from longlora.qa import AnswerUpdate, DocumentCard, FitReport, QAEngine, QAEngineLike, Source
+from longlora.qa.protocol import PROTOCOL_ATTRIBUTES, PROTOCOL_METHODS
+from webapp.loading import BackgroundEngine
 
 PAPER = FIXTURES / "zoo-faq.pdf"
 
@@ -31,21 +34,6 @@ PAPER = FIXTURES / "zoo-faq.pdf"
 class FakeSession:
     def __init__(self, engine, document, material_type):
         self.engine, self.document, self.material_type = engine, document, material_type
-
-    def card(self, strategy="retrieve"):
-        tokens = len(self.document.text) // 4
-        return DocumentCard(
-            file_name=self.document.name,
-            kind=self.document.kind,
-            pages=self.document.num_pages,
-            words=self.document.word_count,
-            tokens=tokens,
-            context_length=self.engine.context_length,
-            budget_tokens=self.engine.context_length - 600,
-            fits=tokens <= self.engine.context_length - 600,
-            strategy=strategy,
-            material_type=self.material_type,
-        )
 
 
 class FakeEngine:
@@ -69,13 +57,28 @@ class FakeEngine:
         self.fail_with: Exception | None = None
         self.queued_first = False
 
-    def open_document(self, document, material_type=None):
+    def open_document(self, path_or_document, material_type=None):
         self.opened += 1
-        guess = "paper" if document.kind == "pdf" else "book"
-        return FakeSession(self, document, material_type or guess)
+        guess = "paper" if path_or_document.kind == "pdf" else "book"
+        return FakeSession(self, path_or_document, material_type or guess)
 
     def close_session(self, session):
         self.closed.append(session)
+
+    def card(self, session, strategy="retrieve"):
+        tokens = len(session.document.text) // 4
+        return DocumentCard(
+            file_name=session.document.name,
+            kind=session.document.kind,
+            pages=session.document.num_pages,
+            words=session.document.word_count,
+            tokens=tokens,
+            context_length=self.context_length,
+            budget_tokens=self.context_length - 600,
+            fits=tokens <= self.context_length - 600,
+            strategy=strategy,
+            material_type=session.material_type,
+        )
 
     def ask(
         self,
@@ -103,7 +106,7 @@ class FakeEngine:
                 material_type=session.material_type,
             )
         )
-        card = session.card(strategy)
+        card = self.card(session, strategy)
         fit = FitReport(
             strategy,
             card.tokens,
@@ -112,6 +115,9 @@ class FakeEngine:
             [] if card.fits else [1, 2, 5],
             budget_tokens=card.budget_tokens,
             passages=0 if card.fits else 3,
+            sources=[]
+            if card.fits
+            else [Source("Zoo is a package.", 0, 17, [1, 2], 2.5), Source("Ends.", 90, 95, [5], 1.0)],
         )
         text = ""
         if self.queued_first:
@@ -480,7 +486,17 @@ def test_every_event_has_an_api_name_and_the_public_api():
     fns = list(demo.fns.values())
     assert fns and all(fn.api_name for fn in fns)
     public = {fn.api_name for fn in fns if fn.api_visibility == "public"}
-    assert public == {"upload", "ask", "stop", "clear", "clear_chat", "status", "material_type", "card"}
+    assert public == {
+        "upload",
+        "ask",
+        "sources",
+        "stop",
+        "clear",
+        "clear_chat",
+        "status",
+        "material_type",
+        "card",
+    }
     assert len({fn.api_name for fn in fns}) == len(fns)
     config = demo.get_config_file()
     assert "flag" not in str([c.get("props", {}).get("label") for c in config["components"]]).lower()
@@ -548,13 +564,18 @@ def test_parse_args_defaults_and_errors(capsys):
         True,
     )
     for bad, message in (
-        (["--context-length", "0"], "--context-length must be a positive"),
+        (["--context-length", "0"], "--context-length: token length must be positive"),
         (["--concurrency", "0"], "--concurrency must be at least 1"),
         (["--max-new-tokens", "-1"], "--max-new-tokens must be positive"),
     ):
         with pytest.raises(SystemExit):
             app.parse_args(bad)
         assert message in capsys.readouterr().err
+
+
+def test_model_flags_are_the_shared_ones():
+    args = app.parse_args(["--dtype", "float32", "--adapter", "out/adapter", "--context-length", "16k"])
+    assert (args.dtype, args.adapter, args.context_length, args.device) == ("fp32", "out/adapter", 16384, "auto")
 
 
 def test_usage_block_in_module_docstring():
@@ -641,3 +662,47 @@ def test_clear_chat_keeps_the_document(engine):
     assert chat == [] and same is state and state.turns == [] and state.document is not None
     frames, state = _ask_ui(engine, state, "Again?")
     assert engine.calls[-1]["history"] is None and frames[-1][-1]["content"] == engine.answer
+
+
+def test_sources_under_the_answer_and_from_the_api():
+    small = FakeEngine(context_length=1000)
+    _, state = _upload(small, PAPER)
+    assert app.sources(state) == []  # nothing answered yet
+    frames, state = _ask_ui(small, state, "What is zoo?")
+    final = frames[-1][-1]["content"]
+    assert "<details><summary>Sources: 2 passages</summary>" in final
+    assert "1. (p. 1, 2) Zoo is a package." in final and "2. (p. 5) Ends." in final
+    assert app.sources(state) == [
+        {"text": "Zoo is a package.", "pages": [1, 2], "score": 2.5},
+        {"text": "Ends.", "pages": [5], "score": 1.0},
+    ]
+    answers = list(app.ask(small, "And then?", state))
+    assert "<details>" not in answers[-1][0]  # /ask keeps its plain answer text
+
+
+# --------------------------------------------------------------------------------------------------
+# The engine protocol: the real engine, the background loader and the fake above agree
+# --------------------------------------------------------------------------------------------------
+
+
+def _parameters(function) -> list[tuple]:
+    params = list(inspect.signature(function).parameters.values())[1:]  # without self
+    return [(p.name, p.kind, p.default) for p in params]
+
+
+@pytest.mark.parametrize("engine_class", [QAEngine, BackgroundEngine, FakeEngine])
+def test_engines_satisfy_the_protocol(engine_class):
+    for name in PROTOCOL_METHODS:
+        assert _parameters(getattr(engine_class, name)) == _parameters(getattr(QAEngineLike, name)), name
+    if engine_class is QAEngine:
+        engine = QAEngine(model=tiny_model(), tokenizer=make_char_tokenizer(), max_new_tokens=4)
+    elif engine_class is BackgroundEngine:
+        engine = BackgroundEngine(
+            lambda status: QAEngine(model=tiny_model(), tokenizer=make_char_tokenizer())
+        )
+        engine.wait_ready(timeout=60)
+    else:
+        engine = FakeEngine()
+    assert isinstance(engine, QAEngineLike)
+    assert all(hasattr(engine, name) for name in PROTOCOL_ATTRIBUTES)
+    assert engine.state == "ready" and engine.context_length > 0

@@ -36,12 +36,12 @@ pytestmark = pytest.mark.real_model
 
 @pytest.fixture(scope="module")
 def served_real(tmp_path_factory):
-    from longlora.qa import QAEngine
+    from webapp.loading import BackgroundEngine
 
     upload_root = tmp_path_factory.mktemp("app") / "gradio"  # created by gradio on the first upload
     previous = os.environ.get("GRADIO_TEMP_DIR")
     os.environ["GRADIO_TEMP_DIR"] = str(upload_root)
-    engine = QAEngine("default", max_new_tokens=MAX_NEW_TOKENS, background=True)
+    engine = BackgroundEngine.from_spec("default", max_new_tokens=MAX_NEW_TOKENS)
     demo = app.build_demo(engine, max_new_tokens=MAX_NEW_TOKENS)
     assert app.status_markdown(engine).startswith(("**Loading the model...**", "**Model ready:**"))
     # The app serves while the model loads (the small-engine tests check that); here the model is

@@ -149,7 +149,7 @@ def test_empty_and_missing_sources(tmp_path):
     with pytest.raises(ValueError, match="empty"):
         read_pretrain_stream([str(tmp_path / "empty.txt")], tok)
     (tmp_path / "nothing").mkdir()
-    with pytest.raises(DataError, match=r"holds no \.txt, \.md or \.pdf"):
+    with pytest.raises(DataError, match=r"folder holds no \.pdf, \.txt, .*\.jsonl, \.json, \.bin files"):
         read_pretrain_stream([str(tmp_path / "nothing")], tok)
     with pytest.raises(DataError, match="no such file"):
         read_pretrain_stream([str(tmp_path / "missing.txt")], tok)
@@ -276,3 +276,100 @@ def test_collate_pads_sft_batches():
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+# ----------------------------------------------------------------------------- token files stay on disk
+
+
+def _arrays_in(obj, seen=None):
+    """Every numpy array reachable from ``obj``'s attributes (lists, dicts, dataclasses, objects)."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return []
+    seen.add(id(obj))
+    if isinstance(obj, np.ndarray):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        return [a for x in obj for a in _arrays_in(x, seen)]
+    if isinstance(obj, dict):
+        return [a for x in obj.values() for a in _arrays_in(x, seen)]
+    if hasattr(obj, "__dict__") and not isinstance(obj, (type, torch.Tensor)):
+        return _arrays_in(vars(obj), seen)
+    return []
+
+
+def test_several_token_files_are_read_lazily_each_in_its_own_dtype(tmp_path):
+    from data_tools.tokenfile import write_token_file
+
+    tok = make_char_tokenizer()
+    rng = np.random.default_rng(0)
+    docs16 = [rng.integers(6, len(tok), n) for n in (300, 41)]
+    docs32 = [rng.integers(6, len(tok), n) for n in (77, 250, 5)]
+    write_token_file(tmp_path / "a.bin", docs16, vocab_size=len(tok), tokenizer="char")
+    write_token_file(tmp_path / "b.bin", docs32, vocab_size=len(tok), tokenizer="char", dtype="uint32")
+    stream = read_pretrain_stream([str(tmp_path / "a.bin"), str(tmp_path / "b.bin")], tok)
+    ds = PackedDataset(stream, 64, pack="document")
+    total = sum(map(len, docs16 + docs32))
+    assert len(stream) == total and stream.num_documents == 5
+
+    # nothing of the corpus' size is held in memory: only the two memmaps, in their stored dtypes
+    big = [a for a in _arrays_in(ds) if a.size >= 300]
+    assert big and all(isinstance(a, np.memmap) for a in big), [(type(a), a.dtype, a.size) for a in big]
+    assert {a.dtype.name for a in big} == {"uint16", "uint32"}
+
+    # the rows are those of the concatenation, document boundaries included
+    reference = PackedDataset(TokenStream(np.concatenate(docs16 + docs32), stream.doc_starts), 64)
+    for i in range(len(ds)):
+        for key in ("input_ids", "position_ids", "labels"):
+            assert torch.equal(ds[i][key], reference[i][key]), (i, key)
+
+
+# ----------------------------------------------------------------------------- real chat templates
+
+
+@pytest.mark.parametrize("family", ["llama-3.1-8b-instruct", "llama-2-7b-chat"])
+@pytest.mark.parametrize("tail", ["\n", " ", "\n\n  "])
+def test_sft_finds_the_document_when_the_template_trims_the_message(family, tail):
+    """Llama-3 (`| trim`) and Llama-2-chat (`.strip()`) trim the user message; a long record whose
+    instruction ends in whitespace is cut in its document, not dropped."""
+    from family import family_tokenizer
+
+    tok = family_tokenizer(family)
+    question, answer = "What is it about?", "Numbers."  # ~30 characters (tokens) of question and answer
+    content = "".join(f"[{i:04d}]" for i in range(300))
+    rec = {"instruction": build_instruction(content, question, "paper") + tail, "output": answer}
+    whole = build_sft_example(rec, tok, 10_000)
+    assert not isinstance(whole, str) and whole.cut_tokens == 0
+    ex = build_sft_example(rec, tok, 600)
+    assert not isinstance(ex, str), ex
+    assert len(ex.input_ids) <= 600 and ex.cut_tokens == len(whole.input_ids) - 600
+    text = tok.decode(ex.input_ids, skip_special_tokens=False)
+    assert f"Now the material ends. {question}" in text and "[0000]" in text and "[0299]" in text
+    assert "[0150]" not in text  # the middle of the document went, nothing else
+    assert decode(tok, ex.labels).strip().startswith(answer)
+
+
+def test_every_drop_reason_is_true_under_a_trimming_template():
+    from family import family_tokenizer
+
+    tok = family_tokenizer("llama-3.1-8b-instruct")
+    long_doc = build_instruction("w" * 2000, "q?", "book") + "\n"
+    recs = [
+        {"instruction": long_doc, "output": "short."},  # fits once its document is cut
+        {"instruction": long_doc, "output": "z" * 400},  # the answer alone does not fit
+    ]
+    ds = SFTDataset(recs, tok, 300)
+    assert (ds.stats.cut, ds.stats.num_dropped) == (1, 1)
+    assert ds.stats.dropped == {"question and answer alone are longer than the context length": 1}
+
+
+def test_sft_trains_on_the_answer_as_the_template_renders_it():
+    from family import family_tokenizer
+
+    tok = family_tokenizer("llama-2-7b-chat")
+    rec = {"instruction": "Who is it?", "output": "Emma.\n"}
+    ex = build_sft_example(rec, tok, 1000)
+    messages = [{"role": "user", "content": rec["instruction"]}]
+    prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    full = tok.apply_chat_template(messages + [{"role": "assistant", "content": "Emma.\n"}], tokenize=False)
+    assert decode(tok, ex.labels) == full[len(prompt) :]  # " Emma. </s>": trimmed, with the template's EOS

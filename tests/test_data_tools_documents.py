@@ -136,14 +136,13 @@ def test_generated_pdf_pages(text_pdf):
     assert doc.pages_for_span(0, len(doc.text)) == [1, 2, 3]
 
 
-def test_glued_words_are_recovered(tmp_path):
+def test_tex_style_word_gaps_read_as_spaces(tmp_path):
+    # words drawn as one TJ array with offsets and no space glyph: pypdf glued them, PDFium does not
     path = write_text_pdf(tmp_path / "glued.pdf", PAGES, glued=True)
-    default = pypdf.PdfReader(path).pages[0].extract_text()
-    assert "Hereareafewbasicmethods" in default  # the failure is reproduced...
+    assert "Hereareafewbasicmethods" in pypdf.PdfReader(path).pages[0].extract_text()  # old failure
     doc = load_document(path)
-    assert "Here are a few basic methods that we use to build it." in doc.text  # ...and recovered
+    assert "Here are a few basic methods that we use to build it." in doc.text
     assert doc.text == load_document(write_text_pdf(tmp_path / "plain.pdf", PAGES)).text
-    assert "1, 2, 3" in doc.notes[0]
 
 
 def test_encrypted_pdf_needs_its_password(tmp_path, text_pdf):
@@ -167,7 +166,9 @@ def test_encrypted_pdf_with_empty_user_password_opens(tmp_path, text_pdf):
 
 def test_scanned_pdf_says_ocr_is_needed(tmp_path):
     path = write_image_pdf(tmp_path / "scan.pdf", pages=2)
-    with pytest.raises(NoTextLayerError, match=r"scan\.pdf: .*2 page\(s\) of images but no text layer.*OCR"):
+    with pytest.raises(
+        NoTextLayerError, match=r"scan\.pdf: .*2 page\(s\) of images but no text layer.*--ocr"
+    ):
         load_document(path)
 
 

@@ -92,7 +92,7 @@ def test_missing_unsupported_and_empty_inputs_are_explained(tok, tmp_path):
     with pytest.raises(EvalDataError, match=r"unsupported file type \.csv"):
         load_eval_tokens([tmp_path / "data.csv"], tok)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(EvalDataError, match="holds no evaluation files"):
+    with pytest.raises(EvalDataError, match=r"folder holds no \.pdf, \.txt.* files"):
         load_eval_tokens([tmp_path / "empty"], tok)
     (tmp_path / "blank.txt").write_text("   \n")
     with pytest.raises((EmptyDocumentError, EvalDataError), match="(?i)empty"):

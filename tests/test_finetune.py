@@ -277,3 +277,84 @@ def test_runs_with_different_precisions_in_one_process(base_dir, text_file, tmp_
     )
     assert run(base_dir, text_file, tmp_path / "fp32-again", *args) == 0
     assert [len(log_of(tmp_path / d)) for d in ("fp32", "bf16", "fp32-again")] == [1, 1, 1]
+
+
+def test_run_record_holds_the_rope_settings_after_interpolation(base_dir, text_file, tmp_path, monkeypatch):
+    """longlora_args.json describes the config being trained from the first step (PI applied), not the
+    config before PI."""
+    out = tmp_path / "pi"
+    during = []
+    monkeypatch.setattr(
+        finetune,
+        "_after_step",
+        lambda step: during.append(json.loads((out / "longlora_args.json").read_text())),
+    )
+    assert run(base_dir, text_file, out, "--context-length", "512", "--max-steps", "2") == 0
+    final = json.loads((out / "longlora_args.json").read_text())
+    saved = json.loads((out / "config.json").read_text())
+    for record in (during[0], final):
+        rope = record["resolved"]["rope_parameters"]
+        assert rope["rope_type"] == "linear" and rope["factor"] == 2.0, rope
+        assert rope == saved["rope_parameters"] and record["resolved"]["max_position_embeddings"] == 512
+    assert during[0]["status"] == "running" and final["status"] == "complete"
+    assert final["resolved"]["steps"] == 2 and final["resolved"]["pi_factor"] == 2
+
+
+def test_resume_before_the_first_checkpoint_starts_from_step_zero(
+    base_dir, text_file, tmp_path, monkeypatch, capsys
+):
+    common = ("--context-length", "256", "--max-steps", "3", "--save-steps", "2")
+
+    def crash(step):
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(finetune, "_after_step", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run(base_dir, text_file, tmp_path / "killed", *common)
+    monkeypatch.undo()
+    assert not (tmp_path / "killed" / "checkpoints").exists()
+    assert [r["step"] for r in log_of(tmp_path / "killed")] == [1]
+    capsys.readouterr()
+    assert run(base_dir, text_file, tmp_path / "killed", *common, "--resume") == 0
+    assert "no checkpoint yet; training from step 0" in capsys.readouterr().out
+    assert [r["step"] for r in log_of(tmp_path / "killed")] == [1, 2, 3]
+    assert (tmp_path / "killed" / "adapter_model.safetensors").is_file()
+
+    # the finished run: --resume says so and succeeds, writing nothing
+    before = (tmp_path / "killed" / "adapter_model.safetensors").read_bytes()
+    assert run(base_dir, text_file, tmp_path / "killed", *common, "--resume") == 0
+    assert "is complete (3 steps); nothing to resume" in capsys.readouterr().err
+    assert (tmp_path / "killed" / "adapter_model.safetensors").read_bytes() == before
+
+    # --resume still refuses a folder holding something else
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    assert run(base_dir, text_file, tmp_path / "other", *common, "--resume") == 2
+    assert "holds other files (notes.txt)" in capsys.readouterr().err
+
+
+def test_flag_help_shows_every_default_from_the_config():
+    import dataclasses
+
+    text = " ".join(finetune.build_parser().format_help().split())
+    for f in dataclasses.fields(FinetuneConfig):
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        assert flag in text, flag
+        if f.type != "bool":
+            default = f.metadata.get("default_text") or (
+                f.default_factory() if f.default is dataclasses.MISSING else f.default
+            )
+            assert f"(default: {default})" in text, (flag, default)
+
+
+def test_dtype_and_lengths_follow_the_shared_model_surface():
+    from longlora import launch, models
+
+    def cfg(*extra):
+        return parse_args(["--data", "x.txt", "--output-dir", "o", *extra])
+
+    assert cfg("--dtype", "bfloat16").dtype == "bf16" and cfg("--dtype", "float32").dtype == "fp32"
+    assert cfg().dtype == "auto" and launch.resolve_dtype("auto") == models.resolve_dtype("auto")
+    assert cfg("--context-length", "16k").context_length == 16384
+    with pytest.raises(SystemExit):
+        cfg("--dtype", "fp8")

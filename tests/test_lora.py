@@ -171,3 +171,102 @@ def test_bad_method_and_missing_targets():
 
     with pytest.raises(ValueError, match="has no q_proj"):
         lora_config(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50)), "lora")
+
+
+# ----------------------------------------------------------------------------- compute dtype
+
+
+def _record_attention_dtypes(model) -> list:
+    """Switch ``model`` to an SDPA attention that records the dtypes of q, k, v at every call."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    seen = []
+
+    def recording(module, query, key, value, *args, **kwargs):
+        seen.append((query.dtype, key.dtype, value.dtype))
+        return sdpa_attention_forward(module, query, key, value, *args, **kwargs)
+
+    AttentionInterface.register("record_dtypes", recording)
+    ALL_MASK_ATTENTION_FUNCTIONS.register("record_dtypes", sdpa_mask)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.set_attn_implementation("record_dtypes")
+    return seen
+
+
+def _bf16_base(method, tmp_path):
+    """The base model as longlora.finetune loads it under --dtype bf16 (full: fp32 weights + autocast)."""
+    if method == "full":
+        return tiny_model("llama", **QLORA_DIMS)
+    if method != "qlora":
+        return tiny_model("llama", **QLORA_DIMS).to(torch.bfloat16)
+    pytest.importorskip("bitsandbytes")
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    tiny_model("llama", **QLORA_DIMS).save_pretrained(tmp_path)
+    return AutoModelForCausalLM.from_pretrained(
+        tmp_path,
+        quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16),
+        device_map={"": "cpu"},
+    )
+
+
+@pytest.mark.parametrize("method", ["lora+", "lora", "full", "qlora"])
+def test_bf16_training_runs_attention_and_residual_stream_in_bf16(method, tmp_path):
+    """Under --dtype bf16 (autocast, as accelerate runs the step) q, k, v reach attention in bf16 in the
+    forward pass and in the checkpointed recomputation, while the trainable weights stay fp32."""
+    from longlora.loss import causal_lm_loss
+
+    model = prepare_model(
+        _bf16_base(method, tmp_path), method, gradient_checkpointing=True, compute_dtype=torch.bfloat16
+    ).train()
+    seen = _record_attention_dtypes(model)
+    residual = []
+    layers = (model.get_base_model() if hasattr(model, "get_base_model") else model).model.layers
+    for layer in layers:
+        layer.register_forward_pre_hook(lambda m, args: residual.append(args[0].dtype))
+    ids = torch.randint(3, VOCAB, (1, 24))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = causal_lm_loss(model, ids, ids)
+        loss.backward()
+    assert len(seen) == 2 * LAYERS  # forward + recomputation
+    assert set(seen) == {(torch.bfloat16,) * 3}, seen
+    assert set(residual) == {torch.bfloat16}, residual
+    params = trainable_parameters(model).values()
+    assert all(p.dtype == torch.float32 and p.grad is not None for p in params if p.grad is not None)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
+
+
+def test_without_compute_dtype_lora_plus_leaks_fp32_into_q_and_k():
+    """The reason for compute_dtype: LoRA+'s fp32 embedding/norm copies made q, k fp32 next to bf16 v."""
+    model = prepare_model(tiny_model("llama").to(torch.bfloat16), "lora+", gradient_checkpointing=False)
+    seen = _record_attention_dtypes(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(input_ids=torch.randint(3, VOCAB, (1, 8)), use_cache=False)
+    assert seen[0] == (torch.float32, torch.float32, torch.bfloat16)
+    model = prepare_model(
+        tiny_model("llama").to(torch.bfloat16),
+        "lora+",
+        gradient_checkpointing=False,
+        compute_dtype=torch.bfloat16,
+    )
+    seen = _record_attention_dtypes(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(input_ids=torch.randint(3, VOCAB, (1, 8)), use_cache=False)
+    assert seen[0] == (torch.bfloat16,) * 3
+
+
+def test_compute_dtype_hooks_can_be_removed_and_do_not_stack():
+    from longlora.lora import keep_activations_in
+
+    model = prepare_model(
+        tiny_model("llama"), "lora+", gradient_checkpointing=False, compute_dtype=torch.bfloat16
+    )
+    n = len(model._longlora_cast_hooks)
+    assert n == 1 + 2 * (2 * LAYERS + 1)  # the embedding; each norm's frozen original and trained copy
+    keep_activations_in(model, torch.bfloat16)
+    assert len(model._longlora_cast_hooks) == n
+    keep_activations_in(model, None)
+    ids = torch.randint(3, VOCAB, (1, 8))
+    assert model.base_model.model.model(ids).last_hidden_state.dtype == torch.float32

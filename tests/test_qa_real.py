@@ -24,6 +24,13 @@ def engine():
     return QAEngine("default", max_new_tokens=24)
 
 
+def test_the_bundled_model_gets_its_measured_profile(engine):
+    from data_tools.profiles import DEFAULT_MODEL_NAME, PROFILES
+
+    # chosen from its config (architecture), whatever folder the converted model sits in
+    assert engine.profile == PROFILES[DEFAULT_MODEL_NAME]
+
+
 def test_short_document_facts_are_answered(engine):
     session = engine.open_document(load_text(BRIDGE, name="bridge.txt"), material_type="other")
     first = list(engine.ask(session, "In which year did the Harbor Bridge open?"))[-1]

@@ -1,21 +1,52 @@
-"""longlora.retrieval: passage splitting, BM25 against a direct formula, budgeted selection."""
+"""longlora.retrieval: passage splitting, BM25 (bm25s) against a direct formula, budgeted selection,
+half-overlapping windows and front matter for bibliographic questions."""
 
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 
-from longlora.retrieval import bm25_scores, select_passages, sentence_starts, split_passages, terms
+from longlora.retrieval import (
+    FRONT_TOKENS,
+    BM25Index,
+    PassageIndex,
+    bm25_scores,
+    fit_document,
+    is_bibliographic,
+    join_spans,
+    merge_spans,
+    overlapping_windows,
+    select_passages,
+    select_spans,
+    sentence_starts,
+    split_passages,
+    stem_terms,
+    terms,
+)
 
 
 def char_offsets(text: str) -> list[tuple[int, int]]:
     return [(i, i + 1) for i in range(len(text))]
 
 
+def word_offsets(text: str) -> list[tuple[int, int]]:
+    """One token per whitespace-separated word (a stand-in for a tokenizer's offset mapping)."""
+    import re
+
+    return [m.span() for m in re.finditer(r"\S+", text)]
+
+
 def test_terms_drop_stopwords_and_plural_s():
     assert terms("What are the limitations of the Rcpp packages?") == ["limitation", "rcpp", "package"]
     assert terms("version 1.0.8 and R-Forge") == ["version", "1.0.8", "r", "forge"]
+
+
+def test_stem_terms_match_inflections():
+    assert stem_terms("Who contributed it?") == stem_terms("a contribution")[:1] == ["contribut"]
+    assert stem_terms("released releases") == ["releas", "releas"]
+    assert stem_terms("the of and") == []
 
 
 def test_sentence_starts():
@@ -46,14 +77,14 @@ def test_split_passages_rejects_bad_size():
     assert split_passages([], "", 10) == []
 
 
-def reference_bm25(query, passages, k1=1.2, b=0.75):
+def reference_bm25(query, passages, analyzer, k1=1.2, b=0.75):
     """Textbook Okapi BM25 written out term by term (Lucene's smoothed IDF)."""
-    docs = [terms(p) for p in passages]
+    docs = [analyzer(p) for p in passages]
     avg = sum(map(len, docs)) / len(docs)
     out = []
     for d in docs:
         score = 0.0
-        for t in set(terms(query)):
+        for t in set(analyzer(query)):
             n_t = sum(1 for other in docs if t in other)
             idf = math.log((len(docs) - n_t + 0.5) / (n_t + 0.5) + 1)
             f = d.count(t)
@@ -62,19 +93,55 @@ def reference_bm25(query, passages, k1=1.2, b=0.75):
     return out
 
 
-def test_bm25_matches_reference_and_ranks_the_needle_first():
-    passages = [
-        "The weather was mild and the river was calm.",
-        "Rcpp first appeared in 2005 as a contribution by Dominick Samperi.",
-        "Samperi wrote several releases; the package was renamed.",
-        "Nothing relevant here at all, only filler words about rivers.",
-    ]
+PASSAGES = [
+    "The weather was mild and the river was calm.",
+    "Rcpp first appeared in 2005 as a contribution by Dominick Samperi.",
+    "Samperi wrote several releases; the package was renamed.",
+    "Nothing relevant here at all, only filler words about rivers.",
+]
+
+
+@pytest.mark.parametrize("analyzer", [stem_terms, terms])
+def test_bm25_matches_reference_up_to_lucenes_constant(analyzer):
     query = "Who contributed the first version of Rcpp in 2005?"
-    scores = bm25_scores(query, passages)
-    assert scores == pytest.approx(reference_bm25(query, passages))
+    scores = BM25Index(PASSAGES, analyzer=analyzer).scores(query)
+    # Lucene's variant drops the constant factor (k1 + 1) of the textbook formula: same ranking
+    expected = reference_bm25(query, PASSAGES, analyzer)
+    assert [s * 2.2 for s in scores] == pytest.approx(expected, rel=1e-5)
+
+
+def test_bm25_ranks_the_needle_first():
+    scores = bm25_scores("Who contributed the first version of Rcpp in 2005?", PASSAGES)
     assert max(range(4), key=scores.__getitem__) == 1
     assert scores[0] == 0 and scores[3] == 0
-    assert bm25_scores("the of and", passages) == [0.0] * 4  # only stopwords: no evidence
+    assert bm25_scores("the of and", PASSAGES) == [0.0] * 4  # only stopwords: no evidence
+    assert bm25_scores("zebra", PASSAGES) == [0.0] * 4  # a term no passage has
+    assert BM25Index([]).scores("anything") == []
+    assert BM25Index(["the of", "and"]).scores("the river") == [0.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    "question, needle",
+    [
+        (
+            "Which release shipped the new scheduler?",
+            "The scheduler was rewritten for release 4.2, shipped in May.",
+        ),
+        (
+            "How many samples were collected in Norway?",
+            "In Norway the team collected 312 samples over two winters.",
+        ),
+        ("What does the --frobnicate flag do?", "The --frobnicate flag rebuilds the index from scratch."),
+    ],
+)
+def test_bm25_ranks_the_evidence_passage_first_in_a_crafted_document(question, needle):
+    rng = random.Random(0)
+    filler = "The system reads files and writes reports for users who run the tool on data every day".split()
+    passages = [" ".join(rng.choice(filler) for _ in range(40)) + "." for _ in range(30)]
+    at = rng.randrange(len(passages))
+    passages[at] = passages[at][:120] + " " + needle + " " + passages[at][120:]
+    scores = BM25Index(passages).scores(question)
+    assert max(range(len(passages)), key=scores.__getitem__) == at
 
 
 def test_select_passages_respects_budget_and_document_order():
@@ -86,3 +153,135 @@ def test_select_passages_respects_budget_and_document_order():
     total = sum(lengths[i] for i in chosen) + 5 * sum(1 for a, b in zip(chosen, chosen[1:]) if b != a + 1)
     assert total <= 29 and chosen == sorted(chosen)
     assert select_passages(scores, lengths, 5) == []
+
+
+SENTENCES = [f"Sentence {i} says {'many ' * (i % 5)}things about item {i}." for i in range(60)]
+TEXT = " ".join(SENTENCES)
+
+
+@pytest.mark.parametrize("size", [8, 16, 31, 64])
+def test_overlapping_windows_never_split_a_short_sentence(size):
+    offsets = word_offsets(TEXT)
+    windows = overlapping_windows(offsets, TEXT, size)
+    assert all(0 < e - s <= size for s, e in windows)
+    assert windows[0][0] == 0 and windows[-1][1] == len(offsets)
+    starts = set(sentence_starts(TEXT))
+    for s, e in windows[1:]:
+        assert offsets[s][0] in starts or e - s >= size // 2  # cut at a sentence start unless none fits
+    # any run of tokens no longer than the shortest half (0.7 of half a window) lies whole in a window
+    shortest = int(0.7 * (size // 2))
+    for first in range(len(offsets)):
+        for last in range(first + 1, min(first + shortest, len(offsets)) + 1):
+            assert any(s <= first and last <= e for s, e in windows), (first, last, size)
+
+
+def test_overlapping_windows_small_inputs():
+    assert overlapping_windows([], "", 8) == []
+    assert overlapping_windows(word_offsets("one two"), "one two", 8) == [(0, 2)]
+    with pytest.raises(ValueError, match="window size must be at least 2"):
+        overlapping_windows([(0, 1)], "x", 1)
+
+
+def test_merge_and_join_spans():
+    assert merge_spans([(5, 9), (0, 3), (3, 4), (8, 12)]) == [(0, 4), (5, 12)]
+    assert join_spans(list(range(10)), [(0, 2), (2, 4), (7, 9)], gap_ids=[-1]) == [0, 1, 2, 3, -1, 7, 8]
+
+
+def brute_force_cost(spans, separator_len):
+    covered = sorted({t for s, e in spans for t in range(s, e)})
+    pieces = sum(1 for i, t in enumerate(covered) if i == 0 or covered[i - 1] != t - 1)
+    return len(covered) + separator_len * max(0, pieces - 1)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_select_spans_fits_the_budget_counting_overlaps_once(seed):
+    rng = random.Random(seed)
+    spans = []
+    for _ in range(12):
+        s = rng.randrange(0, 200)
+        spans.append((s, s + rng.randrange(1, 40)))
+    scores = [rng.choice([0.0, rng.random()]) for _ in spans]
+    budget, sep = rng.randrange(10, 120), rng.randrange(0, 5)
+    chosen = select_spans(spans, scores, budget, separator_len=sep)
+    assert brute_force_cost(chosen, sep) <= budget
+    assert chosen == merge_spans(chosen)  # merged, in document order
+    # every kept token comes from a span with a question term (score > 0)
+    useful = {t for (s, e), sc in zip(spans, scores) if sc > 0 for t in range(s, e)}
+    assert {t for s, e in chosen for t in range(s, e)} <= useful
+    # the best span that fits alone is always taken
+    best = max((i for i in range(len(spans)) if scores[i] > 0), key=lambda i: (scores[i], -i), default=None)
+    if best is not None and spans[best][1] - spans[best][0] <= budget:
+        s, e = spans[best]
+        assert any(a <= s and e <= b for a, b in chosen)
+
+
+def test_select_spans_overlap_costs_only_new_tokens():
+    spans = [(0, 10), (5, 15), (40, 50)]
+    assert select_spans(spans, [3.0, 2.0, 1.0], 15) == [(0, 15)]  # the second window adds 5 tokens
+    assert select_spans(spans, [3.0, 2.0, 1.0], 26, separator_len=1) == [(0, 15), (40, 50)]
+    assert select_spans(spans, [3.0, 2.0, 1.0], 12, required=[(100, 104)]) == [(100, 104)]
+
+
+def test_select_spans_required_first_and_trimmed():
+    spans = [(20, 30), (40, 50)]
+    chosen = select_spans(spans, [1.0, 2.0], 25, separator_len=2, required=[(0, 12)])
+    assert chosen == [(0, 12), (40, 50)]  # front (12) + gap (2) + best (10) = 24; (20, 30) no longer fits
+    assert select_spans(spans, [1.0, 2.0], 8, required=[(0, 12)]) == [(0, 8)]
+
+
+@pytest.mark.parametrize(
+    "question, expected",
+    [
+        ("Who wrote this paper?", True),
+        ("Who are the authors of the Rcpp paper?", True),
+        ("In which journal was it published?", True),
+        ("Which university is the second author from?", True),
+        ("Which release of the packaging guide is this?", True),
+        ("Which version of R is this manual for?", True),
+        ("In which version of R were reference classes introduced?", False),
+        ("How often is a new version of Ubuntu released?", False),
+        ("Per capita income of which year is used in the regression?", False),
+        ("Where did Georgiana go last summer?", False),
+    ],
+)
+def test_is_bibliographic(question, expected):
+    assert is_bibliographic(question) is expected
+
+
+FRONT = "Seamless Widgets. Ada Lovelace and Charles Babbage. Journal of Engines, 1843. "
+BODY = " ".join(
+    f"Section {i} describes gear {i} of the engine, which turns {i * 3} times per crank. " for i in range(200)
+)
+DOC = FRONT + BODY
+
+
+def test_passage_index_adds_front_matter_only_for_bibliographic_questions():
+    offsets = word_offsets(DOC)
+    index = PassageIndex(offsets, DOC, 32, front_tokens=12)
+    biblio = index.select("Who are the authors of this paper?", budget=60, separator_len=2)
+    assert biblio[0] == (0, 12) and "Lovelace" in DOC[offsets[0][0] : offsets[11][1]]
+    plain = index.select("How many times per crank does gear 117 turn?", budget=60, separator_len=2)
+    assert plain[0][0] > 12
+    kept = " ".join(DOC[offsets[s][0] : offsets[e - 1][1]] for s, e in plain)
+    assert "gear 117 of the engine, which turns 351 times" in kept
+    for spans in (biblio, plain):
+        assert brute_force_cost(spans, 2) <= 60
+
+
+def test_passage_index_is_deterministic_and_keeps_short_documents_whole():
+    offsets = word_offsets(DOC)
+    q = "Which gear turns 300 times per crank?"
+    first = PassageIndex(offsets, DOC, 32).select(q, 100, separator_len=3)
+    assert all(PassageIndex(offsets, DOC, 32).select(q, 100, separator_len=3) == first for _ in range(3))
+    assert PassageIndex(offsets, DOC, 32).select(q, len(offsets)) == [(0, len(offsets))]
+    assert PassageIndex([], "", 32).select(q, 10) == []
+    assert FRONT_TOKENS > 0
+
+
+def test_fit_document_is_unchanged_for_the_old_passages():
+    ids = list(range(100))
+    passages = [(0, 25), (25, 50), (50, 75), (75, 100)]
+    spans, out = fit_document(ids, 52, "retrieve", passages=passages, scores=[0, 2.0, 1.0, 3.0], gap_ids=[-1])
+    assert spans == [(25, 50), (75, 100)] and out == list(range(25, 50)) + [-1] + list(range(75, 100))
+    spans, out = fit_document(ids, 30, "truncate-middle", gap_ids=[-1])
+    assert spans == [(0, 15), (86, 100)] and len(out) == 30

@@ -15,28 +15,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from longlora.models import parse_length  # noqa: F401  (re-exported: eval code imports it from here)
+
 ATTENTION_CHOICES = ("sdpa", "eager", "flash", "s2")
 _ATTN_IMPLEMENTATION = {"sdpa": "sdpa", "eager": "eager", "flash": "flash_attention_2", "s2": "sdpa"}
-
-
-def parse_length(text: str) -> int:
-    """``"4096"`` -> 4096, ``"4k"`` -> 4096, ``"1.5k"`` -> 1536 (k = 1024 tokens)."""
-    raw = str(text).strip().lower()
-    try:
-        if raw.endswith("k"):
-            value = float(raw[:-1]) * 1024
-            if value != int(value):
-                raise ValueError
-            value = int(value)
-        else:
-            value = int(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"cannot read {text!r} as a token length; write a whole number such as 4096 or 4k"
-        ) from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"token length must be positive, got {text!r}")
-    return value
 
 
 def parse_lengths(values: list[str]) -> list[int]:
@@ -64,38 +46,14 @@ def parse_lengths(values: list[str]) -> list[int]:
     return out
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags shared by every eval command for choosing and loading the model."""
-    group = parser.add_argument_group("model")
-    group.add_argument(
-        "--model",
-        default="default",
-        help="'default' (bundled SmolLM2-135M-Instruct), a local model/merged/adapter dir, or a hub id",
-    )
-    group.add_argument("--adapter", default=None, help="LoRA/LoRA+ adapter dir applied on top of --model")
-    group.add_argument(
-        "--context-length",
-        type=parse_length,
-        default=None,
-        help="apply Position Interpolation at load so the model addresses this many tokens "
-        "(measures a model extended without fine-tuning)",
-    )
-    group.add_argument(
-        "--rope-type",
-        default="linear",
-        choices=("linear", "yarn", "dynamic"),
-        help="RoPE scaling used with --context-length (default: linear, as in the paper)",
-    )
-    group.add_argument(
-        "--torch-dtype",
-        default="auto",
-        choices=("auto", "float32", "bfloat16", "float16"),
-        help="weight/activation dtype (auto: bf16 on GPU, the model's or fp32 on CPU)",
-    )
-    group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    group.add_argument(
-        "--load-in-4bit", action="store_true", help="load the base model in 4-bit (bitsandbytes)"
-    )
+def add_model_arguments(parser: argparse.ArgumentParser, *, token_dtype_dest: str | None = None) -> None:
+    """The shared model flags (``longlora.models.add_model_arguments``) plus the eval-only attention choice.
+
+    ``token_dtype_dest``: see ``longlora.models.add_model_arguments`` (perplexity's ``--dtype uint16``).
+    """
+    from longlora.models import add_model_arguments as add_shared
+
+    group = add_shared(parser, token_dtype_dest=token_dtype_dest)
     group.add_argument(
         "--attention",
         default="sdpa",
@@ -118,7 +76,7 @@ def load_eval_model(args: argparse.Namespace):
     """Load ``(model, tokenizer)`` from the model flags, in eval mode, with the chosen attention."""
     import torch
 
-    from longlora.models import load_model
+    from longlora.models import load_from_args
 
     if args.attention == "flash":
         wants_cuda = args.device == "auto" or str(args.device).startswith("cuda")
@@ -126,16 +84,7 @@ def load_eval_model(args: argparse.Namespace):
             raise ValueError(
                 "--attention flash needs a CUDA GPU with flash-attn installed; use --attention sdpa on CPU"
             )
-    model, tokenizer = load_model(
-        args.model,
-        adapter=args.adapter,
-        dtype=args.torch_dtype,
-        device=args.device,
-        context_length=args.context_length,
-        rope_type=args.rope_type,
-        load_in_4bit=args.load_in_4bit,
-        attn_implementation=_ATTN_IMPLEMENTATION[args.attention],
-    )
+    model, tokenizer = load_from_args(args, attn_implementation=_ATTN_IMPLEMENTATION[args.attention])
     if args.attention == "s2":
         from longlora.s2attn import enable_s2_attention
 
@@ -147,11 +96,16 @@ def load_eval_model(args: argparse.Namespace):
 
 
 def max_positions(config) -> int | None:
-    """How many positions the model addresses (after any PI applied at load)."""
-    value = getattr(config, "max_position_embeddings", None)
-    if value is None and hasattr(config, "get_text_config"):
-        value = getattr(config.get_text_config(), "max_position_embeddings", None)
-    return int(value) if value else None
+    """How many positions the model addresses (after any PI applied at load): its context window."""
+    from longlora.position import context_window
+
+    if getattr(config, "max_position_embeddings", None) is None and hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    if getattr(config, "max_position_embeddings", None) is None:
+        return None
+    if not getattr(config, "rope_parameters", None):
+        return int(config.max_position_embeddings)
+    return context_window(config)
 
 
 def check_addressable(config, length: int, *, what: str, context_length: int | None = None) -> None:

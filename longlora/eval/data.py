@@ -1,8 +1,9 @@
 """Evaluation data -> one stream of token ids.
 
-Accepted inputs (mix freely; a folder is read recursively in sorted order):
+Inputs are read by ``data_tools.reader``, the reader every command shares (files, folders read
+recursively in sorted order with hidden files skipped, globs):
 
-- ``.txt`` / ``.md`` / ``.pdf``: read through ``data_tools.load_document`` (PDF text extraction);
+- documents (.txt / .text / .md / .markdown / .pdf): read through ``data_tools.load_document``;
 - ``.jsonl`` / ``.json``: records with a ``"text"`` field (one document per record);
 - ``.bin``: token files from ``data_tools`` (dtype from the ``.bin.json`` sidecar); the original
   LongLoRA raw uint16 files (no sidecar) need ``token_dtype="uint16"``.
@@ -18,14 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-TEXT_SUFFIXES = (".txt", ".md", ".pdf")
-RECORD_SUFFIXES = (".jsonl", ".json")
-TOKEN_SUFFIXES = (".bin",)
-SUPPORTED = TEXT_SUFFIXES + RECORD_SUFFIXES + TOKEN_SUFFIXES
+from data_tools.errors import DataError
+from data_tools.reader import DOCUMENT_SUFFIXES, RECORD_SUFFIXES, TOKEN_SUFFIXES, find_sources, read_texts
 
+TEXT_SUFFIXES = DOCUMENT_SUFFIXES  # the old name
+SUPPORTED = DOCUMENT_SUFFIXES + RECORD_SUFFIXES + TOKEN_SUFFIXES
 
-class EvalDataError(ValueError):
-    """Evaluation data is missing, unreadable or too short; the message says which file and the fix."""
+EvalDataError = DataError  # the old name: evaluation data is missing, unreadable or too short
 
 
 @dataclass
@@ -41,30 +41,8 @@ class EvalData:
 
 
 def expand_paths(paths: list[str | Path]) -> list[Path]:
-    """Files named directly, plus the supported files under each folder (recursive, sorted)."""
-    files: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found = sorted(
-                p
-                for p in path.rglob("*")
-                if p.is_file() and p.suffix.lower() in SUPPORTED and not p.name.startswith(".")
-            )
-            if not found:
-                raise EvalDataError(
-                    f"folder {path} holds no evaluation files; put {', '.join(SUPPORTED)} files in it"
-                )
-            files.extend(found)
-        elif path.is_file():
-            if path.suffix.lower() not in SUPPORTED:
-                raise EvalDataError(
-                    f"{path}: unsupported file type {path.suffix or '(none)'}; use one of {', '.join(SUPPORTED)}"
-                )
-            files.append(path)
-        else:
-            raise EvalDataError(f"{path}: no such file or folder; check the --data path")
-    return files
+    """Files named directly, plus the supported files under each folder or glob (see ``data_tools.reader``)."""
+    return [source.path for source in find_sources(paths, flag="--data")]
 
 
 def load_eval_tokens(
@@ -88,21 +66,21 @@ def load_eval_tokens(
     sources: list[dict] = []
     total = 0
     truncated = False
-    for path in expand_paths(paths):
+    for source in find_sources(paths, flag="--data"):
+        path = source.path
         if max_tokens is not None and total >= max_tokens:
             truncated = True
             break
         budget = None if max_tokens is None else max_tokens - total
-        suffix = path.suffix.lower()
-        if suffix in TOKEN_SUFFIXES:
+        if source.kind == "tokens":
             ids = _read_token_file(path, token_dtype, budget, vocab_size)
             kind = "tokens"
         else:
             if tokenizer is None:
                 raise EvalDataError(f"{path}: a tokenizer is needed to evaluate text files")
-            texts = _read_texts(path)
+            texts = [text for _, text in read_texts(source) if text.strip()]
             ids = _tokenize_documents(texts, tokenizer, eos, budget)
-            kind = "records" if suffix in RECORD_SUFFIXES else "text"
+            kind = "records" if source.kind == "records" else "text"
         if chunks and eos is not None and kind != "tokens":
             ids = np.concatenate([np.asarray([eos], dtype=np.int64), ids])
         if budget is not None and len(ids) > budget:
@@ -117,18 +95,6 @@ def load_eval_tokens(
             f"no tokens in {', '.join(str(p) for p in paths)}: the data is empty; give a text with content"
         )
     return EvalData(tokens=tokens, sources=sources, truncated=truncated)
-
-
-def _read_texts(path: Path) -> list[str]:
-    suffix = path.suffix.lower()
-    if suffix in RECORD_SUFFIXES:
-        from data_tools.records import read_records
-
-        records = read_records(path, required=("text",))
-        return [str(r["text"]) for r in records if str(r["text"]).strip()]
-    from data_tools import load_document
-
-    return [load_document(path).text]
 
 
 def _tokenize_documents(texts: list[str], tokenizer, eos: int | None, budget: int | None) -> np.ndarray:
@@ -163,19 +129,7 @@ def _read_token_file(
             "" if token_dtype else " (a raw .bin without a .bin.json sidecar needs --dtype uint16 or uint32)"
         )
         raise EvalDataError(f"cannot read token file {path}: {err}{hint}") from err
-    stored = np.dtype(tf.dtype)
-    size = int(tf.tokens.shape[0])
-    if path.stat().st_size % stored.itemsize:
-        raise EvalDataError(
-            f"token file {path} is {path.stat().st_size} bytes, not a whole number of {stored.name} values; "
-            f"the file is truncated or the dtype is wrong (try --dtype uint16 / uint32)"
-        )
-    n = size if budget is None else min(size, budget)
-    ids = np.asarray(tf.tokens[:n], dtype=np.int64)
-    if vocab_size is not None and n and int(ids.max()) >= vocab_size:
-        raise EvalDataError(
-            f"token file {path} holds id {int(ids.max())}, beyond the model's vocabulary of {vocab_size}: "
-            f"it was written with another tokenizer ({tf.meta.get('tokenizer', 'unknown')}) or the wrong "
-            f"--dtype; re-tokenize it with data_tools for this model"
-        )
-    return ids
+    n = len(tf) if budget is None else min(len(tf), budget)
+    if vocab_size is not None:
+        tf.check_vocabulary(vocab_size, scan=n)
+    return np.asarray(tf.tokens[:n], dtype=np.int64)

@@ -26,7 +26,7 @@ Usage (CPU example first)::
 
     # a LongLoRA model on the original PG19 uint16 token file, paper protocol, on a GPU
     python -m longlora.eval.perplexity --model Yukang/Llama-2-7b-longlora-32k-ft \\
-        --data pg19/test.bin --dtype uint16 --protocol longlora --seq-len 2k:32k:2k \\
+        --data pg19/test.bin --token-dtype uint16 --protocol longlora --seq-len 2k:32k:2k \\
         --attention flash --output results/pg19.json
 
     # Position Interpolation without fine-tuning, and the "test with S2-Attn" ablation
@@ -277,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("Usage (CPU example first)::", 1)[1],
     )
-    add_model_arguments(parser)
+    add_model_arguments(parser, token_dtype_dest="token_dtype")
     group = parser.add_argument_group("data and protocol")
     group.add_argument(
         "--data",
@@ -287,11 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
         "or folders of these",
     )
     group.add_argument(
-        "--dtype",
+        "--token-dtype",
         default=None,
         choices=("uint16", "uint32"),
         help="token dtype of .bin files without a .bin.json sidecar (the original LongLoRA "
-        "files are uint16); files with a sidecar use the dtype it records",
+        "files are uint16; --dtype uint16 is read the same); files with a sidecar use the dtype it records",
     )
     group.add_argument(
         "--seq-len",
@@ -354,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         data = load_eval_tokens(
             args.data,
             tokenizer,
-            token_dtype=args.dtype,
+            token_dtype=args.token_dtype,
             max_tokens=max_tokens,
             vocab_size=model.get_input_embeddings().num_embeddings,
         )
@@ -385,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
             "data": data.sources,
             "data_tokens": len(data),
             "max_tokens": max_tokens,
-            "token_dtype": args.dtype,
+            "token_dtype": args.token_dtype,
             "batch_size": args.batch_size,
         }
     )

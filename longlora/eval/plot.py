@@ -129,6 +129,24 @@ def plot_passkey(payloads: list[dict], path: str | os.PathLike, title: str | Non
     return out
 
 
+PLOTTERS = {"perplexity": plot_perplexity, "passkey": plot_passkey}
+"""The plotter of each result ``kind``; a kind without one is an error, never another kind's plot."""
+
+
+def plot_results(payloads: list[dict], path: str | os.PathLike, title: str | None = None) -> Path:
+    """Plot result payloads of one kind with that kind's plotter; raise ValueError naming the problem."""
+    kinds = sorted({str(p.get("kind")) for p in payloads})
+    if len(kinds) != 1:
+        raise ValueError(f"cannot mix {' and '.join(kinds)} results on one plot; make one plot per kind")
+    plotter = PLOTTERS.get(kinds[0])
+    if plotter is None:
+        raise ValueError(
+            f"no plot for results of kind {kinds[0]!r}; this command plots {', '.join(PLOTTERS)} results "
+            "(for other kinds use python -m longlora.eval.report)"
+        )
+    return plotter(payloads, path, title=title)
+
+
 def load_result(path: str | os.PathLike) -> dict:
     path = Path(path)
     try:
@@ -139,10 +157,10 @@ def load_result(path: str | os.PathLike) -> dict:
         raise ValueError(
             f"{path} is not a JSON result file ({err}); pass files written with --output"
         ) from None
-    if not isinstance(payload, dict) or payload.get("kind") not in ("perplexity", "passkey"):
+    if not isinstance(payload, dict) or "kind" not in payload:
         raise ValueError(
-            f"{path} is not a longlora.eval result (no 'kind': 'perplexity' or 'passkey'); "
-            f"pass files written by longlora.eval.perplexity / passkey --output"
+            f"{path} is not a longlora.eval result (no 'kind'); pass files written by "
+            "longlora.eval.perplexity / passkey --output"
         )
     return payload
 
@@ -168,17 +186,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    kinds = {p["kind"] for p in payloads}
-    if len(kinds) > 1:
-        print(
-            "error: cannot mix perplexity and passkey results on one plot; make one plot per kind",
-            file=sys.stderr,
-        )
-        return 2
     for payload, label in zip(payloads, args.labels or []):
         payload.setdefault("config", {})["label"] = label
-    plot = plot_perplexity if kinds == {"perplexity"} else plot_passkey
-    plot(payloads, args.output, title=args.title)
+    try:
+        plot_results(payloads, args.output, title=args.title)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
 

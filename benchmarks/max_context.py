@@ -1,0 +1,196 @@
+"""The longest context at which one LoRA+ S2-Attn training step fits a memory budget.
+
+Each length is tried in a fresh subprocess (``benchmarks/train_step.py``'s step: Position Interpolation,
+S2-Attn with G = N/4 on one document of random tokens, gradient checkpointing, bf16 activations, the
+chunked cross-entropy, AdamW). Lengths double from ``--start`` until a step fails, then bisection narrows
+the limit to ``--granularity`` tokens.
+
+"Fits" means: on a CPU, the step finishes and its resident memory never passes ``--budget-gb`` (the
+parent watches the child's RSS and kills it at the budget, so the search never pushes the machine into
+swap); on CUDA, the step finishes under ``torch.cuda.set_per_process_memory_fraction(budget / total)``
+(an allocation past the cap raises out-of-memory).
+
+The model is any model folder, or a random-weights model built from a config (``--config-json``, e.g.
+the Llama-3.1-8B ``config.json``: no download, the weights are random and saved once under
+``--workdir``). For reference, the best single-GPU figure published for Llama-3.1-8B is 342,733 tokens
+(QLoRA, 80 GB, unsloth, with chunked cross-entropy and offloaded checkpoints); plain HF + FA2: 28,454.
+
+Usage (CPU example first):
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/max_context.py                # bundled model, 20 GB of RAM
+    python benchmarks/max_context.py --budget-gb 8 --start 16384 --granularity 4096
+    python benchmarks/max_context.py --quick                                # tiny random model, small budget
+    # on one GPU, random Llama-3.1-8B weights, 80 GB cap
+    python benchmarks/max_context.py --device cuda --config-json llama31-8b.json --method qlora \\
+        --budget-gb 80 --start 65536 --granularity 8192 --offload-activations
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from train_step import cpu_bf16_support, run_child  # noqa: E402
+
+QUICK_CONFIG = dict(  # a tiny Llama: the search itself is what --quick exercises
+    model_type="llama",
+    vocab_size=512,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    tie_word_embeddings=True,
+)
+
+
+def random_model_dir(config: dict, workdir: Path) -> Path:
+    """Save random bf16 weights for ``config`` once (keyed by its content); return the folder."""
+    import hashlib
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    key = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+    out = workdir / f"random-{config.get('model_type', 'model')}-{key}"
+    if (out / "config.json").is_file():
+        return out
+    cfg = AutoConfig.for_model(**config)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(tmp)
+    os.replace(tmp, out)  # a half-written folder is never mistaken for a finished one
+    return out
+
+
+def search(try_length, start: int, granularity: int, max_length: int) -> tuple[int, list[dict]]:
+    """Doubling from ``start`` then bisection; ``try_length(n) -> dict`` with ``fits``. Returns the
+    longest fitting length (0 when even ``start`` fails) and every trial in order."""
+    trials: list[dict] = []
+
+    def fits(n: int) -> bool:
+        trial = {"length": n, **try_length(n)}
+        trials.append(trial)
+        return trial["fits"]
+
+    good, bad, n = 0, None, start
+    while n <= max_length:
+        if not fits(n):
+            bad = n
+            break
+        good, n = n, n * 2
+    if bad is None:
+        return good, trials
+    while bad - good > granularity:
+        mid = (good + bad) // 2 // granularity * granularity
+        if mid <= good:
+            break
+        if fits(mid):
+            good = mid
+        else:
+            bad = mid
+    return good, trials
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python benchmarks/max_context.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="default", help="'default' (bundled SmolLM2-135M) or a model folder")
+    p.add_argument("--config-json", help="a transformers config.json: random weights of that architecture")
+    p.add_argument(
+        "--method", choices=("lora+", "lora", "qlora", "full"), default="lora+", help="trainable set"
+    )
+    p.add_argument(
+        "--attention", choices=("s2", "full", "short"), default="s2", help="attention while training"
+    )
+    p.add_argument(
+        "--budget-gb", type=float, default=None, help="memory budget (default: 20 on CPU, 80 on CUDA)"
+    )
+    p.add_argument("--start", type=int, default=16384, help="first length tried (default %(default)s)")
+    p.add_argument(
+        "--granularity", type=int, default=4096, help="bisection step in tokens (default %(default)s)"
+    )
+    p.add_argument("--max-length", type=int, default=1 << 20, help="stop doubling here (default %(default)s)")
+    p.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="bf16", help="compute dtype")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--chunk-size", type=int, default=None, help="loss chunk in tokens (default ~256 MB)")
+    p.add_argument("--offload-activations", action="store_true", help="CUDA: checkpoints in pinned CPU RAM")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds allowed for one trial step")
+    p.add_argument("--workdir", default=None, help="random-weights models (default: the longlora cache)")
+    p.add_argument("--quick", action="store_true", help="tiny random model, 1 GB budget, 1024-token steps")
+    p.add_argument("--output", help="also write the trials and the result as JSON here")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    from longlora.models import cache_dir, resolve_device, resolve_dtype, resolve_model_path
+
+    device = resolve_device(args.device)
+    cuda = device.type == "cuda"
+    dtype = {torch.bfloat16: "bf16", torch.float32: "fp32", torch.float16: "fp16"}[
+        resolve_dtype(args.dtype, device)
+    ]
+    budget = args.budget_gb or (80.0 if cuda else 20.0)
+    start, granularity, max_length = args.start, args.granularity, args.max_length
+    if args.quick:
+        budget = args.budget_gb or 1.0
+        start, granularity, max_length = 1024, 1024, min(args.max_length, 1 << 16)
+    if args.quick or args.config_json:
+        config = QUICK_CONFIG if args.quick else json.loads(Path(args.config_json).read_text())
+        model = str(random_model_dir(config, Path(args.workdir or cache_dir() / "max_context")))
+    else:
+        model = resolve_model_path(args.model)
+    hw = torch.cuda.get_device_name(device) if cuda else f"CPU, bf16 {cpu_bf16_support()}"
+    print(
+        f"model {model}\n{args.method} {args.attention} step, dtype {dtype}, device {device} ({hw}), budget "
+        f"{budget:g} GB ({'GPU memory cap' if cuda else 'peak RSS'}); start {start}, granularity {granularity}"
+    )
+
+    def try_length(n: int) -> dict:
+        spec = dict(
+            model=model, length=n, method=args.method, attention=args.attention, dtype=dtype, device=str(device),
+            steps=1, warmup=0, forward=False, rows=None, chunk_size=args.chunk_size,
+            offload=args.offload_activations, memory_cap_gb=budget if cuda else None,
+        )  # fmt: skip
+        t0 = time.perf_counter()
+        r = run_child(spec, watch_rss_bytes=None if cuda else int(budget * 2**30), timeout=args.timeout)
+        fits = "error" not in r and r["peak_mb"] <= budget * 1024
+        trial = {"fits": fits, "seconds": round(time.perf_counter() - t0, 1)}
+        trial.update({k: r[k] for k in ("peak_mb", "tokens_per_s", "error") if k in r})
+        what = (
+            f"peak {r['peak_mb']:.0f} MB, {r['tokens_per_s']:.1f} tokens/s" if "peak_mb" in r else r["error"]
+        )
+        print(f"  {n:>8} tokens: {'fits' if fits else 'does not fit'} ({what})", flush=True)
+        return trial
+
+    best, trials = search(try_length, start, granularity, max_length)
+    capped = all(t["fits"] for t in trials)
+    print(
+        f"longest context that fits {budget:g} GB: {best:,} tokens{' (the --max-length cap)' if capped else ''}"
+    )
+    if args.output:
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "model": model, "method": args.method, "attention": args.attention, "dtype": dtype, "device": hw,
+            "budget_gb": budget, "granularity": granularity, "max_context": best, "trials": trials,
+        }  # fmt: skip
+        tmp = out.with_suffix(out.suffix + ".tmp")
+        tmp.write_text(json.dumps(payload, indent=2) + "\n")
+        os.replace(tmp, out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

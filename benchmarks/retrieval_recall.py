@@ -1,0 +1,271 @@
+"""Retrieval recall on the development QA set: is the evidence inside the passages given to the model?
+
+Every record of ``benchmarks/qa_dev_set.jsonl`` names a document (relative to the shared folder beside
+the repository; ``LONGLORA_SHARED`` or ``LONGLORA_FIXTURES``/.. override it), a question and a
+verbatim evidence quote. A question counts as recalled when its evidence quote lies inside one
+contiguous piece of what a retrieval method keeps within the token budget (compared after
+``evidence_key`` normalisation: case, accents, spacing, hyphenation and punctuation ignored).
+Only the tokenizer is needed (no model); it runs in about a minute on one CPU core.
+
+Methods: ``fixed`` is the engine's retrieval before the dev set existed (sentence-aligned passages of
+``--passage`` tokens, BM25 with a plural strip); ``fixed-stem`` the same with the Snowball stemmer;
+``windows`` half-overlapping windows of ``--passage`` tokens (``longlora.retrieval.PassageIndex``
+without front matter); ``windows-front`` adds the document's opening for bibliographic questions.
+A third of the questions (``"split": "holdout"``, picked by a hash of the id) were not looked at
+while choosing the method: the table reports both halves.
+
+Usage (CPU)::
+
+    python benchmarks/retrieval_recall.py                          # all methods, budgets 256..2048
+    python benchmarks/retrieval_recall.py --methods windows-front --budgets 256 --misses
+    python benchmarks/retrieval_recall.py --check                  # only validate the dev set
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import unicodedata
+from collections import defaultdict
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+DEV_SET = HERE / "qa_dev_set.jsonl"
+METHODS = ("fixed", "fixed-stem", "windows", "windows-front")
+TYPES = ("paper", "manual", "slides", "table", "book")
+
+
+def shared_root() -> Path:
+    """The shared folder holding corpus/ and fixtures/ (LONGLORA_SHARED, else LONGLORA_FIXTURES/..)."""
+    if os.environ.get("LONGLORA_SHARED"):
+        return Path(os.environ["LONGLORA_SHARED"])
+    if os.environ.get("LONGLORA_FIXTURES"):
+        return Path(os.environ["LONGLORA_FIXTURES"]).parent
+    return HERE.parents[1] / "shared"
+
+
+def load_dev_set(path: Path = DEV_SET) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def evidence_key(text: str) -> str:
+    """Letters and digits only, case-folded, accents dropped: what any extractor agrees on.
+
+    Extractors differ in spacing (pypdf drops spaces on some PDFs), line-end hyphens (kept, joined or
+    marked U+0002), ligatures, quotes and soft hyphens; none of that changes this key.
+    """
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed.casefold() if c.isalnum())
+
+
+def count_evidence(text: str, quote: str) -> int:
+    """How many times the evidence quote occurs in the text (after ``evidence_key``)."""
+    key = evidence_key(quote)
+    return evidence_key(text).count(key) if key else 0
+
+
+def contains_evidence(pieces: list[str], quote: str) -> bool:
+    """Whether the quote lies whole inside one of the pieces (a piece: one contiguous kept span)."""
+    key = evidence_key(quote)
+    return any(key in evidence_key(p) for p in pieces)
+
+
+def load_texts(records: list[dict], root: Path) -> dict[str, str | None]:
+    """Document path -> extracted text with the project's extraction (None when the file is missing)."""
+    from data_tools import load_document
+
+    texts: dict[str, str | None] = {}
+    for rec in records:
+        if rec["doc"] not in texts:
+            path = root / rec["doc"]
+            texts[rec["doc"]] = load_document(path).text if path.exists() else None
+    return texts
+
+
+def pdftotext_texts(records: list[dict], root: Path) -> dict[str, str]:
+    """Document path -> ``pdftotext`` output for the PDFs (empty when poppler's pdftotext is missing).
+
+    A second extractor keeps the dev set valid whichever engine the project reads PDFs with.
+    """
+    if shutil.which("pdftotext") is None:
+        return {}
+    out = {}
+    for doc in dict.fromkeys(r["doc"] for r in records):
+        path = root / doc
+        if doc.endswith(".pdf") and path.exists():
+            run = subprocess.run(
+                ["pdftotext", "-enc", "UTF-8", str(path), "-"], capture_output=True, check=True
+            )
+            out[doc] = run.stdout.decode("utf-8", "replace")
+    return out
+
+
+def check(records: list[dict], texts: dict[str, str | None], label: str = "the extracted text") -> list[str]:
+    """Problems with the dev set: quotes not found, or found more than once, in the given texts."""
+    problems = []
+    for rec in records:
+        text = texts.get(rec["doc"])
+        if text is None:
+            continue
+        n = count_evidence(text, rec["evidence"])
+        if n != 1:
+            problems.append(f"{rec['id']}: evidence found {n} times in {label} of {rec['doc']}")
+    return problems
+
+
+def select(
+    method: str, doc, question: str, budget: int, size: int, gap_len: int, front: int | None = None
+) -> list[tuple[int, int]]:
+    """Token spans a method keeps for a question (``doc``: a _Doc with ids, offsets and indexes)."""
+    from longlora.retrieval import fit_document
+
+    if method in ("fixed", "fixed-stem"):
+        passages, index = doc.fixed(size, stem=method == "fixed-stem")
+        spans, _ = fit_document(
+            doc.ids,
+            budget,
+            "retrieve",
+            passages=passages,
+            scores=index.scores(question),
+            gap_ids=[0] * gap_len,
+        )
+        return spans
+    index = doc.windows(size, front=front if method == "windows-front" else 0)
+    return index.select(question, budget, separator_len=gap_len)
+
+
+class _Doc:
+    """One tokenized document and its retrieval indexes (built once per passage size)."""
+
+    def __init__(self, text: str, tokenizer):
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        self.text, self.ids = text, list(enc["input_ids"])
+        self.offsets = [tuple(o) for o in enc["offset_mapping"]]
+        self._cache: dict = {}
+
+    def piece(self, span: tuple[int, int]) -> str:
+        s, e = span
+        return self.text[self.offsets[s][0] : self.offsets[e - 1][1]] if e > s else ""
+
+    def fixed(self, size: int, *, stem: bool):
+        from longlora.retrieval import BM25Index, split_passages, stem_terms, terms
+
+        key = ("fixed", size, stem)
+        if key not in self._cache:
+            spans = split_passages(self.offsets, self.text, size)
+            index = BM25Index([self.piece(s) for s in spans], analyzer=stem_terms if stem else terms)
+            self._cache[key] = (spans, index)
+        return self._cache[key]
+
+    def windows(self, size: int, *, front: int | None):
+        from longlora.retrieval import PassageIndex
+
+        key = ("windows", size, front)
+        if key not in self._cache:
+            kwargs = {} if front is None else {"front_tokens": front}
+            self._cache[key] = PassageIndex(self.offsets, self.text, size, **kwargs)
+        return self._cache[key]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--qa-set", type=Path, default=DEV_SET, help="JSONL dev set (see the docstring)")
+    parser.add_argument("--shared", type=Path, default=None, help="folder holding corpus/ and fixtures/")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the bundled model's)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="methods to run")
+    parser.add_argument(
+        "--budgets", nargs="+", type=int, default=[256, 512, 1024, 2048], help="token budgets"
+    )
+    parser.add_argument("--passage", type=int, default=64, help="passage / window size in tokens")
+    parser.add_argument(
+        "--misses",
+        action="store_true",
+        help="list the dev-split questions each run misses (never the holdout)",
+    )
+    parser.add_argument(
+        "--front",
+        type=int,
+        default=None,
+        help="front-matter tokens for windows-front (default: the library's)",
+    )
+    parser.add_argument("--check", action="store_true", help="only validate the evidence quotes")
+    args = parser.parse_args(argv)
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    root = args.shared or shared_root()
+    records = load_dev_set(args.qa_set)
+    texts = load_texts(records, root)
+    missing = sorted(d for d, t in texts.items() if t is None)
+    if missing:
+        print(
+            f"skipping {len(missing)} missing document(s) under {root}: {', '.join(missing)}", file=sys.stderr
+        )
+    problems = check(records, texts) + check(records, pdftotext_texts(records, root), "pdftotext's text")
+    docs_n = len(texts) - len(missing)
+    print(f"dev set: {len(records)} questions over {len(texts)} documents ({docs_n} present)")
+    for p in problems:
+        print(f"  {p}")
+    if args.check:
+        return 1 if problems else 0
+
+    from transformers import AutoTokenizer
+
+    from longlora.bundled_model import default_model_dir
+    from longlora.retrieval import GAP_MARKER
+
+    tok_dir = args.tokenizer or default_model_dir()
+    if not Path(tok_dir).exists():
+        raise SystemExit(
+            f"no tokenizer at {tok_dir}; run `python -m longlora.models` once, or pass --tokenizer"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    gap_len = len(tokenizer(GAP_MARKER, add_special_tokens=False)["input_ids"])
+    docs = {d: _Doc(t, tokenizer) for d, t in texts.items() if t is not None}
+    items = [r for r in records if r["doc"] in docs]
+    findable = [r for r in items if count_evidence(docs[r["doc"]].text, r["evidence"])]
+    print(
+        f"evidence present in the extracted text: {len(findable)}/{len(items)} (the ceiling of any retrieval)"
+    )
+
+    types = [t for t in TYPES if any(r["type"] == t for r in items)]
+    print(f"\npassage/window size {args.passage} tokens; gap marker {gap_len} tokens\n")
+    header = "| method | budget | recall | dev | holdout | " + " | ".join(types) + " |"
+    print(header)
+    print("| --- " * (5 + len(types)) + "|")
+    for method in args.methods:
+        for budget in args.budgets:
+            hits: dict[str, bool] = {}
+            for rec in items:
+                doc = docs[rec["doc"]]
+                spans = select(method, doc, rec["question"], budget, args.passage, gap_len, args.front)
+                hits[rec["id"]] = contains_evidence([doc.piece(s) for s in spans], rec["evidence"])
+            groups: dict[str, list[bool]] = defaultdict(list)
+            for rec in items:
+                groups[rec["split"]].append(hits[rec["id"]])
+                groups[rec["type"]].append(hits[rec["id"]])
+            total = sum(hits.values())
+            cells = [_frac(groups[g]) for g in ("dev", "holdout", *types)]
+            print(
+                f"| {method} | {budget} | {total}/{len(items)} ({100 * total / len(items):.0f}%) | "
+                + " | ".join(cells)
+                + " |"
+            )
+            if args.misses:
+                for rec in items:
+                    if not hits[rec["id"]] and rec["split"] == "dev":
+                        print(f"    miss {rec['id']} ({rec['split']}): {rec['question']}", file=sys.stderr)
+    return 0
+
+
+def _frac(values: list[bool]) -> str:
+    return f"{sum(values)}/{len(values)}" if values else "-"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,396 @@
+"""One training step of a real model: S2-Attn vs full vs short attention, one long document vs packed ones.
+
+Each configuration (context length x method x data x attention) runs in a fresh subprocess, so its peak
+memory (RSS on a CPU, max allocated on CUDA) is its own, and does what ``longlora.finetune`` does per
+micro-step: Position Interpolation to the length, S2/short attention (G = N/4) or SDPA, LoRA+ (or full
+fine-tuning), gradient checkpointing, bf16 activations with fp32 trainable weights under autocast, the
+chunked cross-entropy (no tokens x vocabulary logits), AdamW. It reports training tokens/s (the mean of
+the timed steps after ``--warmup`` untimed ones), forward-only tokens/s of the same model in the same
+dtype (no_grad, train mode so S2 is used), their ratio, and the peak. Ratios are computed from numbers
+of this one run.
+
+Data: ``book`` is one row cut from one long book (``--book``, a fixture by default); ``packed`` is the
+same tokens cut into documents of log-normal lengths (median ~600 tokens) and packed as
+``longlora.data.PackedDataset`` packs them (positions restart per document, no attention across
+documents, document starts carry no loss).
+
+Usage (CPU examples first):
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/train_step.py                     # 8k and 16k, bundled model
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/train_step.py --long              # adds 32k
+    python benchmarks/train_step.py --lengths 8192 --methods lora+ --attentions s2 --data book
+    python benchmarks/train_step.py --quick --model path/to/tiny-model          # 256/512 tokens, smoke run
+    python benchmarks/train_step.py --device cuda --output results/train-step-cuda.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(os.environ.get("LONGLORA_FIXTURES") or ROOT.parent / "shared" / "fixtures")
+METHODS = ("lora+", "lora", "full", "qlora")
+ATTENTIONS = ("s2", "full", "short")
+DATA = ("book", "packed")
+RESULT = "RESULT "
+
+
+# ----------------------------------------------------------------------------- one configuration (child)
+
+
+def _load_for_training(spec: dict):
+    """The model as longlora.finetune prepares it: PI to the length, S2/short/full, method, compute dtype."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from longlora.lora import prepare_model
+    from longlora.models import bnb_4bit_config
+    from longlora.position import apply_position_interpolation, bake_context_window
+    from longlora.s2attn import enable_s2_attention
+
+    device, dtype, method = torch.device(spec["device"]), _dtype(spec["dtype"]), spec["method"]
+    config = AutoConfig.from_pretrained(spec["model"])
+    if spec["length"] > bake_context_window(config):
+        apply_position_interpolation(config, spec["length"], rope_type="linear")
+    kwargs = dict(config=config, attn_implementation="sdpa", use_safetensors=True)
+    kwargs["dtype"] = torch.float32 if method == "full" else dtype  # full: fp32 master weights + autocast
+    if method == "qlora":
+        kwargs.update(quantization_config=bnb_4bit_config(dtype), device_map={"": device})
+    model = AutoModelForCausalLM.from_pretrained(spec["model"], **kwargs)
+    if method != "qlora":
+        model.to(device)
+    model.config.use_cache = False
+    if spec["attention"] != "full":
+        enable_s2_attention(model, group_size_ratio=0.25, shift=spec["attention"] == "s2")
+    compute = None if dtype == torch.float32 else dtype
+    return prepare_model(model, method, gradient_checkpointing=True, compute_dtype=compute).train()
+
+
+def _dtype(name: str):
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[name]
+
+
+def _batch(spec: dict, vocab_size: int, device) -> dict:
+    """(1, L) input_ids/labels (+ position_ids for packed rows): from the row file, or random tokens."""
+    import numpy as np
+    import torch
+
+    if spec.get("rows"):
+        row = np.load(spec["rows"])
+        batch = {k: torch.from_numpy(row[k])[None] for k in row.files}
+    else:
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, vocab_size, (1, spec["length"]), generator=g)
+        batch = {"input_ids": ids, "labels": ids.clone()}
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def measure(spec: dict) -> dict:
+    """Run ``warmup + steps`` training steps (and ``forward`` no-grad passes) of one configuration.
+
+    spec keys: model, length, method, attention, dtype, device, steps, warmup, forward, rows (an .npz
+    row file, or None for random tokens), chunk_size, offload, memory_cap_gb (CUDA only).
+    """
+    import torch
+
+    from longlora.lora import trainable_parameters
+    from longlora.loss import causal_lm_loss
+    from longlora.offload import offload_activations
+
+    torch.manual_seed(0)
+    device = torch.device(spec["device"])
+    cuda = device.type == "cuda"
+    if cuda and spec.get("memory_cap_gb"):
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, spec["memory_cap_gb"] * 2**30 / total), device)
+    model = _load_for_training(spec)
+    batch = _batch(spec, model.get_output_embeddings().weight.shape[0], device)
+    tokens = batch["input_ids"].numel()
+    optimizer = torch.optim.AdamW(trainable_parameters(model).values(), lr=1e-5, betas=(0.9, 0.95))
+    dtype = _dtype(spec["dtype"])
+
+    def autocast():
+        if dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=dtype)
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    def train_step() -> float:
+        with autocast(), offload_activations(spec.get("offload", False), device):
+            loss = causal_lm_loss(model, chunk_size=spec.get("chunk_size"), **batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    times, loss = [], float("nan")
+    for i in range(spec["warmup"] + spec["steps"]):
+        sync()
+        t0 = time.perf_counter()
+        loss = train_step()
+        sync()
+        if i >= spec["warmup"]:
+            times.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated(device) if cuda else _peak_rss_bytes()
+    out = {
+        "tokens": tokens,
+        "loss": round(loss, 4),
+        "step_s": [round(t, 3) for t in times],
+        "tokens_per_s": round(tokens * len(times) / sum(times), 2) if times else None,
+        "peak_mb": round(peak / 2**20, 1),
+        "peak_kind": "max_allocated" if cuda else "rss",
+    }
+    if spec.get("forward"):
+        with torch.no_grad(), autocast():
+            sync()
+            t0 = time.perf_counter()
+            causal_lm_loss(model, chunk_size=spec.get("chunk_size"), **batch)
+            sync()
+        out["forward_tokens_per_s"] = round(tokens / (time.perf_counter() - t0), 2)
+        if out["tokens_per_s"]:
+            out["train_over_forward"] = round(out["tokens_per_s"] / out["forward_tokens_per_s"], 3)
+    return out
+
+
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def child_main(spec_json: str) -> int:
+    sys.path.insert(0, str(ROOT))
+    spec = json.loads(spec_json)
+    try:
+        result = measure(spec)
+    except Exception as err:  # reported to the parent as this configuration's outcome
+        import torch
+
+        oom = isinstance(err, torch.OutOfMemoryError)
+        print(RESULT + json.dumps({"error": f"{type(err).__name__}: {err}"[:500], "oom": oom}), flush=True)
+        return 3
+    print(RESULT + json.dumps(result), flush=True)
+    return 0
+
+
+# ----------------------------------------------------------------------------- parent
+
+
+def run_child(spec: dict, *, watch_rss_bytes: int | None = None, timeout: float | None = None) -> dict:
+    """Run one configuration in a fresh interpreter; return its result dict (``error`` on failure).
+
+    ``watch_rss_bytes``: kill the child as soon as its resident memory passes this (a CPU memory budget
+    that must not push a shared machine into swap).
+    """
+    import psutil
+
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env, cwd=str(ROOT))
+        started, over = time.monotonic(), None
+        while proc.poll() is None:
+            time.sleep(0.05)
+            if watch_rss_bytes:
+                with contextlib.suppress(psutil.Error):
+                    rss = psutil.Process(proc.pid).memory_info().rss
+                    if rss > watch_rss_bytes:
+                        over = rss
+                        proc.kill()
+            if timeout and time.monotonic() - started > timeout:
+                proc.kill()
+        proc.wait()
+        out.seek(0)
+        err.seek(0)
+        lines = [ln for ln in out.read().splitlines() if ln.startswith(RESULT)]
+        stderr_tail = err.read()[-800:]
+    if over is not None:
+        return {"error": f"over the memory budget (RSS reached {over / 2**30:.2f} GB)", "oom": True}
+    if lines:
+        return json.loads(lines[-1][len(RESULT) :])
+    killed = proc.returncode in (-9, 137)
+    reason = "killed (out of memory?)" if killed else f"exit code {proc.returncode}"
+    return {"error": f"{reason}: {stderr_tail.strip()[-400:]}", "oom": killed}
+
+
+def cpu_bf16_support() -> str:
+    """Native bf16 on this CPU as torch probes it (AVX512-BF16 or AMX), for every printed number."""
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from longlora.models import cpu_has_fast_bf16
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    return f"{'native' if cpu_has_fast_bf16() else 'none (emulated)'} ({capability})"
+
+
+def write_rows(model: str, book: Path, lengths: list[int], data: list[str], workdir: Path) -> dict:
+    """Tokenize the book once; write one .npz row per (length, data) for the children."""
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    sys.path.insert(0, str(ROOT))
+    from longlora import data as D
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    stream = D.read_pretrain_stream([str(book)], tokenizer)
+    need = max(lengths)
+    if len(stream) < need:
+        raise SystemExit(f"error: --book {book} has {len(stream):,} tokens, fewer than --lengths {need}")
+    rng = np.random.default_rng(0)
+    paths = {}
+    for length in lengths:
+        tokens = np.asarray(stream.tokens[:length], dtype=np.int64)
+        for kind in data:
+            starts = np.zeros(1, dtype=np.int64)
+            if kind == "packed":  # log-normal document lengths, median ~600 tokens (sigma 1)
+                sizes = np.maximum(1, rng.lognormal(np.log(600), 1.0, size=length)).astype(np.int64)
+                starts = np.concatenate([[0], np.cumsum(sizes)])
+                starts = starts[starts < length]
+            row = D.PackedDataset(D.TokenStream(tokens, starts), length)[0]
+            path = workdir / f"row-{kind}-{length}.npz"
+            np.savez(path, **{k: v.numpy() for k, v in row.items()})
+            paths[(kind, length)] = (str(path), len(starts))
+    return paths
+
+
+def _fmt(x, spec="{:.1f}") -> str:
+    return "-" if x is None else spec.format(x)
+
+
+def summarise(results: list[dict]) -> list[str]:
+    """Ratio lines from one run: S2 vs full/short, packed vs book, memory, against the targets."""
+    by = {(r["length"], r["method"], r["data"], r["attention"]): r for r in results if "tokens_per_s" in r}
+    lines = []
+
+    def ratio(a, b, field="tokens_per_s"):
+        if a in by and b in by and by[a].get(field) and by[b].get(field):
+            return by[a][field] / by[b][field]
+        return None
+
+    for length, method in sorted({(r["length"], r["method"]) for r in results}):
+        for data in DATA:
+            s2, full, short = ((length, method, data, a) for a in ATTENTIONS)
+            target = 1.8 if data == "book" else 1.5
+            r = ratio(s2, full)
+            ok = "" if r is None else f" (target >= {target:.1f}x: {'met' if r >= target else 'NOT met'})"
+            lines.append(
+                f"{length:>6} {method:<5} {data:<6}  S2/full tokens/s {_fmt(r, '{:.2f}x')}{ok}  "
+                f"S2/short {_fmt(ratio(s2, short), '{:.2f}x')}  "
+                f"peak S2/full {_fmt(ratio(s2, full, 'peak_mb'), '{:.2f}')}"
+            )
+        r = ratio((length, method, "packed", "s2"), (length, method, "book", "s2"))
+        if r is not None:
+            lines.append(
+                f"{length:>6} {method:<5} S2 packed/book tokens/s {r:.2f} (target >= 0.90: "
+                f"{'met' if r >= 0.9 else 'NOT met'})"
+            )
+    return lines
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python benchmarks/train_step.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="default", help="'default' (bundled SmolLM2-135M) or a model folder")
+    p.add_argument("--lengths", type=int, nargs="+", default=[8192, 16384], help="context lengths")
+    p.add_argument("--long", action="store_true", help="add 32768 to --lengths")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=["lora+", "full"], help="trainable sets")
+    p.add_argument("--attentions", nargs="+", choices=ATTENTIONS, default=list(ATTENTIONS), help="attention")
+    p.add_argument("--data", nargs="+", choices=DATA, default=list(DATA), help="one long book / packed docs")
+    p.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="bf16", help="compute dtype")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--book", default=str(FIXTURES / "austen-emma.txt"), help="the long document")
+    p.add_argument("--steps", type=int, default=1, help="timed training steps per configuration")
+    p.add_argument("--warmup", type=int, default=1, help="untimed training steps before them")
+    p.add_argument("--chunk-size", type=int, default=None, help="loss chunk in tokens (default ~256 MB)")
+    p.add_argument("--offload-activations", action="store_true", help="CUDA: checkpoints in pinned CPU RAM")
+    p.add_argument("--quick", action="store_true", help="smoke run: one row of 256 tokens")
+    p.add_argument("--output", help="also write every result as JSON here")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None and len(sys.argv) == 3 and sys.argv[1] == "--child":
+        return child_main(sys.argv[2])
+    args = build_parser().parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    from longlora.models import resolve_device, resolve_dtype, resolve_model_path
+
+    device = resolve_device(args.device)
+    dtype = {torch.bfloat16: "bf16", torch.float32: "fp32", torch.float16: "fp16"}[
+        resolve_dtype(args.dtype, device)
+    ]
+    lengths = [256] if args.quick else sorted(set(args.lengths + ([32768] if args.long else [])))
+    warmup = args.warmup
+    model = resolve_model_path(args.model)
+    hw = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, bf16 {cpu_bf16_support()}"
+    print(
+        f"model {model}\ndevice {device} ({hw}), dtype {dtype}, torch {torch.__version__}, threads "
+        f"{torch.get_num_threads()}; steps {warmup} untimed + {args.steps} timed per configuration"
+    )
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = write_rows(model, Path(args.book), lengths, args.data, Path(tmp))
+        header = (
+            f"{'length':>6} {'method':<5} {'data':<6} {'attn':<5} {'docs':>4} {'tok/s':>8} {'fwd tok/s':>9} "
+            f"{'train/fwd':>9} {'peak MB':>8} {'loss':>7}"
+        )
+        print(header)
+        for length in lengths:
+            for method in args.methods:
+                for data in args.data:
+                    for attention in args.attentions:
+                        path, docs = rows[(data, length)]
+                        spec = dict(
+                            model=model,
+                            length=length,
+                            method=method,
+                            attention=attention,
+                            dtype=dtype,
+                            device=str(device),
+                            steps=args.steps,
+                            warmup=warmup,
+                            forward=True,
+                            rows=path,
+                            chunk_size=args.chunk_size,
+                            offload=args.offload_activations,
+                        )
+                        r = {**spec, "data": data, "documents": docs, **run_child(spec)}
+                        results.append(r)
+                        if "error" in r:
+                            print(f"{length:>6} {method:<5} {data:<6} {attention:<5} failed: {r['error']}")
+                            continue
+                        print(
+                            f"{length:>6} {method:<5} {data:<6} {attention:<5} {docs:>4} {r['tokens_per_s']:>8.1f} "
+                            f"{_fmt(r.get('forward_tokens_per_s')):>9} {_fmt(r.get('train_over_forward'), '{:.3f}'):>9} "
+                            f"{r['peak_mb']:>8.0f} {r['loss']:>7.3f}",
+                            flush=True,
+                        )
+    print("\nratios (this run):")
+    for line in summarise(results):
+        print("  " + line)
+    if args.output:
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(out.suffix + ".tmp")
+        tmp.write_text(json.dumps({"device": hw, "dtype": dtype, "results": results}, indent=2) + "\n")
+        os.replace(tmp, out)
+    return 0 if all("error" not in r for r in results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

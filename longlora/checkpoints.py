@@ -1,0 +1,127 @@
+"""The output folder of ``python -m longlora.finetune``: checkpoints, resuming, the run's own files.
+
+A run writes ``train_log.jsonl`` and ``longlora_args.json`` (the run record, ``status`` "running" then
+"complete") from its first step, checkpoints under ``checkpoints/step-N`` (only the newest is kept), and
+the adapter (or full model) at the end, when the checkpoints are deleted. So a folder tells what happened:
+a checkpoint -> resume from it; only the run's own files -> killed before its first checkpoint, start at
+step 0; a record with status "complete" and weights -> finished, nothing to resume.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from data_tools.errors import InputError
+from data_tools.files import atomic_write_text
+
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "trainer_state.json"
+ARGS_FILE = "longlora_args.json"
+LOG_FILE = "train_log.jsonl"
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    root = output_dir / CHECKPOINTS
+    done = [p for p in root.glob("step-*") if (p / STATE_FILE).is_file()] if root.is_dir() else []
+    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def _finished_run(out: Path) -> dict | None:
+    """The run record of a run that finished in ``out`` (its weights are written), else None."""
+    try:
+        record = json.loads((out / ARGS_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    weights = any((out / name).is_file() for name in ("adapter_model.safetensors", "model.safetensors"))
+    weights = weights or (out / "model.safetensors.index.json").is_file()
+    return record if weights and record.get("status", "complete") == "complete" else None
+
+
+def _own_files(cfg, out: Path) -> set[str]:
+    """What a run writes into ``out`` before its final save (a killed run leaves only these)."""
+    own = {LOG_FILE, ARGS_FILE, CHECKPOINTS}
+    if cfg.log_file and Path(cfg.log_file).resolve().parent == out.resolve():
+        own.add(Path(cfg.log_file).name)
+    return own
+
+
+class RunComplete(Exception):
+    """``--resume`` found a finished run in --output-dir: there is nothing left to train."""
+
+    def __init__(self, message: str, record: dict):
+        super().__init__(message)
+        self.record = record
+
+
+def check_output_dir(cfg) -> Path | None:
+    """Refuse a non-empty output dir unless asked; return the checkpoint to resume from, if any.
+
+    With ``--resume``: the latest checkpoint; none yet (killed before the first one) -> start from step 0;
+    a finished run -> ``RunComplete``.
+    """
+    out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--output-dir {out} is a file; pass a folder")
+    if cfg.resume:
+        ckpt = latest_checkpoint(out)
+        if ckpt is not None:
+            return ckpt
+        done = _finished_run(out)
+        if done is not None:
+            steps = (done.get("resolved") or {}).get("steps")
+            more = (
+                f"; to train further, continue its adapter: --adapter {out} --output-dir NEW_FOLDER"
+                if steps is not None and steps < cfg.max_steps
+                else ""
+            )
+            raise RunComplete(f"the run in {out} is complete ({steps} steps); nothing to resume{more}", done)
+        left = {p.name for p in out.iterdir()} - _own_files(cfg, out) if out.is_dir() else set()
+        if not left:
+            return None  # killed before its first checkpoint: train from step 0
+    if out.is_dir() and any(out.iterdir()) and not cfg.overwrite_output_dir:
+        hint = (
+            ""
+            if not cfg.resume
+            else f"it has no checkpoint to resume from and holds other files ({', '.join(sorted(left))}); "
+        )  # noqa: F821 (set above under --resume)
+        raise InputError(
+            f"--output-dir {out} is not empty; {hint}pass --overwrite-output-dir to write into it, --resume to "
+            "continue its last checkpoint, or choose another folder"
+        )
+    return None
+
+
+def truncate_log(path: Path, last_step: int) -> None:
+    """Drop log lines of steps after the checkpoint being resumed (they are trained again)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= last_step:
+                keep.append(line)
+        except json.JSONDecodeError:
+            continue
+    atomic_write_text(path, "".join(k + "\n" for k in keep))
+
+
+def keep_trainable_only(models, weights, output_dir) -> None:
+    """Checkpoints hold only what trains (LoRA, embedding, norms): the frozen base is reloaded anyway."""
+    for model, state in zip(models, weights):
+        keep = {n for n, p in model.named_parameters(remove_duplicate=False) if p.requires_grad}
+        for key in [k for k in state if k not in keep]:
+            del state[key]
+
+
+def save_checkpoint(accelerator, out: Path, step: int) -> None:
+    root = out / CHECKPOINTS
+    target = root / f"step-{step}"
+    accelerator.save_state(str(target))
+    if accelerator.is_main_process:
+        atomic_write_text(target / STATE_FILE, json.dumps({"step": step}))
+        for old in root.glob("step-*"):
+            if old != target:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()

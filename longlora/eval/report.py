@@ -1,0 +1,246 @@
+"""Side-by-side report of evaluation result files: one Markdown table, one plot per metric.
+
+Reads files written with ``--output`` by ``longlora.eval.perplexity``, ``passkey`` and ``ruler``
+(the kind is read from each file), groups them by model label, and writes the "before / after
+context extension" view: the base model, the model with Position Interpolation and no fine-tuning,
+a fine-tuned model, each metric against context length in one table. Plots: perplexity vs length,
+passkey accuracy vs length, RULER average vs length (one line per run), written beside each
+other as ``PREFIX-perplexity.png``, ``PREFIX-passkey.png``, ``PREFIX-ruler.png``, plus the RULER
+task x length heatmaps of every run in ``PREFIX-ruler-tasks.png``.
+
+Usage::
+
+    python -m longlora.eval.report results/ppl-smollm2-emma.json results/ppl-smollm2-pi16k-emma.json \\
+        results/passkey-smollm2.json results/ruler-smollm2.json results/ruler-smollm2-pi16k.json \\
+        --output docs/report-smollm2.md --plot-prefix docs/report-smollm2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from data_tools.errors import DataError
+from longlora.eval.plot import _length_axis, _length_label, _pyplot, _save
+
+KINDS = ("perplexity", "passkey", "ruler")
+# metric of each kind: (row name, better when, plot y label)
+METRICS = {
+    "perplexity": ("perplexity", "lower", "perplexity"),
+    "passkey": ("passkey accuracy", "higher", "passkey accuracy"),
+    "ruler": ("RULER average", "higher", "RULER average accuracy"),
+}
+
+
+def load_result(path: str | os.PathLike) -> dict:
+    """A perplexity, passkey or ruler result file; DataError naming the file and the fix otherwise."""
+    path = Path(path)
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such result file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(
+            f"{path} is not a JSON result file ({err}); pass files written with --output"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("kind") not in KINDS:
+        raise DataError(
+            f"{path} is not a perplexity, passkey or ruler result (its 'kind' is "
+            f"{payload.get('kind') if isinstance(payload, dict) else None!r}); pass files written by "
+            "python -m longlora.eval.perplexity / passkey / ruler --output"
+        )
+    payload.setdefault("config", {})
+    payload["config"].setdefault("label", path.stem)
+    return payload
+
+
+def series(payload: dict) -> dict[int, float]:
+    """The metric of one result against context length."""
+    kind = payload["kind"]
+    if kind == "perplexity":
+        return {r["seq_len"]: r["ppl"] for r in payload["results"]}
+    if kind == "passkey":
+        return {r["length"]: r["accuracy"] for r in payload["by_length"]}
+    return {int(n): v for n, v in payload["average"].items()}
+
+
+def _summary(payload: dict, values: dict[int, float]) -> str:
+    if not values:
+        return ""
+    if payload["kind"] == "perplexity":
+        n = min(values, key=values.get)
+        return f"best {values[n]:.2f} at {_length_label(n)}"
+    if payload["kind"] == "ruler":
+        eff = payload.get("effective_context") or {}
+        n = eff.get("length")
+        return f"effective context {_length_label(n) if n else 'none'}" + (
+            "" if payload.get("complete", True) else " (partial run)"
+        )
+    return f"mean {sum(values.values()) / len(values):.2f}"
+
+
+def _data_name(payload: dict) -> str:
+    files = [Path(d.get("path", "")).stem for d in payload["config"].get("data", []) if isinstance(d, dict)]
+    return f" ({', '.join(files)})" if files else ""
+
+
+def markdown_table(payloads: list[dict]) -> str:
+    """One table: a row per (run, metric), a column per context length, plus a summary column."""
+    lengths = sorted({n for p in payloads for n in series(p)})
+    header = ["model", "metric", *(_length_label(n) for n in lengths), "summary"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    order = sorted(
+        range(len(payloads)), key=lambda i: (_first_seen(payloads, i), KINDS.index(payloads[i]["kind"]))
+    )
+    for i in order:
+        p = payloads[i]
+        values = series(p)
+        name, better, _ = METRICS[p["kind"]]
+        fmt = "{:.2f}" if p["kind"] == "perplexity" else "{:.3f}"
+        cells = [fmt.format(values[n]) if n in values else "" for n in lengths]
+        metric = f"{name}{_data_name(p)} ({better} is better)"
+        lines.append("| " + " | ".join([p["config"]["label"], metric, *cells, _summary(p, values)]) + " |")
+    return "\n".join(lines)
+
+
+def _first_seen(payloads: list[dict], i: int) -> int:
+    """Rows of one model stay together, in the order the model first appears on the command line."""
+    label = payloads[i]["config"]["label"]
+    return next(j for j, p in enumerate(payloads) if p["config"]["label"] == label)
+
+
+def plot_metric(payloads: list[dict], path: str | os.PathLike, kind: str) -> Path:
+    """One line per result of ``kind`` against context length."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+    ticks: set[int] = set()
+    for p in payloads:
+        values = series(p)
+        xs = sorted(values)
+        ax.plot(xs, [values[n] for n in xs], marker="o", label=p["config"]["label"] + _data_name(p))
+        ticks.update(xs)
+    _length_axis(ax, ticks)
+    name, better, ylabel = METRICS[kind]
+    if kind != "perplexity":
+        ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{name} vs context length ({better} is better)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
+def plot_ruler(payloads: list[dict], path: str | os.PathLike) -> Path:
+    """Task x length accuracy heatmap per ruler result, plus the average vs length for all of them."""
+    plt = _pyplot()
+    n = len(payloads)
+    tasks_max = max(len(p["scores"]) for p in payloads)
+    fig, axes = plt.subplots(
+        1, n + 1, figsize=(5.2 * (n + 1), 0.32 * tasks_max + 2.2), squeeze=False, layout="constrained"
+    )
+    for i, p in enumerate(payloads):
+        tasks = list(p["scores"])
+        lengths = sorted({int(k) for row in p["scores"].values() for k in row})
+        grid = [[p["scores"][t].get(str(x), float("nan")) for x in lengths] for t in tasks]
+        ax = axes[0][i]
+        image = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
+        ax.set_xticks(range(len(lengths)), [_length_label(x) for x in lengths])
+        ax.set_yticks(range(len(tasks)), tasks)
+        ax.set_xlabel("length (tokens, prompt + answer)")
+        ax.set_title(p["config"]["label"])
+        for r, row in enumerate(grid):
+            for c, value in enumerate(row):
+                if value == value:  # not NaN
+                    ax.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=7)
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="accuracy")
+    ax = axes[0][n]
+    ticks: set[int] = set()
+    for p in payloads:
+        rows = sorted(p["by_length"], key=lambda r: r["length"])
+        xs = [r["length"] for r in rows]
+        ticks.update(xs)
+        eff = (p.get("effective_context") or {}).get("length")
+        label = p["config"]["label"] + f" (effective {_length_label(eff) if eff else 'none'})"
+        ax.plot(xs, [r["average"] for r in rows], marker="o", label=label)
+    if ticks:
+        _length_axis(ax, ticks)
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel("length (tokens, prompt + answer)")
+    ax.set_ylabel("average accuracy over tasks")
+    ax.set_title("RULER average vs length")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write atomically (temp file in the same folder, then ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m longlora.eval.report",
+        description="Combine perplexity / passkey / ruler result files into one Markdown table and one plot per metric.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("Usage::", 1)[1],
+    )
+    parser.add_argument("results", nargs="+", help="JSON files written with --output")
+    parser.add_argument("--labels", nargs="+", default=None, help="model names, one per result file")
+    parser.add_argument("--output", default=None, help="write the Markdown table to this file (also printed)")
+    parser.add_argument(
+        "--plot-prefix",
+        default=None,
+        help="write PREFIX-perplexity.png, PREFIX-passkey.png, PREFIX-ruler.png and "
+        "PREFIX-ruler-tasks.png (for the kinds given)",
+    )
+    args = parser.parse_args(argv)
+    if args.labels and len(args.labels) != len(args.results):
+        parser.error(
+            f"--labels got {len(args.labels)} names for {len(args.results)} result files; give one each"
+        )
+    try:
+        payloads = [load_result(p) for p in args.results]
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for payload, label in zip(payloads, args.labels or []):
+        payload["config"]["label"] = label
+    table = markdown_table(payloads)
+    print(table)
+    if args.output:
+        write_text(args.output, table + "\n")
+        print(f"wrote {args.output}", file=sys.stderr)
+    if args.plot_prefix:
+        for kind in KINDS:
+            mine = [p for p in payloads if p["kind"] == kind]
+            if mine:
+                out = plot_metric(mine, f"{args.plot_prefix}-{kind}.png", kind)
+                print(f"wrote {out}", file=sys.stderr)
+            if mine and kind == "ruler":
+                out = plot_ruler(mine, f"{args.plot_prefix}-ruler-tasks.png")
+                print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,93 @@
+"""Ask questions about a long document: prompt, fit-to-context, streaming generation, KV-cache reuse.
+
+The engine puts a document into the LongLoRA QA prompt (paper appendix B.6)::
+
+    Below is {material_type}. Memorize the content and answer my question after the {material_type}.
+    {content}
+    Now the material ends. {question}
+
+wrapped in the model's chat template when it has one. The document comes *before* the question, so
+a follow-up question shares the whole document prefix with the previous prompt: the engine keeps the
+KV cache of the last prompt of each session and prefills only what differs (the new question).
+
+When the document is longer than the token budget (context length - prompt - question - answer
+reserve, and at most what the model can really use, see ``ModelProfile``) a strategy decides what goes
+in: ``retrieve`` (BM25-ranked passages, kept in document order), ``truncate-middle`` (head and tail)
+or ``truncate-end`` (head). Every answer reports what was done (``FitReport``): document tokens, kept
+tokens, strategy, pages used and the passages themselves (``sources``).
+
+The parts, each readable on its own:
+
+- ``engine.py``: ``QAEngine`` (a loaded model + tokenizer; prompts, caches, generation)
+- ``session.py``: ``DocumentSession`` (a document's tokens, offsets, passages; plain data)
+- ``prompt.py``: the prompt around the document (``prompt_parts``)
+- ``sampling.py``: picking tokens, n-gram bans, end tokens
+- ``cache.py``: the per-session KV caches (LRU)
+- ``reports.py``: ``FitReport``, ``Source``, ``AnswerUpdate``, ``DocumentCard``
+- ``protocol.py``: ``QAEngineLike``, what the app needs from an engine
+- ``cli.py``: ``python -m longlora.qa``
+
+Model profiles live in ``data_tools.profiles``, the paper's prompt and the material-type guess in
+``data_tools.prompts``. The engine never imports gradio; ``app.py`` is a thin shell over it.
+
+Usage (CPU, bundled SmolLM2-135M-Instruct)::
+
+    python -m longlora.qa --doc paper.pdf --question "Who wrote this paper?"
+    python -m longlora.qa --doc book.txt --question "Where does Lydia elope to?" --question "With whom?"
+    python -m longlora.qa --doc paper.pdf --model ./merged-32k --strategy truncate-middle --max-new-tokens 256
+"""
+
+from data_tools.profiles import DEFAULT_PROFILE, PROFILES, ModelProfile, profile_for_config
+from data_tools.prompts import (
+    MATERIAL_TYPES,
+    PLAIN_TEMPLATE,
+    guess_material_type,
+    material_phrase,
+    prompt_prefix,
+    prompt_suffix,
+)
+from longlora.retrieval import GAP_MARKER, STRATEGIES, BM25Index, fit_document, split_passages
+
+from .cache import PromptCaches
+from .cli import main
+from .engine import MIN_DOCUMENT_BUDGET, QAEngine, model_spec_is_dir, profile_for
+from .prompt import PROMPT_STYLES, normalize_history, prompt_parts
+from .protocol import QAEngineLike
+from .reports import AnswerUpdate, DocumentCard, FitReport, Source
+from .sampling import Sampling, banned_ngram_tokens
+from .session import DocumentSession
+
+__all__ = [
+    "DEFAULT_PROFILE",
+    "GAP_MARKER",
+    "MATERIAL_TYPES",
+    "MIN_DOCUMENT_BUDGET",
+    "PLAIN_TEMPLATE",
+    "PROFILES",
+    "PROMPT_STYLES",
+    "STRATEGIES",
+    "AnswerUpdate",
+    "BM25Index",
+    "DocumentCard",
+    "DocumentSession",
+    "FitReport",
+    "ModelProfile",
+    "PromptCaches",
+    "QAEngine",
+    "QAEngineLike",
+    "Sampling",
+    "Source",
+    "banned_ngram_tokens",
+    "fit_document",
+    "guess_material_type",
+    "main",
+    "material_phrase",
+    "model_spec_is_dir",
+    "normalize_history",
+    "profile_for",
+    "profile_for_config",
+    "prompt_parts",
+    "prompt_prefix",
+    "prompt_suffix",
+    "split_passages",
+]

@@ -1,0 +1,71 @@
+"""The KV cache of each session's last prompt, so a follow-up question prefills only what differs.
+
+An LRU of at most ``max_sessions`` entries, keyed by session id. ``take`` removes the entry and crops
+its cache to the longest common prefix with the new prompt; ``keep`` puts it back after generation.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass
+class _Entry:
+    ids: list[int]
+    cache: object  # transformers DynamicCache holding exactly `ids`
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def crop(cache, length: int) -> None:
+    extra = cache.get_seq_length() - length
+    if extra > 0:
+        cache.crop(-extra)  # transformers 5: a negative count removes that many tokens from the end
+
+
+class PromptCaches:
+    """Per-session KV caches (LRU). Thread-safe."""
+
+    def __init__(self, max_sessions: int = 4):
+        self.max_sessions = int(max_sessions)
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def take(self, session_id: str, prompt: Sequence[int], new_cache):
+        """(cache, reused): the session's cache cropped to its common prefix with ``prompt``, or
+        ``new_cache()`` and 0. At least one prompt token is left to run, to give logits."""
+        with self._lock:
+            entry = self._entries.pop(session_id, None)
+        if entry is not None:
+            common = min(common_prefix(entry.ids, prompt), len(prompt) - 1)
+            if common > 0:
+                crop(entry.cache, common)
+                return entry.cache, common
+        return new_cache(), 0
+
+    def keep(self, session_id: str, ids: list[int], cache) -> None:
+        if self.max_sessions <= 0 or not ids:
+            return
+        if cache.get_seq_length() != len(ids):  # interrupted mid-forward: do not trust it
+            return
+        with self._lock:
+            self._entries[session_id] = _Entry(list(ids), cache)
+            self._entries.move_to_end(session_id)
+            while len(self._entries) > self.max_sessions:
+                self._entries.popitem(last=False)
+
+    def drop(self, session_id: str) -> None:
+        with self._lock:
+            self._entries.pop(session_id, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)

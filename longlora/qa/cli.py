@@ -1,0 +1,139 @@
+"""``python -m longlora.qa``: ask questions about a document from the command line.
+
+Answers stream to stdout, fit reports to stderr; with ``--json`` each answer is printed as one JSON
+object per line instead: ``{"question", "answer", "sources": [{"text", "pages", "score"}], "fit"}``
+(``pages`` 1-based for PDFs, empty for plain text).
+
+Usage (CPU, bundled SmolLM2-135M-Instruct)::
+
+    python -m longlora.qa --doc paper.pdf --question "Who wrote this paper?"
+    python -m longlora.qa --doc book.txt --question "Where does Lydia elope to?" --question "With whom?"
+    python -m longlora.qa --doc paper.pdf --question "What is new?" --json
+    python -m longlora.qa --doc paper.pdf --model ./merged-32k --strategy truncate-middle --max-new-tokens 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+from data_tools.prompts import MATERIAL_TYPES
+from longlora.models import add_model_arguments
+from longlora.retrieval import STRATEGIES
+
+from .engine import MIN_DOCUMENT_BUDGET, QAEngine
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m longlora.qa",
+        description="Ask questions about a PDF/TXT/MD document; answers stream to stdout, fit reports to stderr.",
+    )
+    parser.add_argument("--doc", required=True, help="the document (.pdf, .txt or .md)")
+    parser.add_argument(
+        "--question",
+        action="append",
+        required=True,
+        help="a question (repeat for follow-ups; they reuse the document's KV cache)",
+    )
+    parser.add_argument(
+        "--strategy",
+        default="retrieve",
+        choices=STRATEGIES,
+        help="what to keep when the document does not fit (default: retrieve)",
+    )
+    parser.add_argument(
+        "--material-type",
+        default=None,
+        choices=sorted(MATERIAL_TYPES),
+        help="how the prompt names the document (default: guessed)",
+    )
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="answer length limit")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
+    parser.add_argument(
+        "--document-budget",
+        type=int,
+        default=None,
+        help="most document tokens per prompt (default: what the model uses well)",
+    )
+    parser.add_argument(
+        "--history", action="store_true", help="send earlier questions and answers along with each follow-up"
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object per question (question, answer, sources, fit) instead of streaming text",
+    )
+    add_model_arguments(parser)  # --model, --adapter, --context-length, --dtype, --device, ... (shared)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if any(not q.strip() for q in args.question):
+        parser.error("a --question is empty; type a question about the document")
+    if args.max_new_tokens < 1:
+        parser.error(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    if args.document_budget is not None and args.document_budget < MIN_DOCUMENT_BUDGET:
+        parser.error(f"--document-budget must be at least {MIN_DOCUMENT_BUDGET}, got {args.document_budget}")
+
+    try:
+        engine = QAEngine.from_args(args, max_new_tokens=args.max_new_tokens)
+        if args.document_budget is not None:
+            engine.profile = dataclasses.replace(engine.profile, document_budget=args.document_budget)
+        session = engine.open_document(args.doc, material_type=args.material_type)
+        card = engine.card(session, args.strategy)
+    except ValueError as err:  # ModelLoadError, DocumentError and prompt-size errors
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"[{card.file_name}: {card.tokens:,} tokens, budget {card.budget_tokens:,}, "
+        f"{'fits whole' if card.fits else args.strategy}]",
+        file=sys.stderr,
+    )
+    history: list[tuple[str, str]] = []
+    for question in args.question:
+        if len(args.question) > 1 and not args.json:
+            print(f"\nQ: {question}\nA: ", end="", flush=True)
+        try:
+            final = None
+            for update in engine.ask(
+                session,
+                question,
+                history=history if args.history else None,
+                strategy=args.strategy,
+                temperature=args.temperature,
+                top_p=args.top_p,
+            ):
+                if not args.json:
+                    print(update.delta, end="", flush=True)
+                final = update
+        except ValueError as err:
+            print(f"\nerror: {err}", file=sys.stderr)
+            return 2
+        fit = final.fit
+        if args.json:
+            print(json.dumps(answer_json(question, final), ensure_ascii=False), flush=True)
+        else:
+            print(flush=True)
+        print(
+            f"[{fit.summary()} Prompt {fit.prompt_tokens:,} tokens, {fit.reused_tokens:,} from cache; "
+            f"first token after {final.first_token_s or 0:.2f} s]",
+            file=sys.stderr,
+        )
+        history.append((question, final.text))
+    return 0
+
+
+def answer_json(question: str, final) -> dict:
+    """The ``--json`` record of one answer (its last ``AnswerUpdate``)."""
+    return {
+        "question": question,
+        "answer": final.text,
+        "sources": [source.to_dict() for source in final.sources],
+        "fit": final.fit.to_dict(),
+    }

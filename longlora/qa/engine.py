@@ -1,0 +1,426 @@
+"""The QA engine: one loaded model and tokenizer, shared by every open document.
+
+It owns the prompt (``prompt.py``), what part of a long document goes in (``longlora.retrieval``),
+the per-session KV caches (``cache.py``) and streaming generation with the sampling rules of
+``sampling.py``. Requests are serialized by a lock (each waits its turn and is told so); each
+session's document and cache are its own. Loading in the background belongs to the app
+(``webapp/loading.py`` beside app.py); this engine is ready as soon as it exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+
+from data_tools.profiles import ModelProfile, profile_for_config
+from data_tools.prompts import MATERIAL_TYPES, guess_material_type
+from longlora.retrieval import GAP_MARKER, STRATEGIES, fit_document
+
+from .cache import PromptCaches
+from .prompt import normalize_history, prompt_parts
+from .reports import AnswerUpdate, DocumentCard, FitReport, Source
+from .sampling import Sampling, eos_ids, pick
+from .session import DocumentSession, Span, tokenize_document
+
+MIN_DOCUMENT_BUDGET = 16
+
+
+def _print_status(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def model_spec_is_dir(spec) -> bool:
+    return isinstance(spec, (str, Path)) and Path(str(spec)).expanduser().is_dir()
+
+
+def profile_for(model) -> ModelProfile:
+    """The profile of a loaded model, chosen by what it is (``data_tools.profiles``)."""
+    return profile_for_config(model.config)
+
+
+class QAEngine:
+    """Long-document QA over one model shared by every session (see the module docstring).
+
+    Pass a loaded ``model=`` and ``tokenizer=``, or a ``model_spec`` (with context_length,
+    load_in_4bit, dtype, device, adapter) to load through ``longlora.models.load_model`` now;
+    ``status`` receives loading messages. ``context_length`` at most the model's window (larger
+    windows need Position Interpolation at load). ``profile`` overrides what the model is assumed to
+    use well (default: ``data_tools.profiles.profile_for_config``).
+    """
+
+    # The engine is loaded when it exists; these match the app's background loader (QAEngineLike).
+    state = "ready"
+    status_message = "Ready."
+
+    def __init__(
+        self,
+        model_spec: str = "default",
+        *,
+        context_length: int | None = None,
+        load_in_4bit: bool = False,
+        dtype: str = "auto",
+        device: str = "auto",
+        max_new_tokens: int = 512,
+        model=None,
+        tokenizer=None,
+        adapter: str | None = None,
+        profile: ModelProfile | None = None,
+        max_cached_sessions: int = 4,
+        prefill_chunk: int = 1024,
+        status=_print_status,
+    ):
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        if (model is None) != (tokenizer is None):
+            raise ValueError("pass both model= and tokenizer= (or neither, to load model_spec)")
+        if model is None:
+            from longlora.models import load_model
+
+            model, tokenizer = load_model(
+                model_spec,
+                adapter=adapter,
+                dtype=dtype,
+                device=device,
+                context_length=context_length,
+                load_in_4bit=load_in_4bit,
+                status=status,
+            )
+        model.eval()
+        window = int(model.config.max_position_embeddings)
+        if context_length is not None:
+            if context_length > window:
+                raise ValueError(
+                    f"context_length {context_length} exceeds the model's {window}-token window; load the "
+                    "model through QAEngine(model_spec, context_length=...) so Position Interpolation is applied"
+                )
+            window = int(context_length)
+        self.model_spec = model_spec
+        self.model, self.tokenizer = model, tokenizer
+        self.context_length = window
+        self.max_new_tokens = int(max_new_tokens)
+        self.profile = profile if profile is not None else profile_for(model)
+        self.prefill_chunk = int(prefill_chunk)
+        self.eos_ids = eos_ids(model, tokenizer)
+        self._gap_ids = tokenizer(GAP_MARKER, add_special_tokens=False)["input_ids"]
+        self._caches = PromptCaches(max_cached_sessions)
+        self._generate_lock = threading.Lock()
+
+    @classmethod
+    def from_args(cls, args, *, status=_print_status, **engine_kwargs) -> QAEngine:
+        """Load the model named by the flags of ``longlora.models.add_model_arguments`` (parsed ``args``)."""
+        from longlora.models import load_from_args
+
+        model, tokenizer = load_from_args(args, status=status)
+        return cls(
+            args.model,
+            model=model,
+            tokenizer=tokenizer,
+            context_length=getattr(args, "context_length", None),
+            **engine_kwargs,
+        )
+
+    @property
+    def max_cached_sessions(self) -> int:
+        return self._caches.max_sessions
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Nothing to wait for (kept so the app's background loader and the engine read alike)."""
+
+    # -- documents
+
+    def open_document(self, path_or_document, material_type: str | None = None) -> DocumentSession:
+        """A path (.pdf/.txt/.md) or a data_tools Document -> a session (raises DocumentError subclasses)."""
+        from data_tools import Document, EmptyDocumentError, load_document
+
+        document = path_or_document
+        if not isinstance(document, Document):
+            document = load_document(path_or_document)
+        if not document.text.strip():
+            raise EmptyDocumentError(
+                f"{document.name}: the document has no text; open a file that contains text"
+            )
+        if material_type is None:
+            material_type = guess_material_type(document)
+        if material_type not in MATERIAL_TYPES:
+            raise ValueError(
+                f"unknown material type {material_type!r}; choose one of {sorted(MATERIAL_TYPES)}"
+            )
+        ids, offsets = tokenize_document(self.tokenizer, document.text)
+        return DocumentSession(document, material_type, ids, offsets, engine=self)
+
+    def close_session(self, session: DocumentSession) -> None:
+        """Drop the session's cached prompt (its memory) now rather than on LRU eviction."""
+        self._caches.drop(session.id)
+
+    def card(self, session: DocumentSession, strategy: str = "retrieve") -> DocumentCard:
+        """The document's size and how it fits this model with ``strategy``."""
+        _check_strategy(strategy)
+        doc = self._own(session).document
+        budget = self.document_budget(session, "")
+        return DocumentCard(
+            file_name=doc.name,
+            kind=doc.kind,
+            pages=doc.num_pages,
+            words=doc.word_count,
+            tokens=session.num_tokens,
+            context_length=self.context_length,
+            budget_tokens=budget,
+            fits=session.num_tokens <= budget,
+            strategy=strategy,
+            material_type=session.material_type,
+        )
+
+    def _own(self, session) -> DocumentSession:
+        if not isinstance(session, DocumentSession) or session.engine is not self:
+            raise ValueError("this session belongs to another engine; open the document with this engine")
+        return session
+
+    # -- prompt assembly
+
+    def _encode(self, text: str, *, first: bool) -> list[int]:
+        # With a chat template the rendered text already holds any BOS; a plain prompt gets the
+        # tokenizer's usual specials on its first piece only.
+        add = first and not getattr(self.tokenizer, "chat_template", None)
+        return list(self.tokenizer(text, add_special_tokens=add)["input_ids"])
+
+    def prompt_frame(self, session, question, history=None, max_new_tokens=None):
+        """(head ids, tail ids, document budget); drops the oldest history turns if they do not fit."""
+        max_new = self.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
+        pairs = normalize_history(history)
+        while True:
+            head, tail = prompt_parts(
+                self.tokenizer, question, session.material_type, pairs, style=self.profile.prompt_style
+            )
+            head_ids, tail_ids = self._encode(head, first=True), self._encode(tail, first=False)
+            room = self.context_length - len(head_ids) - len(tail_ids) - max_new
+            if room >= MIN_DOCUMENT_BUDGET or not pairs:
+                break
+            pairs = pairs[1:]
+        if room < MIN_DOCUMENT_BUDGET:
+            raise ValueError(
+                f"the question and answer reserve leave no room for the document: context {self.context_length} "
+                f"tokens, prompt {len(head_ids) + len(tail_ids)}, answer reserve {max_new}; ask a shorter "
+                "question or lower max_new_tokens"
+            )
+        limit = self.profile.document_budget
+        return head_ids, tail_ids, room if limit is None else min(room, limit)
+
+    def document_budget(self, session: DocumentSession, question: str = "", history=None) -> int:
+        """Tokens of document that fit with this question (what a card reports for an empty question)."""
+        return self.prompt_frame(session, question, history)[2]
+
+    def build_prompt(
+        self,
+        session: DocumentSession,
+        question: str,
+        *,
+        history=None,
+        strategy: str = "retrieve",
+        max_new_tokens: int | None = None,
+    ) -> tuple[list[int], FitReport]:
+        """The full prompt ids for a question and the report of what was kept (with its sources)."""
+        head_ids, tail_ids, budget = self.prompt_frame(session, question, history, max_new_tokens)
+        ids = session.ids
+        passages = scores = None
+        if strategy == "retrieve" and len(ids) > budget:
+            passages, index = session.passages(self.profile.passage_tokens)
+            scores = index.scores(question)
+        spans, content = fit_document(
+            ids, budget, strategy, passages=passages, scores=scores, gap_ids=self._gap_ids
+        )
+        prompt = head_ids + content + tail_ids
+        report = FitReport(
+            strategy=strategy,
+            document_tokens=len(ids),
+            kept_tokens=sum(e - s for s, e in spans),
+            fits_whole=len(ids) <= budget,
+            pages_used=session.pages_for(spans),
+            budget_tokens=budget,
+            passages=len(spans),
+            prompt_tokens=len(prompt),
+            sources=_sources(session, spans, passages, scores),
+        )
+        return prompt, report
+
+    # -- asking
+
+    def ask(
+        self,
+        session: DocumentSession,
+        question: str,
+        *,
+        history=None,
+        strategy: str = "retrieve",
+        max_new_tokens: int | None = None,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop_event: threading.Event | None = None,
+    ) -> Iterator[AnswerUpdate]:
+        """Stream the answer to a question about the session's document.
+
+        Validation errors are raised here (not on first iteration). Greedy when temperature is 0.
+        Setting ``stop_event`` (or closing the iterator) ends generation promptly; the last update
+        has ``done=True`` and ``stopped`` tells whether it was cut short.
+        """
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError("the question is empty; type a question about the document")
+        _check_strategy(strategy)
+        sampling = Sampling(
+            float(temperature),
+            float(top_p),
+            self.profile.repetition_penalty,
+            self.profile.no_repeat_ngram_size,
+        )
+        max_new = self.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
+        if max_new < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {max_new}")
+        self._own(session)
+        prompt, report = self.build_prompt(
+            session, question.strip(), history=history, strategy=strategy, max_new_tokens=max_new
+        )
+        job = _Job(session.id, prompt, report, sampling, max_new, stop_event or threading.Event())
+        return self._stream(job)
+
+    def answer(self, session: DocumentSession, question: str, **kwargs) -> str:
+        """The complete answer text (non-streaming convenience)."""
+        final = None
+        for update in self.ask(session, question, **kwargs):
+            final = update
+        return final.text if final else ""
+
+    def _stream(self, job: _Job) -> Iterator[AnswerUpdate]:
+        updates: queue.Queue = queue.Queue()
+        worker = threading.Thread(
+            target=self._worker, args=(job, updates), name="longlora-qa-generate", daemon=True
+        )
+        worker.start()
+        try:
+            while True:
+                item = updates.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if item.done:
+                    # the worker ends right after its last update; joining means the lock is free
+                    # and no thread is left inside torch when the caller (or the process) moves on
+                    worker.join()
+                    yield item
+                    return
+                yield item
+        finally:
+            job.cancel.set()  # the consumer went away
+            worker.join(timeout=120)  # a cancelled worker stops after at most one forward pass
+
+    def _worker(self, job: _Job, updates: queue.Queue) -> None:
+        try:
+            if self._generate_lock.locked():
+                updates.put(AnswerUpdate("", "", False, job.report, queued=True))
+            with self._generate_lock:
+                self._generate(job, updates.put)
+        except BaseException as err:  # noqa: BLE001 - delivered to the consumer, never lost
+            updates.put(err)
+
+    def _generate(self, job: _Job, emit) -> None:
+        from transformers import DynamicCache
+
+        device = next(self.model.parameters()).device
+        cache, reused = self._caches.take(
+            job.session_id, job.prompt, lambda: DynamicCache(config=self.model.config)
+        )
+        job.report.reused_tokens = reused
+        fed: list[int] = job.prompt[:reused]
+        generated: list[int] = []
+        text = ""
+        try:
+            with torch.inference_mode():
+                logits = None
+                for i in range(reused, len(job.prompt), self.prefill_chunk):
+                    if job.stopped():
+                        break
+                    chunk = job.prompt[i : i + self.prefill_chunk]
+                    logits = self._forward(chunk, cache, device)
+                    fed.extend(chunk)
+                while logits is not None and not job.stopped() and len(generated) < job.max_new_tokens:
+                    token = pick(logits, generated, job.sampling)
+                    if token in self.eos_ids:
+                        break
+                    generated.append(token)
+                    job.first_token()
+                    # trailing whitespace is held back until more text follows, so the deltas
+                    # always add up to the final (stripped) answer
+                    new_text = self.tokenizer.decode(generated, skip_special_tokens=True).strip()
+                    if not new_text.endswith("\ufffd") and new_text != text:
+                        emit(job.update(new_text, text, len(generated), done=False))
+                        text = new_text
+                    if len(generated) >= job.max_new_tokens or job.stopped():
+                        break
+                    logits = self._forward([token], cache, device)
+                    fed.append(token)
+        finally:
+            self._caches.keep(job.session_id, fed, cache)
+        final = self.tokenizer.decode(generated, skip_special_tokens=True).strip()
+        emit(job.update(final, text, len(generated), done=True))
+
+    def _forward(self, ids: Sequence[int], cache, device) -> torch.Tensor:
+        """Run ``ids`` through the model on top of ``cache``; returns the last logits, (V,) float32."""
+        input_ids = torch.tensor([list(ids)], dtype=torch.long, device=device)  # (1, T)
+        out = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return out.logits[0, -1].float()
+
+
+@dataclasses.dataclass
+class _Job:
+    """One question being answered: its prompt, settings and stop signals."""
+
+    session_id: str
+    prompt: list[int]
+    report: FitReport
+    sampling: Sampling
+    max_new_tokens: int
+    stop_event: threading.Event
+    cancel: threading.Event = dataclasses.field(default_factory=threading.Event)
+    start: float = dataclasses.field(default_factory=time.perf_counter)
+    first_token_s: float | None = None
+
+    def stopped(self) -> bool:
+        return self.stop_event.is_set() or self.cancel.is_set()
+
+    def first_token(self) -> None:
+        if self.first_token_s is None:
+            self.first_token_s = time.perf_counter() - self.start
+
+    def update(self, text: str, previous: str, new_tokens: int, *, done: bool) -> AnswerUpdate:
+        delta = text[len(previous) :] if text.startswith(previous) else text
+        return AnswerUpdate(
+            text,
+            delta,
+            done,
+            self.report,
+            stopped=done and self.stopped(),
+            new_tokens=new_tokens,
+            first_token_s=self.first_token_s,
+        )
+
+
+def _check_strategy(strategy: str) -> None:
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+
+
+def _sources(session: DocumentSession, spans: Sequence[Span], passages, scores) -> list[Source]:
+    """The kept token spans as sources; a retrieved span's score is its best passage's BM25 score."""
+    text = session.document.text
+    out = []
+    for s, e in spans:
+        a, b = session.char_span(s, e)
+        score = None
+        if passages is not None:
+            score = max((scores[i] for i, (ps, pe) in enumerate(passages) if ps < e and pe > s), default=None)
+        out.append(Source(text[a:b], a, b, session.pages_for([(s, e)]), score))
+    return out

@@ -1,0 +1,85 @@
+"""The QA prompt around a document: the paper's template (``data_tools.prompts``) in the model's
+chat template, with earlier turns of the conversation after the first question.
+
+The document always comes before the question, so a follow-up question shares the whole document
+prefix with the previous prompt (the engine reuses its KV cache).
+"""
+
+from __future__ import annotations
+
+from data_tools.prompts import material_phrase, prompt_prefix, prompt_suffix, wrap_plain
+
+# Prompt wordings: "paper" is the paper's B.6 template (data_tools.prompts); the others keep its shape
+# (material first, question last, so the document prefix is cacheable) in words small models follow
+# without echoing "Now the material ends.". Chosen per model by its profile (data_tools.profiles).
+PROMPT_STYLES: dict[str, tuple[str, str] | None] = {
+    "paper": None,
+    "brief": (
+        "Read {material} below and answer the question after it.\n\n",
+        "\n\nQuestion: {question}\nAnswer in one short sentence.",
+    ),
+}
+_CONTENT = "\u0000LONGLORA_CONTENT\u0000"  # placeholder, split out of the rendered chat template
+
+
+def normalize_history(history) -> list[tuple[str, str]]:
+    """(question, answer) pairs from pairs or chat messages ({"role", "content"} dicts)."""
+    if not history:
+        return []
+    pairs: list[tuple[str, str]] = []
+    if isinstance(history[0], dict):
+        pending = None
+        for message in history:
+            role, content = message.get("role"), str(message.get("content") or "")
+            if role == "user":
+                pending = content
+            elif role == "assistant" and pending is not None:
+                pairs.append((pending, content))
+                pending = None
+        return pairs
+    return [(str(q), str(a)) for q, a in history]
+
+
+def first_turn(question: str, material_type: str, style: str) -> str:
+    """The first user turn with the content placeholder where the document goes."""
+    if style == "paper":
+        return prompt_prefix(material_type) + _CONTENT + prompt_suffix(question)
+    prefix, suffix = PROMPT_STYLES[style]
+    return (
+        prefix.format(material=material_phrase(material_type))
+        + _CONTENT
+        + suffix.format(question=question.strip())
+    )
+
+
+def prompt_parts(
+    tokenizer, question: str, material_type: str = "paper", history=None, style: str = "paper"
+) -> tuple[str, str]:
+    """(head, tail): the prompt text before and after the document content.
+
+    The first user turn holds the template (document, then the first question); later turns of
+    ``history`` are plain chat turns, and the current question is the last user turn. ``style``
+    "paper" is the paper's B.6 template; "brief" is a wording small models follow better (see
+    ``PROMPT_STYLES``), still document first. Without a chat template the turns use the original
+    SFT wrapping (``[INST]...[/INST]``), as in training.
+    """
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"unknown prompt style {style!r}; choose one of {', '.join(PROMPT_STYLES)}")
+    pairs = normalize_history(history)
+    questions = [q for q, _ in pairs] + [question]
+    first = first_turn(questions[0], material_type, style)
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": first}]
+        for (_, answer), q in zip(pairs, questions[1:]):
+            messages += [{"role": "assistant", "content": answer}, {"role": "user", "content": q}]
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    else:
+        text = wrap_plain(first)
+        for (_, answer), q in zip(pairs, questions[1:]):
+            text += f" {answer}\n{wrap_plain(q.strip())}"
+    head, sep, tail = text.partition(_CONTENT)
+    if not sep:
+        raise ValueError(
+            "the chat template dropped the document; use a model whose template keeps user content"
+        )
+    return head, tail

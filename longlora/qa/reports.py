@@ -1,0 +1,116 @@
+"""What the QA engine reports: what went into the prompt (``FitReport``), the passages it read
+(``Source``), each step of a streamed answer (``AnswerUpdate``) and a document's card
+(``DocumentCard``). Plain data; rendering for a page lives in the app (``webapp/cards.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class Source:
+    """One piece of the document the model read: its text, where it is, and how it was chosen.
+
+    start/end: character span in the document text. pages: 1-based page numbers (empty for
+    documents without pages). score: BM25 score for the question (None when the piece was kept by
+    truncation or because the whole document fits).
+    """
+
+    text: str
+    start: int
+    end: int
+    pages: list[int] = field(default_factory=list)
+    score: float | None = None
+
+    def to_dict(self) -> dict:
+        """The JSON form: ``{"text", "pages", "score"}``."""
+        return {"text": self.text, "pages": list(self.pages), "score": self.score}
+
+
+@dataclass
+class FitReport:
+    """What went into the prompt. pages_used is empty for documents without pages (txt/md)."""
+
+    strategy: str
+    document_tokens: int
+    kept_tokens: int
+    fits_whole: bool
+    pages_used: list[int] = field(default_factory=list)
+    budget_tokens: int = 0
+    passages: int = 0
+    reused_tokens: int = 0  # prompt tokens served from the session's KV cache
+    prompt_tokens: int = 0
+    sources: list[Source] = field(default_factory=list)  # the kept pieces, in document order
+
+    def summary(self) -> str:
+        pages = f" ({page_ranges(self.pages_used)})" if self.pages_used else ""
+        if self.fits_whole:
+            return f"The whole document is in the prompt: {self.document_tokens:,} tokens{pages}."
+        share = 100 * self.kept_tokens / max(1, self.document_tokens)
+        how = {
+            "retrieve": f"{self.passages} passage{'s' * (self.passages != 1)} most relevant to the question",
+            "truncate-middle": "the beginning and the end",
+            "truncate-end": "the beginning",
+        }[self.strategy]
+        return (
+            f"The document ({self.document_tokens:,} tokens) is longer than the {self.budget_tokens:,}-token "
+            f"budget; kept {how}: {self.kept_tokens:,} tokens ({share:.0f}%){pages}."
+        )
+
+    def to_dict(self) -> dict:
+        """The JSON form (sources are reported beside it, not inside)."""
+        out = asdict(self)
+        out.pop("sources")
+        return out
+
+
+@dataclass
+class AnswerUpdate:
+    """One step of a streamed answer. text is cumulative; delta is what this step added."""
+
+    text: str
+    delta: str
+    done: bool
+    fit: FitReport
+    stopped: bool = False
+    queued: bool = False  # waiting for another request to finish
+    new_tokens: int = 0
+    first_token_s: float | None = None  # seconds from the request to the first answer token
+
+    @property
+    def sources(self) -> list[Source]:
+        """The passages the model read for this answer (``fit.sources``)."""
+        return self.fit.sources
+
+
+@dataclass
+class DocumentCard:
+    """A document's size and how it fits the model (``QAEngine.card``)."""
+
+    file_name: str
+    kind: str
+    pages: int | None
+    words: int
+    tokens: int
+    context_length: int
+    budget_tokens: int
+    fits: bool
+    strategy: str
+    material_type: str
+
+
+def page_ranges(pages: Sequence[int]) -> str:
+    """[1, 2, 3, 7] -> 'pages 1-3, 7'."""
+    if not pages:
+        return ""
+    parts, start, prev = [], pages[0], pages[0]
+    for p in list(pages[1:]) + [None]:
+        if p is not None and p == prev + 1:
+            prev = p
+            continue
+        parts.append(f"{start}" if start == prev else f"{start}-{prev}")
+        if p is not None:
+            start = prev = p
+    return ("page " if len(pages) == 1 else "pages ") + ", ".join(parts)
