@@ -170,10 +170,18 @@ def run_packed(seq_len: int, dtype_name: str, device: str, repeats: int, heads: 
             q, k, v = qkv()
             s2_attention(q, k, v, group, cu_seqlens=cu).backward(grad)
 
-        def one_by_one(bounds=bounds):
-            q, k, v = qkv()
-            for a, b in zip(bounds[:-1], bounds[1:]):
-                s2_attention(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], group).backward(grad[:, :, a:b])
+        # each document its own leaf tensors, as if it were a row of its own (slices of the packed leaves
+        # would make every document's backward write a row-sized gradient)
+        alone = [
+            tuple(x[:, a:b].detach().clone().requires_grad_(True) for x in (q_, k_, v_))
+            for a, b in zip(bounds[:-1], bounds[1:])
+        ]
+
+        def one_by_one(bounds=bounds, alone=alone):
+            for (a, b), (qd, kd, vd) in zip(zip(bounds[:-1], bounds[1:]), alone):
+                out = s2_attention(qd.transpose(1, 2), kd.transpose(1, 2), vd.transpose(1, 2), group)
+                out.backward(grad[:, :, a:b])
+                qd.grad = kd.grad = vd.grad = None
 
         # full attention over the row does not depend on the mix: measured once, beside the first mix
         cases = {"packed": packed, "one_by_one": one_by_one, **({"full": full} if full_best is None else {})}

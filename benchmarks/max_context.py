@@ -20,7 +20,7 @@ Usage (CPU example first):
     python benchmarks/max_context.py --budget-gb 8 --start 16384 --granularity 4096
     python benchmarks/max_context.py --quick                                # tiny random model, small budget
     # on one GPU, random Llama-3.1-8B weights, 80 GB cap
-    python benchmarks/max_context.py --device cuda --config-json llama31-8b.json --method qlora \\
+    python benchmarks/max_context.py --device cuda --config-json llama-3.1-8b --method qlora \\
         --budget-gb 80 --start 65536 --granularity 8192 --offload-activations
 """
 
@@ -49,6 +49,43 @@ QUICK_CONFIG = dict(  # a tiny Llama: the search itself is what --quick exercise
     max_position_embeddings=256,
     tie_word_embeddings=True,
 )
+
+PRESETS = {  # architectures by name: random weights need no download
+    "llama-3.1-8b": dict(
+        model_type="llama",
+        vocab_size=128256,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        max_position_embeddings=131072,
+        rms_norm_eps=1e-5,
+        rope_theta=500000.0,
+        rope_scaling=dict(
+            rope_type="llama3",
+            factor=8.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=8192,
+        ),
+        tie_word_embeddings=False,
+        bos_token_id=128000,
+        eos_token_id=128001,
+    ),
+}
+
+
+def read_config(spec: str) -> dict:
+    """A preset name (``llama-3.1-8b``) or the path of a transformers ``config.json``."""
+    if spec in PRESETS:
+        return PRESETS[spec]
+    path = Path(spec)
+    if not path.is_file():
+        raise SystemExit(
+            f"error: --config-json {spec}: no such file; give a config.json or one of {', '.join(PRESETS)}"
+        )
+    return json.loads(path.read_text())
 
 
 def random_model_dir(config: dict, workdir: Path) -> Path:
@@ -103,7 +140,9 @@ def search(try_length, start: int, granularity: int, max_length: int) -> tuple[i
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python benchmarks/max_context.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="default", help="'default' (bundled SmolLM2-135M) or a model folder")
-    p.add_argument("--config-json", help="a transformers config.json: random weights of that architecture")
+    p.add_argument(
+        "--config-json", help="random weights of this architecture: a config.json, or llama-3.1-8b"
+    )
     p.add_argument(
         "--method", choices=("lora+", "lora", "qlora", "full"), default="lora+", help="trainable set"
     )
@@ -124,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--offload-activations", action="store_true", help="CUDA: checkpoints in pinned CPU RAM")
     p.add_argument("--timeout", type=float, default=3600, help="seconds allowed for one trial step")
     p.add_argument("--workdir", default=None, help="random-weights models (default: the longlora cache)")
-    p.add_argument("--quick", action="store_true", help="tiny random model, 1 GB budget, 1024-token steps")
+    p.add_argument(
+        "--quick", action="store_true", help="smoke run: tiny random model, 1 GB budget, 1k-4k tokens"
+    )
     p.add_argument("--output", help="also write the trials and the result as JSON here")
     return p
 
@@ -145,9 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     start, granularity, max_length = args.start, args.granularity, args.max_length
     if args.quick:
         budget = args.budget_gb or 1.0
-        start, granularity, max_length = 1024, 1024, min(args.max_length, 1 << 16)
+        start, granularity, max_length = 1024, 1024, min(args.max_length, 4096)
     if args.quick or args.config_json:
-        config = QUICK_CONFIG if args.quick else json.loads(Path(args.config_json).read_text())
+        config = QUICK_CONFIG if args.quick else read_config(args.config_json)
         model = str(random_model_dir(config, Path(args.workdir or cache_dir() / "max_context")))
     else:
         model = resolve_model_path(args.model)

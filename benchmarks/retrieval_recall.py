@@ -8,15 +8,17 @@ contiguous piece of what a retrieval method keeps within the token budget (compa
 Only the tokenizer is needed (no model); it runs in about a minute on one CPU core.
 
 Methods: ``fixed`` is the engine's retrieval before the dev set existed (sentence-aligned passages of
-``--passage`` tokens, BM25 with a plural strip); ``fixed-stem`` the same with the Snowball stemmer;
-``windows`` half-overlapping windows of ``--passage`` tokens (``longlora.retrieval.PassageIndex``
-without front matter); ``windows-front`` adds the document's opening for bibliographic questions.
+``--passage`` tokens, 128 in the bundled model's profile, BM25 with a plural strip); ``fixed-stem``
+the same with the Snowball stemmer; ``windows`` half-overlapping windows of ``--passage`` tokens
+(``longlora.retrieval.PassageIndex`` without front matter); ``windows-front`` adds the document's
+opening for bibliographic questions (``PassageIndex`` as it is).
 A third of the questions (``"split": "holdout"``, picked by a hash of the id) were not looked at
 while choosing the method: the table reports both halves.
 
 Usage (CPU)::
 
     python benchmarks/retrieval_recall.py                          # all methods, budgets 256..2048
+    python benchmarks/retrieval_recall.py --passage 128            # the engine's passage size today
     python benchmarks/retrieval_recall.py --methods windows-front --budgets 256 --misses
     python benchmarks/retrieval_recall.py --check                  # only validate the dev set
 """

@@ -13,7 +13,8 @@ Each step is a pure function of strings, so each can be tested on crafted input:
 - ``reflow``: lines wrapped by the typesetter joined into paragraphs; short lines, code, list items
   and headings keep their line breaks.
 - ``glued_word_ratio``: how much of a text is words glued together ("Hereareafewbasicmethods"),
-  the symptom of some LaTeX PDFs losing their inter-word spaces.
+  the symptom of pypdf losing the inter-word spaces of some LaTeX PDFs. PDFium reads those PDFs
+  with their spaces, so extraction no longer re-reads pages by it; it stays as a diagnostic.
 
 ``clean_pages`` runs them in order on a document's pages and ``join_pages`` joins the cleaned pages,
 recording each page's exact character span in the final text.

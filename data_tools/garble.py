@@ -29,6 +29,7 @@ score at most 0.05 (math-heavy pages with symbol-font glyphs), the legacy-font K
 from __future__ import annotations
 
 import re
+import string
 import unicodedata
 from dataclasses import dataclass
 
@@ -45,7 +46,7 @@ _STOPWORDS = frozenset(
     "".split()
 )
 _CID = re.compile(r"\(cid:\d+\)")
-_EDGE_PUNCT = re.compile(r"^[^\w]+|[^\w]+$")
+_EDGE_PUNCT = string.punctuation + "“”‘’«»„"
 _SCRIPT_ALIASES = {"HIRAGANA": "CJK", "KATAKANA": "CJK", "HANGUL": "CJK", "IDEOGRAPHIC": "CJK"}
 # Writing systems whose letters never share a word with Latin ones. Greek and the letter-like
 # symbols (SCRIPT SMALL L, DOUBLE-STRUCK, MICRO SIGN) do, in math and units: "wℓ", "αβ-stable".
@@ -107,7 +108,7 @@ def is_junk_word(word: str) -> bool:
 
 def _stopwords_in(tokens: list[str]) -> list[str]:
     """The tokens that are stopwords once punctuation at their ends is stripped (lower case)."""
-    words = (_EDGE_PUNCT.sub("", t).lower() for t in tokens)
+    words = (t.strip(_EDGE_PUNCT).lower() for t in tokens)
     return [w for w in words if w in _STOPWORDS]
 
 

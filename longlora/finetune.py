@@ -229,7 +229,7 @@ def _base_of(model):
 
 
 def _context_record(config, context_length: int, original: int) -> dict:
-    """The RoPE settings of ``config`` as the model is trained (after Position Interpolation)."""
+    """The RoPE and S2 settings of ``config`` as the model is trained (after Position Interpolation)."""
     from longlora.position import pi_factor
 
     return {
@@ -238,6 +238,7 @@ def _context_record(config, context_length: int, original: int) -> dict:
         "pi_factor": pi_factor(context_length, original),
         "rope_parameters": dict(getattr(config, "rope_parameters", None) or {}),
         "max_position_embeddings": getattr(config, "max_position_embeddings", None),
+        **{k: getattr(config, k, None) for k in ("s2_group_size_ratio", "s2_group_size", "s2_shift")},
     }
 
 
@@ -256,7 +257,9 @@ def _load_trainable_model(cfg: FinetuneConfig, accelerator, dtype: torch.dtype, 
         device=accelerator.device,
         context_length=context_length,
         load_in_4bit=cfg.method == "qlora",
-        attn_implementation="sdpa",
+        # transformers' own choice (SDPA where the architecture supports it, else eager: Gemma 2's
+        # soft-capping has no SDPA path); S2-Attn replaces it for training below
+        attn_implementation=None,
         status=accelerator.print,
     )
     base = _base_of(model)

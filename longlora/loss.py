@@ -33,6 +33,7 @@ LOGITS_BUDGET = 2**26  # elements of one (chunk, V) logits block: 256 MB in fp32
 BACKENDS = ("auto", "chunked", "liger")
 
 __all__ = [
+    "CausalLMLoss",
     "ChunkedLinearCrossEntropy",
     "causal_lm_loss",
     "chunk_size_for",
@@ -254,3 +255,24 @@ def causal_lm_loss(
         chunk_size=chunk_size,
         backend=backend,
     )
+
+
+class CausalLMLoss(torch.nn.Module):
+    """:func:`causal_lm_loss` as a module: ``CausalLMLoss(model)(**batch) -> loss``.
+
+    DDP, DeepSpeed and FSDP only synchronise gradients (and gather sharded weights) when the step goes
+    through the *wrapped* module's ``forward``; calling ``model.get_decoder()`` of an unwrapped model
+    would bypass them. Wrap this module instead (``accelerator.prepare(CausalLMLoss(model), ...)``) and
+    save ``unwrap_model(...).model``.
+    """
+
+    def __init__(self, model, *, chunk_size: int | None = None, backend: str = "auto"):
+        super().__init__()
+        self.model = model
+        self.chunk_size, self.backend = chunk_size, backend
+
+    def forward(self, input_ids, labels, **inputs):
+        inputs.pop("use_cache", None)
+        return causal_lm_loss(
+            self.model, input_ids, labels, chunk_size=self.chunk_size, backend=self.backend, **inputs
+        )

@@ -3,12 +3,13 @@
 LongLoRA (paper Sec. 3 and 4.1, after Chen et al. 2023, "Extending Context Window ... via Positional
 Interpolation") extends a model from its original context ``L`` to ``N`` by scaling RoPE linearly with the
 integer factor ``ceil(N / L)``: position ``x`` is rotated like position ``x / factor`` was during
-pretraining. YaRN and dynamic NTK scaling are offered as alternatives.
+pretraining. YaRN is offered as an alternative; a model that already uses llama3 or longrope scaling is
+extended within its own scheme. Dynamic NTK cannot record a fine-tuned window and is refused.
 
 The scaling lives in ``config.rope_parameters`` (transformers 5.x), so it travels with every saved config
 and every later ``from_pretrained`` uses it. Existing settings are composed, never overwritten:
 ``rope_theta``, ``partial_rotary_factor`` and YaRN's ``beta_*`` stay; an already scaled model keeps its
-scheme and gets the factor relative to its *pretraining* context. Call this on a config *before* the
+scheme and its factor grows with its window (see "Composition" below). Call this on a config *before* the
 model is built: rotary tables are computed at construction.
 
     >>> cfg = AutoConfig.from_pretrained("some/llama-8k")

@@ -13,10 +13,10 @@ order, so the model reads them as they appear in the document. Pure functions, n
 
 ``PassageIndex`` is the retrieval measured best on ``benchmarks/qa_dev_set.jsonl``
 (``benchmarks/retrieval_recall.py``): windows of ``size`` tokens that overlap by half (each made of
-two neighbouring sentence-aligned halves, so a sentence shorter than half a window is always whole in
-some window), and the document's opening (title, authors, journal, date) for bibliographic questions:
+two neighbouring sentence-aligned halves, so a boundary never splits a sentence of up to 0.7 of half
+a window), and the document's opening (title, authors, journal, date) for bibliographic questions:
 
-    >>> index = PassageIndex(offsets, text, size=128)             # once per document
+    >>> index = PassageIndex(offsets, text, size=64)              # once per document
     >>> spans = index.select(question, budget=256, separator_len=len(gap_ids))
     >>> ids = join_spans(doc_ids, spans, gap_ids)
 """
@@ -253,11 +253,6 @@ def overlapping_windows(offsets: Sequence[tuple[int, int]], text: str, size: int
     return [(a[0], b[1]) for a, b in zip(halves, halves[1:])]
 
 
-def covered_tokens(spans: Sequence[tuple[int, int]]) -> int:
-    """How many distinct tokens a set of (possibly overlapping) half-open spans covers."""
-    return sum(e - s for s, e in merge_spans(spans))
-
-
 def merge_spans(spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
     """Sorted union of half-open spans: overlapping or touching spans become one."""
     merged: list[tuple[int, int]] = []
@@ -341,13 +336,18 @@ class PassageIndex:
         """BM25 score of each window for the question."""
         return self.bm25.scores(question)
 
-    def select(self, question: str, budget: int, *, separator_len: int = 0) -> list[tuple[int, int]]:
-        """Token spans (merged, in document order) that fit ``budget`` tokens, gap markers included."""
+    def select(
+        self, question: str, budget: int, *, separator_len: int = 0, scores: Sequence[float] | None = None
+    ) -> list[tuple[int, int]]:
+        """Token spans (merged, in document order) that fit ``budget`` tokens, gap markers included.
+
+        ``scores``: the windows' scores for the question when the caller already has them.
+        """
         if self.num_tokens <= budget:
             return [(0, self.num_tokens)] if self.num_tokens else []
         required = []
         if is_bibliographic(question) and self.front_tokens > 0:
             required = [(0, min(self.front_tokens, self.num_tokens))]
-        return select_spans(
-            self.windows, self.scores(question), budget, separator_len=separator_len, required=required
-        )
+        if scores is None:
+            scores = self.scores(question)
+        return select_spans(self.windows, scores, budget, separator_len=separator_len, required=required)

@@ -107,37 +107,55 @@ def _head_blocks(head_lo: int, head_hi: int, n_rep: int):
     return blocks
 
 
-def _attend_batch(q, k, v, batch: Batch, heads: tuple[int, int], n_rep, scaling, dropout, window):
-    """Grouped causal attention of one :class:`Batch` for query heads ``heads``; q (N, H, D), k/v
-    (N, H_kv, D). Returns (token ids (m,), output (m, h, D)) for the m real tokens of the batch."""
-    device = q.device
-    if batch.first is not None:
-        span = slice(batch.first, batch.first + batch.n * batch.length)
-        tokens = torch.arange(span.start, span.stop, device=device)
+def _attend_pass(q, k, v, batches: list[Batch], heads: tuple[int, int], n_rep, scaling, dropout, window):
+    """Grouped causal attention of ``batches`` for query heads ``heads = (lo, hi)``; q (N, H, D), k/v
+    (N, H_kv, D).
 
-        def take(x):  # (n*L, h, D) -> (n, h, L, D), a view
-            return x[span].view(batch.n, batch.length, x.shape[1], x.shape[2]).transpose(1, 2)
-
-        valid = None
-    else:
-        starts = torch.tensor(batch.starts, device=device)
-        slot = torch.arange(batch.length, device=device)
-        valid = slot[None, :] < torch.tensor(batch.lengths, device=device)[:, None]  # (n, L)
-        # padded slots repeat the group's first token; they sit after every valid slot, so a causal query
-        # never attends to them
-        index = torch.where(valid, starts[:, None] + slot[None, :], starts[:, None])
-        tokens = index[valid]
-
-        def take(x):  # (N, h, D) -> (n, h, L, D), gathered
-            return x[index].transpose(1, 2)
-
+    All batches are gathered in one ``index_select`` and cut apart with one ``split`` (whose backward is a
+    single concatenation): slicing q per batch instead would make every batch's backward write a
+    full-size gradient. Returns (token id per slot (S,), -1 for padded slots; output (S, hi - lo, D)).
+    """
+    device, lo, hi = q.device, heads[0], heads[1]
+    index, valid = [], []
+    for b in batches:
+        if b.first is not None:  # contiguous groups of equal length
+            index.append(torch.arange(b.first, b.first + b.n * b.length, device=device))
+            valid.append(torch.ones(b.n * b.length, dtype=torch.bool, device=device))
+        else:
+            starts = torch.tensor(b.starts, device=device)
+            slot = torch.arange(b.length, device=device)
+            ok = slot[None, :] < torch.tensor(b.lengths, device=device)[:, None]  # (n, L)
+            # padded slots repeat the group's first token; they sit after every valid slot, so a causal
+            # query never attends to them
+            index.append(torch.where(ok, starts[:, None] + slot[None, :], starts[:, None]).reshape(-1))
+            valid.append(ok.reshape(-1))
+    index, valid = torch.cat(index), torch.cat(valid)
+    kv_lo, kv_hi = lo // n_rep, (hi - 1) // n_rep + 1
+    sizes = [b.n * b.length for b in batches]
+    qs = q[:, lo:hi].index_select(0, index).split(sizes)  # each (n*L, h, D)
+    ks = k[:, kv_lo:kv_hi].index_select(0, index).split(sizes)
+    vs = v[:, kv_lo:kv_hi].index_select(0, index).split(sizes)
     outs = []
-    for h0, h1, kv0, kv1 in _head_blocks(heads[0], heads[1], n_rep):
-        o = _sdpa(take(q[:, h0:h1]), take(k[:, kv0:kv1]), take(v[:, kv0:kv1]), scaling, dropout, window)
-        outs.append(o.transpose(1, 2))  # (n, L, h, D)
-    o = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
-    o = o.reshape(-1, o.shape[2], o.shape[3]) if valid is None else o[valid]  # (m, h, D)
-    return tokens, o
+    for b, qb, kb, vb in zip(batches, qs, ks, vs):
+
+        def grouped(x, b=b):  # (n*L, h, D) -> (n, h, L, D), a view
+            return x.view(b.n, b.length, x.shape[1], x.shape[2]).transpose(1, 2)
+
+        blocks = []
+        for h0, h1, kv0, kv1 in _head_blocks(lo, hi, n_rep):
+            o = _sdpa(
+                grouped(qb[:, h0 - lo : h1 - lo]),
+                grouped(kb[:, kv0 - kv_lo : kv1 - kv_lo]),
+                grouped(vb[:, kv0 - kv_lo : kv1 - kv_lo]),
+                scaling,
+                dropout,
+                window,
+            )
+            blocks.append(o.transpose(1, 2))  # (n, L, h, D)
+        o = torch.cat(blocks, dim=2) if len(blocks) > 1 else blocks[0]
+        outs.append(o.reshape(b.n * b.length, hi - lo, q.shape[2]))
+    out = torch.cat(outs) if len(outs) > 1 else outs[0]
+    return torch.where(valid, index, -1), out
 
 
 def _attend_flash(q, k, v, starts, lengths, heads, n_rep, scaling, dropout, window):
@@ -171,14 +189,15 @@ def _attend_flash(q, k, v, starts, lengths, heads, n_rep, scaling, dropout, wind
 
 
 def _scatter_back(pieces, n_tokens: int, heads: int, like):
-    """Token order from pieces of (token ids (m,), output (m, h, D)) that cover every real token once:
-    one gather instead of one in-place write per piece (each of which would copy the whole output in
-    backward). Tokens in no piece (padding) get zeros. Returns (N, h, D)."""
+    """Token order from pieces of (token id per slot (S,), -1 for padding; output (S, h, D)) whose valid
+    slots cover every real token once: one gather instead of one in-place write per piece (each of which
+    would copy the whole output in backward). Tokens in no piece (padding) get zeros. Returns (N, h, D)."""
     tokens = torch.cat([t for t, _ in pieces])
     rows = torch.cat([o.to(like.dtype) for _, o in pieces] + [like.new_zeros(1, heads, like.shape[-1])])
     where = torch.full((n_tokens,), rows.shape[0] - 1, dtype=torch.long, device=like.device)
-    where[tokens] = torch.arange(tokens.numel(), device=like.device)
-    return rows[where]
+    real = tokens >= 0
+    where[tokens[real]] = torch.arange(tokens.numel(), device=like.device)[real]
+    return rows.index_select(0, where)
 
 
 def s2_attention(
@@ -267,16 +286,17 @@ def s2_attention(
     call_cost = _CALL_COST_PAIRS["cuda" if query.is_cuda else "cpu"]
     attend = dict(n_rep=heads // kv_heads, scaling=scaling, dropout=dropout, window=window)
     pieces = [[] for _ in ranges]  # per head range: (token ids, output) covering every real token once
-    for b in plan_batches(*shared, call_cost):
-        tokens, o = _attend_batch(q, k, v, b, (0, heads), **attend)
+    if shared[0]:
+        tokens, o = _attend_pass(q, k, v, plan_batches(*shared, call_cost), (0, heads), **attend)
         for piece, (lo, hi, _) in zip(pieces, ranges):
             piece.append((tokens, o[:, lo:hi]))
     for piece, (lo, hi, _), (starts, lengths) in zip(pieces, ranges, own):
+        if not starts:  # every group of this half is shared
+            continue
         if use_flash:
             piece.append(_attend_flash(q, k, v, starts, lengths, (lo, hi), **attend))
-            continue
-        for b in plan_batches(starts, lengths, call_cost):
-            piece.append(_attend_batch(q, k, v, b, (lo, hi), **attend))
+        else:
+            piece.append(_attend_pass(q, k, v, plan_batches(starts, lengths, call_cost), (lo, hi), **attend))
     out = torch.cat([_scatter_back(p, n, hi - lo, q) for p, (lo, hi, _) in zip(pieces, ranges)], dim=1)
     return out.reshape(batch, seq_len, heads, dim).transpose(1, 2)  # padding tokens are zero
 

@@ -575,7 +575,12 @@ def test_parse_args_defaults_and_errors(capsys):
 
 def test_model_flags_are_the_shared_ones():
     args = app.parse_args(["--dtype", "float32", "--adapter", "out/adapter", "--context-length", "16k"])
-    assert (args.dtype, args.adapter, args.context_length, args.device) == ("fp32", "out/adapter", 16384, "auto")
+    assert (args.dtype, args.adapter, args.context_length, args.device) == (
+        "fp32",
+        "out/adapter",
+        16384,
+        "auto",
+    )
 
 
 def test_usage_block_in_module_docstring():
@@ -630,8 +635,14 @@ def test_client_session_upload_ask_follow_up_stop(served):
     assert answer == engine.answer
     assert len(outputs) > 2 and all(outputs[i + 1].startswith(outputs[i]) for i in range(len(outputs) - 1))
 
+    assert client.predict(api_name="/sources") == []  # the whole (fake) document fit: no passages
+    engine.context_length = 1000  # now it does not fit: the answer is based on passages
     follow = client.predict("And what else?", api_name="/ask")
-    assert follow == engine.answer
+    assert follow.startswith(engine.answer) and "(pages 1-2, 5)" in follow
+    assert client.predict(api_name="/sources") == [
+        {"text": "Zoo is a package.", "pages": [1, 2], "score": 2.5},
+        {"text": "Ends.", "pages": [5], "score": 1.0},
+    ]
     assert engine.calls[-1]["history"][0] == {"role": "user", "content": "What is zoo?"}
 
     # another client is another session: no document there

@@ -203,6 +203,9 @@ def test_summary_and_effective_context():
     assert effective_context(s["average"], threshold=0.25)["length"] == 8192
     assert effective_context(s["average"], threshold=0.95)["length"] is None
     assert effective_context({})["length"] is None
+    zero = {"1024": 0.0, "2048": 0.0}
+    assert effective_context(zero)["length"] is None  # nothing solved: no effective context
+    assert effective_context(zero, threshold=0.0)["length"] == 2048  # an explicit bar of 0 is met
 
 
 @needs_fixtures

@@ -225,3 +225,15 @@ def test_model_loss_saves_no_logits_matrix():
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         causal_lm_loss(model, ids, ids, chunk_size=32).backward()
     assert max(saved) < 256 * 2000 / 2
+
+
+def test_the_loss_module_matches_the_function():
+    from longlora.loss import CausalLMLoss
+
+    model = prepare_model(tiny_model("llama"), "lora+", gradient_checkpointing=True).train()
+    ids, labels = batch()
+    step = CausalLMLoss(model, chunk_size=7)
+    assert list(step.parameters())  # the wrapped model's parameters: DDP/DeepSpeed see them
+    torch.testing.assert_close(
+        step(input_ids=ids, labels=labels, use_cache=False), causal_lm_loss(model, ids, labels)
+    )

@@ -273,6 +273,8 @@ def test_passage_index_is_deterministic_and_keeps_short_documents_whole():
     q = "Which gear turns 300 times per crank?"
     first = PassageIndex(offsets, DOC, 32).select(q, 100, separator_len=3)
     assert all(PassageIndex(offsets, DOC, 32).select(q, 100, separator_len=3) == first for _ in range(3))
+    index = PassageIndex(offsets, DOC, 32)
+    assert index.select(q, 100, separator_len=3, scores=index.scores(q)) == first
     assert PassageIndex(offsets, DOC, 32).select(q, len(offsets)) == [(0, len(offsets))]
     assert PassageIndex([], "", 32).select(q, 10) == []
     assert FRONT_TOKENS > 0

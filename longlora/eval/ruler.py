@@ -127,7 +127,9 @@ def effective_context(
     """The longest length up to which the average stays >= the threshold at every measured length.
 
     ``threshold`` is absolute when given, else ``relative`` x the average at the shortest length.
-    ``length`` is None when even the shortest length is below it (or nothing was measured).
+    ``length`` is None when even the shortest length is below it, when nothing was measured, and
+    when the relative threshold is 0 (a model that solves nothing at its shortest length uses none
+    of its context, however flat its zero line).
     """
     lengths = sorted(int(n) for n in average)
     if threshold is None:
@@ -136,7 +138,7 @@ def effective_context(
     else:
         value, kind = threshold, "absolute"
     best = None
-    for n in lengths:
+    for n in lengths if (kind == "absolute" or value) else []:
         if average[str(n)] + 1e-12 < value:
             break
         best = n
@@ -212,15 +214,6 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=__doc__.split("Usage (CPU example first)::", 1)[1],
     )
     add_model_arguments(parser)
-    try:  # the issue's spelling; kept only while the shared model flags do not define it
-        parser.add_argument(
-            "--dtype",
-            dest="torch_dtype",
-            choices=("auto", "float32", "bfloat16", "float16"),
-            help="same as --torch-dtype",
-        )
-    except argparse.ArgumentError:
-        pass
     grid = parser.add_argument_group("grid")
     grid.add_argument(
         "--tasks",
