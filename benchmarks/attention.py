@@ -135,7 +135,9 @@ def run_packed(seq_len: int, dtype_name: str, device: str, repeats: int, heads: 
     g = torch.Generator().manual_seed(0)
 
     def make(h):  # (1, T, H, D) projections viewed as (1, H, T, D), the layout attention layers pass
-        return torch.randn(1, seq_len, h, dim, generator=g).to(device=device, dtype=dtype).requires_grad_(True)
+        return (
+            torch.randn(1, seq_len, h, dim, generator=g).to(device=device, dtype=dtype).requires_grad_(True)
+        )
 
     q_, k_, v_ = make(heads), make(kv_heads), make(kv_heads)
     grad = torch.randn(1, heads, seq_len, dim, generator=g).to(device=device, dtype=dtype)
@@ -192,8 +194,15 @@ def run_packed(seq_len: int, dtype_name: str, device: str, repeats: int, heads: 
         best = {name: min(ts) for name, ts in times.items()}
         full_best = best.setdefault("full", full_best)
         results.append(
-            {"mix": mix, "seq_len": seq_len, "dtype": dtype_name, "group": group, "docs": len(lengths),
-             "median_len": sorted(lengths)[len(lengths) // 2], **best}
+            {
+                "mix": mix,
+                "seq_len": seq_len,
+                "dtype": dtype_name,
+                "group": group,
+                "docs": len(lengths),
+                "median_len": sorted(lengths)[len(lengths) // 2],
+                **best,
+            }
         )
     return results
 
@@ -258,7 +267,9 @@ def main(argv=None):
         help="only the packed-row section: S2 on documents packed into one row (cu_seqlens) vs the same "
         "documents one by one vs full attention over the row, for three length mixes",
     )
-    p.add_argument("--quick", action="store_true", help="packed section on 4k and 8k rows instead of --seq-lens")
+    p.add_argument(
+        "--quick", action="store_true", help="packed section on 4k and 8k rows instead of --seq-lens"
+    )
     p.add_argument("--output", type=Path, help="write all measurements as JSON here")
     p.add_argument("--one", nargs=3, metavar=("IMPL", "T", "DTYPE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -16,10 +16,16 @@ Contract of :func:`s2_attention` (shapes like ``torch.nn.functional.scaled_dot_p
   block-diagonal 4-D mask transformers builds from restarting ``position_ids``): groups are counted from
   each document's first token; padding tokens get a zero output.
 
-How: every token gets a (document, group) id; the groups are contiguous runs of the flattened tokens, so
-they are gathered into a ``(num_groups, G)`` right-padded batch and run through causal SDPA in one call
-per head half (a causal query never sees the right padding of its group). On CUDA with ``flash-attn``
-installed, the groups go to ``flash_attn_varlen_func`` unpadded instead.
+* A sliding window (``sliding_window``, Mistral / Gemma / Qwen sliding layers) is intersected with every
+  group: query i sees key j iff same document, same group, j <= i and i - j < window.
+
+How: every token gets a (document, group) id (:mod:`longlora.s2groups`); groups are contiguous runs of the
+flattened tokens. A group both head halves share (a document shorter than G/2) is attended once with every
+head. Runs of equal-length groups are free views; the remaining groups are bucketed by length, a bucket
+padding a group only while that costs less than one more SDPA call, so packed rows of many short documents
+cost about what the same documents cost one by one. Each bucket is one causal SDPA call (a right-padded
+``(n, G_b)`` batch: a causal query never sees the padding). On CUDA with ``flash-attn`` installed, each
+head half goes to ``flash_attn_varlen_func`` unpadded instead.
 
 S2 is a training-time approximation: at inference LongLoRA uses full attention. The transformers adapter
 (:func:`s2_attention_forward`, registered as ``"s2_attention"``) therefore falls back to SDPA in eval

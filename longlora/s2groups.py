@@ -102,7 +102,6 @@ def groups(doc, pos, group_size: int, offset: int):
     return starts, lengths
 
 
-
 # ----------------------------------------------------------------------------- batching groups for SDPA
 
 

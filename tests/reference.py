@@ -86,7 +86,9 @@ def s2_mask_ref(seq_len, group_size, *, docs=None, shifted=False, window=None):
     return allowed
 
 
-def s2_attention_masked_ref(query, key, value, group_size, *, docs=None, shift=True, window=None, upcast=True):
+def s2_attention_masked_ref(
+    query, key, value, group_size, *, docs=None, shift=True, window=None, upcast=True
+):
     """S2 as one masked softmax attention per head half, for batch 1: q (1, H, T, D), k/v (1, H_kv, T, D).
 
     ``upcast=True`` computes in fp64 (a fast stand-in for :func:`s2_attention_ref`); ``upcast=False``
@@ -95,7 +97,9 @@ def s2_attention_masked_ref(query, key, value, group_size, *, docs=None, shift=T
     heads, seq_len, dim = query.shape[1], query.shape[2], query.shape[3]
     n_rep = heads // key.shape[1]
     dtype = torch.float64 if upcast else query.dtype
-    q, k, v = (x.to(dtype) for x in (query, key.repeat_interleave(n_rep, 1), value.repeat_interleave(n_rep, 1)))
+    q, k, v = (
+        x.to(dtype) for x in (query, key.repeat_interleave(n_rep, 1), value.repeat_interleave(n_rep, 1))
+    )
     split = heads // 2 if shift else heads
     masks = [s2_mask_ref(seq_len, group_size, docs=docs, shifted=s, window=window) for s in (False, True)]
     mask = torch.stack([masks[int(h >= split)] for h in range(heads)])[None]  # (1, H, T, T)

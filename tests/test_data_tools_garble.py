@@ -136,3 +136,27 @@ def test_corpus_words_within_2_percent_of_pdftotext(name):
     assert [i + 1 for i, q in enumerate(raw.quality) if q.garbled] == (
         [9] if name.startswith("khmer") else []
     )
+
+
+@needs_corpus
+def test_run_together_words_of_a_man_page_are_spaced():
+    # groff -> Ghostscript: PDFium's spacing rule misses ~0.3 em word gaps ("theyare", "anyremaining")
+    raw = read_pdf_pages(CORPUS / "bash-manpage.pdf")
+    assert len(raw.respaced_pages) > 40
+    text = " ".join(raw.texts)
+    assert "theyare" not in text and "they are" in text and "any remaining" in text
+
+
+@needs_corpus
+def test_respacing_follows_rotated_text():
+    # the Excel chart's page 4 is a landscape table on a rotated page: its lines run bottom to top
+    import pypdfium2 as pdfium
+
+    from data_tools.pdf import respaced_text
+
+    page = pdfium.PdfDocument(CORPUS / "ezra-unicode-chart.pdf")[3]
+    assert page.get_rotation() == 90
+    textpage = page.get_textpage()
+    plain, respaced = textpage.get_text_range(), respaced_text(textpage)
+    assert abs(len(respaced.split()) - len(plain.split())) <= 0.05 * len(plain.split())
+    assert "LEFT PARENTHESIS" in respaced or "RIGHT PARENTHESIS" in respaced

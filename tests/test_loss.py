@@ -237,3 +237,27 @@ def test_the_loss_module_matches_the_function():
     torch.testing.assert_close(
         step(input_ids=ids, labels=labels, use_cache=False), causal_lm_loss(model, ids, labels)
     )
+
+
+def test_bf16_model_loss_and_gradients_match_the_plain_bf16_path():
+    """LoRA+ under bf16 autocast (as training runs): same loss and trainable gradients, bf16 tolerance."""
+    model = prepare_model(
+        tiny_model("llama").to(torch.bfloat16),
+        "lora+",
+        gradient_checkpointing=True,
+        compute_dtype=torch.bfloat16,
+    ).train()
+    with torch.no_grad():
+        for name, p in trainable_parameters(model).items():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    ids, labels = batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref, ref_g = model_grads(model, model(input_ids=ids, labels=labels, use_cache=False).loss)
+        out, out_g = model_grads(model, causal_lm_loss(model, ids, labels, chunk_size=13))
+    torch.testing.assert_close(out, ref.float(), atol=2e-3, rtol=2e-3)
+    for name in ref_g:
+        scale = ref_g[name].float().abs().max().clamp_min(1e-6)
+        err = (out_g[name].float() - ref_g[name].float()).abs().max() / scale
+        assert err < 0.05, (name, float(err))
+        print(name, float(err))

@@ -100,7 +100,9 @@ def test_packed_row_equals_documents_one_by_one_with_padding_and_batch_rows():
     out = s2_attention(*rows, group, cu_seqlens=cu)
     bounds = [(0, 9), (9, 30), (39, 4)]
     for start, n in bounds:
-        alone = s2_attention(q[:, :, start : start + n], k[:, :, start : start + n], v[:, :, start : start + n], group)
+        alone = s2_attention(
+            q[:, :, start : start + n], k[:, :, start : start + n], v[:, :, start : start + n], group
+        )
         _assert_close(out[0:1, :, start : start + n], alone, 1e-6, f"row 0 doc at {start}")
         if start:
             _assert_close(out[1:2, :, start - 9 : start - 9 + n], alone, 1e-6, f"row 1 doc at {start - 9}")
@@ -160,3 +162,21 @@ def test_tiny_documents_share_one_call_and_long_tails_are_not_padded():
     plan = plan_batches(starts, lens, 16384)
     assert len(plan) == 4
     assert sorted((b.length, b.n) for b in plan) == [(60, 170), (2048, 1), (3856, 1), (4096, 1)]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("window", [None, 5])
+def test_cuda_packed_row_matches_reference(window):
+    # the same bucketing on CUDA (its larger per-call cost merges more groups), with and without a window
+    lengths, group = MIXES["long+tiny"]
+    q, k, v, cu, docs = _packed(lengths, seed=6)
+    leaves = [x.cuda().requires_grad_(True) for x in (q, k, v)]
+    out = s2_attention(*leaves, group, cu_seqlens=cu.cuda(), sliding_window=window, backend="sdpa")
+    ref_leaves = [x.double().requires_grad_(True) for x in (q, k, v)]
+    ref = s2_attention_masked_ref(*ref_leaves, group, docs=docs[0], window=window)
+    _assert_close(out.cpu(), ref, 1e-4, "forward")
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(7))
+    got = torch.autograd.grad(out, leaves, grad.cuda())
+    want = torch.autograd.grad(ref, ref_leaves, grad.double())
+    for name, a, b in zip("qkv", got, want):
+        _assert_close(a.cpu(), b, 1e-3, f"d{name}")

@@ -13,7 +13,8 @@ _HOW = {
 
 
 def card_markdown(card) -> str:
-    """A ``longlora.qa.DocumentCard`` as Markdown: size, material type, and how it fits."""
+    """A ``longlora.qa.DocumentCard`` as Markdown: size, material type, how it fits, and the reader's
+    warning about pages the model cannot read."""
     size = f"{card.pages} pages · " if card.pages else ""
     head = (
         f"**{card.file_name}** · {card.kind.upper()} · {size}{card.words:,} words · "
@@ -26,7 +27,12 @@ def card_markdown(card) -> str:
             f"Longer than the {card.budget_tokens:,}-token document budget (context "
             f"{card.context_length:,}): {_HOW[card.strategy]} (`{card.strategy}`)."
         )
-    return f"{head}\n\n{fit}"
+    return f"{head}\n\n{fit}" + warning_markdown(card.warning)
+
+
+def warning_markdown(warning: str) -> str:
+    """The reader's warning about pages the model cannot read (or read by OCR); empty when none."""
+    return f"\n\n**Warning:** {warning}." if warning else ""
 
 
 def pending_card_markdown(document) -> str:
@@ -38,7 +44,7 @@ def pending_card_markdown(document) -> str:
         f"- **Words:** {document.word_count:,}",
         "- **Tokens:** counted when the model is ready...",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines) + warning_markdown(document.warning)
 
 
 def status_markdown(engine) -> str:

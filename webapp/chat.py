@@ -51,10 +51,12 @@ class ChatState:
     turns: list[Turn] = field(default_factory=list)
     stop_event: threading.Event = field(default_factory=threading.Event)
     close: Any = None  # frees the engine's cached prompt for this document (engine.close_session)
+    pdf: Any = None  # webapp.files.PdfCopy: the uploaded PDF, kept for the page view (None for text)
 
 
 def release_state(state: ChatState | None) -> None:
-    """Stop the session's answer and free the engine's cached prompt for its document.
+    """Stop the session's answer, free the engine's cached prompt for its document and delete the
+    session's copy of the PDF.
 
     Called on a new upload, on New document, and by gradio when the browser session ends. It takes
     no engine on purpose: gradio deep-copies the page config (which holds this callback) on every
@@ -66,6 +68,9 @@ def release_state(state: ChatState | None) -> None:
     if state.close is not None:
         state.close()
         state.close = None
+    if state.pdf is not None:
+        state.pdf.close()
+        state.pdf = None
 
 
 def chat_messages(state: ChatState | None) -> list[dict[str, str]]:
@@ -107,6 +112,12 @@ def fit_note(fit) -> str:
     if fit is None or fit.fits_whole:
         return ""
     return fit.summary()
+
+
+def last_sources(state: ChatState | None) -> list:
+    """The passages (``longlora.qa.Source``) of the last finished answer; a failed answer has none."""
+    done = [turn for turn in (state.turns if state is not None else []) if turn.done and not turn.error]
+    return done[-1].sources if done else []
 
 
 def engine_history(turns: list[Turn]) -> list[dict[str, str]]:

@@ -90,9 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:  # ModelLoadError, DocumentError and prompt-size errors
         print(f"error: {err}", file=sys.stderr)
         return 2
+    warning = f"; warning: {card.warning}" if card.warning else ""  # pages the model cannot read
     print(
         f"[{card.file_name}: {card.tokens:,} tokens, budget {card.budget_tokens:,}, "
-        f"{'fits whole' if card.fits else args.strategy}]",
+        f"{'fits whole' if card.fits else args.strategy}{warning}]",
         file=sys.stderr,
     )
     history: list[tuple[str, str]] = []

@@ -175,6 +175,7 @@ class QAEngine:
             fits=session.num_tokens <= budget,
             strategy=strategy,
             material_type=session.material_type,
+            warning=doc.warning,
         )
 
     def _own(self, session) -> DocumentSession:

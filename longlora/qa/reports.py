@@ -87,7 +87,7 @@ class AnswerUpdate:
 
 @dataclass
 class DocumentCard:
-    """A document's size and how it fits the model (``QAEngine.card``)."""
+    """A document's size, how it fits the model, and what the reader warned about (``QAEngine.card``)."""
 
     file_name: str
     kind: str
@@ -99,6 +99,8 @@ class DocumentCard:
     fits: bool
     strategy: str
     material_type: str
+    # data_tools.Document.warning: pages left out as unreadable, garbled words kept, OCR'd pages
+    warning: str = ""
 
 
 def page_ranges(pages: Sequence[int]) -> str:
