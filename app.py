@@ -10,8 +10,9 @@ Usage:
 The page comes up at once; the model loads (or, on the first run, is converted from the bundled
 GGUF file) in the background and the status line says so until it is ready. Upload a document,
 check its card (pages, words, tokens, whether it fits the model's context and which strategy will
-be used), then chat about it: answers stream in, the stop button stops generation, and example
-questions from the LongLoRA paper (B.6) are one click away.
+be used, pages the model cannot read), then chat about it: answers stream in with the passages they
+are based on, a cited page opens as an image under the chat, the stop button stops generation, and
+example questions from the LongLoRA paper (B.6) are one click away.
 
 Every event has an ``api_name``, so the app also works from ``gradio_client``:
 
@@ -20,9 +21,11 @@ Every event has an ``api_name``, so the app also works from ``gradio_client``:
     card = client.predict(handle_file("paper.pdf"), api_name="/upload")       # the document card (markdown)
     answer = client.predict("What are the main contributions?", api_name="/ask")  # the final answer text
     sources = client.predict(api_name="/sources")  # the passages of the last answer: text, pages, score
+    image = client.predict(sources[0]["pages"][0], api_name="/page")  # a cited page, as an image file
 
 State is per browser session (``gr.State``); uploaded files are deleted as soon as their text is
-extracted, so the document lives only in the session. Nothing here loads a model at import time.
+extracted, so the document lives only in the session (a PDF also as a private copy in a temporary
+folder, for the page view, deleted with the session). Nothing here loads a model at import time.
 
 This file holds the event handlers, their wiring and the command line; the layout, the session
 state, the Markdown and the background loading live in the ``webapp`` package beside this file
@@ -31,7 +34,6 @@ state, the Markdown and the background loading live in the ``webapp`` package be
 
 from __future__ import annotations
 
-import os
 import threading
 from functools import partial
 from typing import Any
@@ -52,10 +54,13 @@ from webapp.chat import (  # noqa: F401
     example_question,
     example_visibility,
     fit_note,
+    last_sources,
     release_state,
 )
+from webapp.files import PdfCopy, discard_upload  # noqa: F401
 from webapp.layout import CSS, MATERIAL_CHOICES, STRATEGY_HELP, build_layout  # noqa: F401
-from webapp.server import DEFAULT_CONCURRENCY, build_parser, launch, parse_args  # noqa: F401
+from webapp.pages import page_picker, refresh_pages, show_page, wire_pages  # noqa: F401
+from webapp.server import DEFAULT_CONCURRENCY, LIGHT, build_parser, launch, parse_args  # noqa: F401
 
 
 def _state(state: ChatState | None) -> ChatState:
@@ -77,28 +82,6 @@ def _require_model(engine) -> None:
         )
     if engine.state == "error":
         raise gr.Error(status_markdown(engine), title="Model unavailable")
-
-
-def _is_gradio_upload(path: str) -> bool:
-    """True for files gradio wrote to its upload cache (never delete anything else)."""
-    from gradio.utils import get_upload_folder
-
-    folder = os.path.realpath(get_upload_folder())
-    return os.path.realpath(path).startswith(folder + os.sep)
-
-
-def discard_upload(path: str) -> None:
-    """Delete an uploaded file (and its per-upload folder) once its text is extracted."""
-    if not path or not _is_gradio_upload(path):
-        return
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
-    try:
-        os.rmdir(os.path.dirname(path))  # gradio puts each upload in its own hash folder
-    except OSError:
-        pass
 
 
 def _guess_material_type(document) -> str:
@@ -136,12 +119,13 @@ def upload_document(engine, file_path: str | None, state: ChatState | None, stra
         raise _user_error("Choose a PDF, TXT or MD file to upload.", title="No file")
     try:
         document = load_document(file_path)
+        pdf = PdfCopy(file_path) if document.kind == "pdf" else None  # for the page view
     except DocumentError as exc:
         raise _user_error(str(exc), title="Cannot read this file") from exc
     finally:
         discard_upload(file_path)
     release_state(state)  # an answer still streaming about the old document stops
-    new = ChatState(document=document)
+    new = ChatState(document=document, pdf=pdf)
     if engine.state == "ready":
         card = _open_session(engine, new, strategy)
     else:
@@ -327,8 +311,7 @@ def sources(state: ChatState | None) -> list[dict]:
     ``pages`` are 1-based for PDFs and empty for plain text; ``score`` is the BM25 score for the
     question (None when the passage was kept by truncation or the whole document fits).
     """
-    done = [turn for turn in (state.turns if state is not None else []) if turn.done and not turn.error]
-    return [source.to_dict() for source in done[-1].sources] if done else []
+    return [source.to_dict() for source in last_sources(state)]
 
 
 def clear(state: ChatState | None):
@@ -350,8 +333,6 @@ def clear(state: ChatState | None):
 # Event wiring (the layout is webapp.layout)
 # --------------------------------------------------------------------------------------------------
 
-LIGHT = dict(concurrency_limit=None, show_progress="hidden")  # quick events: never queued behind answers
-
 
 def build_demo(engine, *, max_new_tokens: int = 512, concurrency: int = DEFAULT_CONCURRENCY) -> gr.Blocks:
     """The Blocks app for one engine. Generation events share one concurrency group."""
@@ -364,6 +345,7 @@ def build_demo(engine, *, max_new_tokens: int = 512, concurrency: int = DEFAULT_
         _wire_document(demo, engine, ui, state)
         streams = _wire_questions(engine, ui, state, gen)
         _wire_controls(ui, state, cancels=streams)
+        wire_pages(ui, state)
     return demo
 
 
@@ -397,7 +379,7 @@ def _wire_document(demo: gr.Blocks, engine, ui, state: gr.State) -> None:
         api_name="after_upload",
         api_visibility="private",
         **LIGHT,
-    )
+    ).then(**refresh_pages(ui, state, "upload"))
     ui.material.input(
         partial(set_material_type, engine),
         [ui.material, state, ui.strategy],
@@ -415,8 +397,9 @@ def _wire_questions(engine, ui, state: gr.State, gen: dict) -> list:
     settings = [ui.strategy, ui.max_tokens, ui.temperature, ui.top_p]
 
     def start_then_stream(trigger, start, inputs, outputs, name):
-        # add the question to the chat (quick), then stream its answer (one model: the gen queue)
-        return trigger(start, inputs, outputs, api_name=name, api_visibility="private", **LIGHT).success(
+        # add the question to the chat (quick), then stream its answer (one model: the gen queue),
+        # then list the pages its sources cite
+        stream = trigger(start, inputs, outputs, api_name=name, api_visibility="private", **LIGHT).success(
             partial(stream_answer, engine),
             [state, *settings],
             [ui.chatbot],
@@ -424,6 +407,8 @@ def _wire_questions(engine, ui, state: gr.State, gen: dict) -> list:
             api_visibility="private",
             **gen,
         )
+        stream.then(**refresh_pages(ui, state, name))
+        return stream
 
     typed = [ui.question, state], [ui.question, ui.chatbot, state]
     streams = [
@@ -459,12 +444,18 @@ def _wire_controls(ui, state: gr.State, cancels: list) -> None:
         state,
         *ui.example_buttons.values(),
     ]
-    ui.stop_btn.click(stop, [state], [ui.chatbot], api_name="stop", cancels=cancels, **LIGHT)
-    ui.new_doc.click(clear, [state], everything, api_name="clear", cancels=cancels, **LIGHT)
+    ui.stop_btn.click(stop, [state], [ui.chatbot], api_name="stop", cancels=cancels, **LIGHT).then(
+        **refresh_pages(ui, state, "stop")
+    )
+    ui.new_doc.click(clear, [state], everything, api_name="clear", cancels=cancels, **LIGHT).then(
+        **refresh_pages(ui, state, "clear")
+    )
     ui.chatbot.clear(
         clear_chat, [state], [ui.chatbot, state], api_name="clear_chat", cancels=cancels, **LIGHT
-    )
-    ui.upload.clear(clear, [state], everything, api_name="clear_upload", api_visibility="private", **LIGHT)
+    ).then(**refresh_pages(ui, state, "clear_chat"))
+    ui.upload.clear(
+        clear, [state], everything, api_name="clear_upload", api_visibility="private", **LIGHT
+    ).then(**refresh_pages(ui, state, "clear_upload"))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=1 << 20, help="stop doubling here (default %(default)s)")
     p.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="bf16", help="compute dtype")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    p.add_argument("--chunk-size", type=int, default=None, help="loss chunk in tokens (default ~256 MB)")
+    p.add_argument("--chunk-size", type=int, default=None, help="loss chunk in tokens (default ~128 MB)")
     p.add_argument("--offload-activations", action="store_true", help="CUDA: checkpoints in pinned CPU RAM")
     p.add_argument("--timeout", type=float, default=3600, help="seconds allowed for one trial step")
     p.add_argument("--workdir", default=None, help="random-weights models (default: the longlora cache)")

@@ -314,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--book", default=str(FIXTURES / "austen-emma.txt"), help="the long document")
     p.add_argument("--steps", type=int, default=1, help="timed training steps per configuration")
     p.add_argument("--warmup", type=int, default=1, help="untimed training steps before them")
-    p.add_argument("--chunk-size", type=int, default=None, help="loss chunk in tokens (default ~256 MB)")
+    p.add_argument("--chunk-size", type=int, default=None, help="loss chunk in tokens (default ~128 MB)")
     p.add_argument("--offload-activations", action="store_true", help="CUDA: checkpoints in pinned CPU RAM")
     p.add_argument("--quick", action="store_true", help="smoke run: one row of 256 tokens")
     p.add_argument("--output", help="also write every result as JSON here")

@@ -28,6 +28,8 @@ import torch
 
 METHODS = ("lora+", "lora", "full", "qlora")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+# Phi-3 fuses q, k and v into one projection; LoRA on it adapts the same three (paper: LoRA on q,k,v,o).
+FUSED_LORA_TARGETS = ("qkv_proj", "o_proj")
 EMBEDDING_NAME = "embed_tokens"
 
 
@@ -47,6 +49,19 @@ def has_tied_embeddings(model) -> bool:
     return inp is not None and out is not None and out.weight is inp.weight
 
 
+def attention_lora_targets(model) -> tuple[str, ...]:
+    """The attention projections LoRA adapts: q/k/v/o, or Phi-3's fused qkv and o."""
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    for targets in (LORA_TARGETS, FUSED_LORA_TARGETS):
+        if all(t in present for t in targets):
+            return targets
+    missing = [t for t in LORA_TARGETS if t not in present]
+    raise ValueError(
+        f"{type(model).__name__} has no {', '.join(missing)} projections; LoRA targets q_proj, k_proj, "
+        "v_proj, o_proj as in Llama/Mistral/Qwen/Gemma-style models (or Phi-3's qkv_proj, o_proj)"
+    )
+
+
 def lora_config(model, method: str = "lora+", *, r: int = 8, alpha: int = 16, dropout: float = 0.0):
     """The peft ``LoraConfig`` for ``method`` (``lora+``/``qlora`` add the embedding and norms)."""
     from peft import LoraConfig
@@ -57,13 +72,7 @@ def lora_config(model, method: str = "lora+", *, r: int = 8, alpha: int = 16, dr
         raise ValueError(f"--lora-r must be a positive rank, got {r}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"--lora-dropout must be in [0, 1), got {dropout}")
-    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    missing = [t for t in LORA_TARGETS if t not in present]
-    if missing:
-        raise ValueError(
-            f"{type(model).__name__} has no {', '.join(missing)} projections; LoRA targets q_proj, k_proj, "
-            "v_proj, o_proj as in Llama/Mistral/Qwen-style models"
-        )
+    targets = attention_lora_targets(model)
     modules_to_save = None
     tie = False
     if method in ("lora+", "qlora"):
@@ -73,7 +82,7 @@ def lora_config(model, method: str = "lora+", *, r: int = 8, alpha: int = 16, dr
         r=r,
         lora_alpha=alpha,
         lora_dropout=dropout,
-        target_modules=list(LORA_TARGETS),
+        target_modules=list(targets),
         modules_to_save=modules_to_save,
         ensure_weight_tying=tie,
         bias="none",

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = -100
-LOGITS_BUDGET = 2**26  # elements of one (chunk, V) logits block: 256 MB in fp32
+LOGITS_BUDGET = 2**25  # elements of one (chunk, V) logits block: 128 MB in fp32
 BACKENDS = ("auto", "chunked", "liger")
 
 __all__ = [
@@ -43,7 +43,7 @@ __all__ = [
 
 
 def chunk_size_for(vocab_size: int) -> int:
-    """Tokens per chunk so that one ``(chunk, V)`` fp32 logits block stays near 256 MB."""
+    """Tokens per chunk so that one ``(chunk, V)`` fp32 logits block stays near 128 MB."""
     return max(16, LOGITS_BUDGET // max(1, vocab_size))
 
 

@@ -318,7 +318,7 @@ def load_model(
     context_length: int | None = None,
     rope_type: str = "linear",
     load_in_4bit: bool = False,
-    attn_implementation: str = "sdpa",
+    attn_implementation: str | None = None,
     trust_remote_code: bool = False,
     merge_adapter: bool = True,
     status: Status | None = _print_status,
@@ -331,6 +331,8 @@ def load_model(
     is written into ``config.max_position_embeddings`` on every load), applies Position Interpolation
     (``rope_type`` "linear" as in the paper, "yarn", or the model's own llama3/longrope) before loading.
     load_in_4bit: NF4 through bitsandbytes (meant for CUDA). Weights are read from safetensors only.
+    attn_implementation: None lets transformers pick (SDPA where the architecture supports it, eager
+    where it does not, e.g. Gemma 2's soft-capped attention).
     Raises ModelLoadError naming the spec and the fix.
     """
     from transformers import AutoModelForCausalLM

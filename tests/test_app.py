@@ -9,6 +9,7 @@ checks both) and streams canned text word by word; it isolates the UI from the m
 from __future__ import annotations
 
 import inspect
+import re
 import shutil
 import threading
 import time
@@ -21,6 +22,7 @@ from conftest import FIXTURES, make_char_tokenizer, tiny_model  # noqa: E402
 import app
 from longlora.qa import AnswerUpdate, DocumentCard, FitReport, QAEngine, QAEngineLike, Source
 from longlora.qa.protocol import PROTOCOL_ATTRIBUTES, PROTOCOL_METHODS
+from webapp.layout import PAGE_PICK_HELP
 from webapp.loading import BackgroundEngine
 
 PAPER = FIXTURES / "zoo-faq.pdf"
@@ -78,6 +80,7 @@ class FakeEngine:
             fits=tokens <= self.context_length - 600,
             strategy=strategy,
             material_type=session.material_type,
+            warning=session.document.warning,
         )
 
     def ask(
@@ -295,6 +298,68 @@ def test_strategy_change_refreshes_card(engine):
 
 
 # --------------------------------------------------------------------------------------------------
+# What the reader warns about, on the card
+# --------------------------------------------------------------------------------------------------
+
+PROSE = [
+    "The Debian GNU/Linux FAQ answers the questions users ask most often about the system.",
+    "It is a collection of answers that were written by many people over the years, and",
+    "it is kept in the package of the same name. If you have a question that is not here,",
+    "ask it on the mailing list of the project, and it may be added to a later version.",
+]
+PAGE_WIDTHS = [612, 684, 756]  # points: each page of _three_page_pdf has its own width
+
+
+def _three_page_pdf(path):
+    """Three text pages, page 2 set in a font that maps glyphs to wrong characters ("7KH" for "The"),
+    page i ``PAGE_WIDTHS[i - 1]`` points wide so that a rendered page tells which page it is."""
+    from pypdf import PdfReader, PdfWriter
+
+    from data_tools.minipdf import write_text_pdf
+
+    pages = [[f"Page {n} begins here."] + PROSE for n in ("one", "two", "three")]
+    write_text_pdf(path, pages, unicode_offset=-29, offset_pages=[2])
+    writer = PdfWriter(clone_from=PdfReader(str(path)))
+    for page, width in zip(writer.pages, PAGE_WIDTHS):
+        page.mediabox.right = width
+    with open(path, "wb") as f:
+        writer.write(f)
+    return path
+
+
+def test_card_shows_the_reader_warning(engine, tmp_path):
+    path = _three_page_pdf(tmp_path / "faq.pdf")
+    card, state = _upload(engine, path)
+    warning = state.document.warning
+    assert state.document.garbled_pages == [2] and "not readable" in warning
+    assert f"**Warning:** {warning}." in card and "3 pages" in card
+    clean, _ = _upload(engine, PAPER)
+    assert "Warning" not in clean
+    # the card shown while the model loads says it too
+    pending, _ = _upload(FakeEngine(state="loading"), path)
+    assert "counted when the model is ready" in pending and f"**Warning:** {warning}." in pending
+
+
+def test_real_engine_card_and_cli_carry_the_warning(tmp_path, tiny_model_dir, capsys):
+    from data_tools import load_document
+    from longlora.qa import main as qa_main
+
+    path = _three_page_pdf(tmp_path / "faq.pdf")
+    document = load_document(path)
+    engine = QAEngine(model=tiny_model(), tokenizer=make_char_tokenizer(), max_new_tokens=4)
+    assert engine.card(engine.open_document(document)).warning == document.warning != ""
+    text = tmp_path / "note.txt"
+    text.write_text("The meeting is on Tuesday.")
+    assert engine.card(engine.open_document(load_document(text))).warning == ""
+    qa_main(
+        ["--doc", str(path), "--question", "What?", "--model", str(tiny_model_dir), "--max-new-tokens", "2"]
+    )
+    err = capsys.readouterr().err
+    card_line = next(line for line in err.splitlines() if line.startswith("[faq.pdf: "))
+    assert card_line.endswith(f"; warning: {document.warning}]"), err
+
+
+# --------------------------------------------------------------------------------------------------
 # Model still loading
 # --------------------------------------------------------------------------------------------------
 
@@ -490,6 +555,7 @@ def test_every_event_has_an_api_name_and_the_public_api():
         "upload",
         "ask",
         "sources",
+        "page",
         "stop",
         "clear",
         "clear_chat",
@@ -644,6 +710,14 @@ def test_client_session_upload_ask_follow_up_stop(served):
         {"text": "Ends.", "pages": [5], "score": 1.0},
     ]
     assert engine.calls[-1]["history"][0] == {"role": "user", "content": "What is zoo?"}
+    from PIL import Image
+    from pypdf import PdfReader
+
+    box = PdfReader(str(PAPER)).pages[4].mediabox
+    with Image.open(client.predict(5, api_name="/page")) as image:  # a cited page, as an image file
+        assert _is_page(image, float(box.width), float(box.height))
+    with pytest.raises(Exception, match="zoo-faq.pdf has 15 pages; there is no page 99"):
+        client.predict(99, api_name="/page")
 
     # another client is another session: no document there
     other = Client(url, verbose=False, httpx_kwargs={"timeout": 120})
@@ -689,6 +763,102 @@ def test_sources_under_the_answer_and_from_the_api():
     ]
     answers = list(app.ask(small, "And then?", state))
     assert "<details>" not in answers[-1][0]  # /ask keeps its plain answer text
+
+
+# --------------------------------------------------------------------------------------------------
+# Opening a cited page
+# --------------------------------------------------------------------------------------------------
+
+
+def _is_page(image, width_pt, height_pt=792) -> bool:
+    """A rendered page of that size in points (at the app's scale), with something printed on it."""
+    from webapp.pages import RENDER_SCALE
+
+    size_ok = all(abs(px - pt * RENDER_SCALE) <= 1 for px, pt in zip(image.size, (width_pt, height_pt)))
+    return size_ok and image.convert("L").getextrema()[0] < 128
+
+
+def test_show_page_renders_the_asked_page(engine, tmp_path, monkeypatch):
+    # uploaded through gradio's folder: that file is deleted, and the session's private copy renders
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    uploaded = tmp_path / "gradio" / "0123abcd" / "faq.pdf"
+    uploaded.parent.mkdir(parents=True)
+    _three_page_pdf(uploaded)
+    _, state = _upload(engine, uploaded)
+    assert not uploaded.exists()
+    for number, width in enumerate(PAGE_WIDTHS, start=1):
+        shown = app.show_page(number, state)
+        assert _is_page(shown["value"], width), (number, shown["value"].size)
+        assert shown["visible"] and shown["label"].startswith(f"faq.pdf: page {number} of 3")
+    assert "not readable" in app.show_page(2, state)["label"]  # the garbled page: the model skips it
+    assert "not readable" not in app.show_page(3, state)["label"]
+    assert _is_page(app.show_page(3.0, state)["value"], PAGE_WIDTHS[2])  # gr.Number sends floats
+
+
+def test_show_page_refuses_clearly(engine, tmp_path, txt_file):
+    _, state = _upload(engine, _three_page_pdf(tmp_path / "faq.pdf"))
+    for page, message in [
+        (4, "faq.pdf has 3 pages; there is no page 4. Pick a page from 1 to 3."),
+        (0, "faq.pdf has 3 pages; there is no page 0."),
+        (1.5, "Pick a page number from 1 to 3; got 1.5."),
+        (None, "Pick a page number from 1 to 3; got None."),
+    ]:
+        with pytest.raises(gr.Error, match=re.escape(message)) as info:
+            app.show_page(page, state)
+        assert info.value.visible and info.value.print_exception is False
+    _, text_state = _upload(engine, txt_file)
+    with pytest.raises(gr.Error, match="notes.txt is a plain-text document: it has no pages to show"):
+        app.show_page(1, text_state)
+    for empty in (None, app.ChatState()):
+        with pytest.raises(gr.Error, match="Upload a PDF first"):
+            app.show_page(1, empty)
+
+
+def test_private_pdf_copy_lives_as_long_as_the_document(engine, tmp_path, txt_file):
+    path = _three_page_pdf(tmp_path / "faq.pdf")
+    _, state = _upload(engine, path)
+    copy = Path(state.pdf.path)
+    assert copy.read_bytes() == path.read_bytes() and copy.parent != path.parent
+    with pytest.raises(gr.Error):  # a failed upload keeps the current document and its copy
+        _upload(engine, _blank_pdf(tmp_path / "scan.pdf"), state)
+    assert copy.exists()
+    _, state = _upload(engine, path, state)  # a new upload deletes the old copy
+    assert not copy.parent.exists() and state.pdf is not None
+    copy = Path(state.pdf.path)
+    app.clear(state)  # New document deletes it
+    assert not copy.parent.exists()
+    _, state = _upload(engine, path)
+    copy = Path(state.pdf.path)
+    app.release_state(state)  # so does the end of the browser session (gr.State's delete_callback)
+    assert not copy.parent.exists()
+    with pytest.raises(gr.Error, match="faq.pdf is no longer kept by the app; upload it again"):
+        app.show_page(1, app.ChatState(document=state.document))
+    _, text_state = _upload(engine, txt_file)
+    assert text_state.pdf is None  # plain text has no pages to keep
+
+
+def test_cited_pages_are_listed_after_each_answer(txt_file):
+    small = FakeEngine(context_length=1000)  # the PDF does not fit: answers cite pages 1, 2 and 5
+    _, state = _upload(small, PAPER)
+    picker, image = app.page_picker(state)
+    assert picker["choices"] == [] and picker["interactive"] is False and image["visible"] is False
+    assert picker["info"] == PAGE_PICK_HELP["none"]
+    frames, state = _ask_ui(small, state, "What is zoo?")
+    assert "1. (p. 1, 2) Zoo is a package." in frames[-1][-1]["content"]
+    picker, image = app.page_picker(state)
+    assert picker["choices"] == [("Page 1 (source 1)", 1), ("Page 2 (source 1)", 2), ("Page 5 (source 2)", 5)]
+    assert picker["interactive"] is True and picker["value"] is None and image == gr.skip()
+    from pypdf import PdfReader
+
+    box = PdfReader(str(PAPER)).pages[4].mediabox  # page 5's size, read without PDFium
+    assert _is_page(app.show_page(5, state)["value"], float(box.width), float(box.height))
+    chat, state = app.clear_chat(state)  # the conversation is gone: so are its pages
+    picker, image = app.page_picker(state)
+    assert picker["choices"] == [] and image["visible"] is False
+    _, text_state = _upload(small, txt_file)
+    _ask_ui(small, text_state, "Who is Darcy?")
+    picker, _ = app.page_picker(text_state)
+    assert picker["choices"] == [] and picker["info"] == PAGE_PICK_HELP["text"]
 
 
 # --------------------------------------------------------------------------------------------------

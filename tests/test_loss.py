@@ -120,9 +120,9 @@ def test_nothing_of_size_tokens_x_vocab_is_saved_for_backward():
     assert max(saved) >= n * vocab  # the reference does hold the logits
 
 
-def test_default_chunk_keeps_a_logits_block_near_256_mb():
-    assert chunk_size_for(49152) == 1365
-    assert chunk_size_for(128256) * 128256 * 4 <= 2**28
+def test_default_chunk_keeps_a_logits_block_near_128_mb():
+    assert chunk_size_for(49152) == 682
+    assert chunk_size_for(128256) * 128256 * 4 <= 2**27
 
 
 def test_bad_input_is_refused_clearly():
@@ -259,5 +259,4 @@ def test_bf16_model_loss_and_gradients_match_the_plain_bf16_path():
     for name in ref_g:
         scale = ref_g[name].float().abs().max().clamp_min(1e-6)
         err = (out_g[name].float() - ref_g[name].float()).abs().max() / scale
-        assert err < 0.05, (name, float(err))
-        print(name, float(err))
+        assert err < 0.02, (name, float(err))

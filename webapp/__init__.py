@@ -1,13 +1,15 @@
-"""The browser app's parts that are not gradio event wiring (``app.py`` is the entry point).
+"""The browser app's parts beside ``app.py`` (the entry point, with most handlers and their events).
 
 - ``loading.py``: ``BackgroundEngine``, the model loading in a thread while the page is up
 - ``cards.py``: Markdown for the document card and the status line
 - ``chat.py``: per-browser-session state (``ChatState``, ``Turn``) and how answers are shown
 - ``layout.py``: the page's components (no events)
-
-- ``server.py``: the command-line flags and ``launch``
+- ``files.py``: uploads deleted once read, the private copy of a PDF kept for the page view
+- ``pages.py``: the page view: cited pages listed after each answer, a page rendered as an image
+  (its handlers and events, ``/page``)
+- ``server.py``: the command-line flags, ``launch`` and the quick events' queue settings
 
 It sits beside ``app.py``, outside ``longlora``: importing ``longlora`` loads transformers, and the
 page must come up before the model (``longlora.qa`` is imported by the loader thread). Only
-``layout.py`` and ``server.py`` import gradio; the engine (``longlora.qa``) never does.
+``layout.py``, ``pages.py`` and ``server.py`` import gradio; the engine (``longlora.qa``) never does.
 """

@@ -16,12 +16,19 @@ STRATEGY_HELP = (
     "related to the question, 'truncate-middle' keeps the beginning and the end, 'truncate-end' keeps "
     "the beginning."
 )
+PAGE_PICK_HELP = {
+    "none": "Ask a question: the pages its sources come from are listed here.",
+    "pages": "The pages the last answer's sources come from (numbered as in the Sources list).",
+    "text": "A plain-text document has no pages; the Sources under each answer are the text the model read.",
+    "uncited": "The last answer cites no pages.",
+}
 MATERIAL_CHOICES = [("Paper", "paper"), ("Book", "book"), ("Other", "other")]
 
 CSS = """
 #doc-card { min-height: 8em; }
 #status-line { font-size: 0.95em; }
 #examples-label { margin-bottom: -0.5em; }
+#page-image img { object-fit: contain; }
 footer { display: none !important; }
 """
 
@@ -82,10 +89,34 @@ def chat_column() -> SimpleNamespace:
             key: gr.Button(label, size="sm", visible=key in QUESTIONS_FOR["other"], elem_id=f"example-{key}")
             for key, label in EXAMPLE_LABELS.items()
         }
-    # API-only outputs of /ask and /sources (never shown in the page).
+    page_viewer(ui)
+    # API-only inputs and outputs of /ask, /sources and /page (never shown in the page).
     ui.answer_text = gr.Textbox(visible=False, label="Answer")
     ui.sources_json = gr.JSON(visible=False, label="Sources")
+    ui.page_number = gr.Number(visible=False, label="Page", precision=0)
     return ui
+
+
+def page_viewer(ui: SimpleNamespace) -> None:
+    """Under the chat: pick a page the last answer's sources cite, and see it."""
+    with gr.Group(elem_id="page-viewer"):
+        ui.page_pick = gr.Dropdown(
+            [],
+            value=None,
+            label="Open a cited page",
+            info=PAGE_PICK_HELP["none"],
+            interactive=False,
+            elem_id="page-pick",
+        )
+        ui.page_image = gr.Image(
+            type="pil",
+            format="png",  # text stays sharp (webp, the default, blurs small print)
+            label="Page",
+            interactive=False,
+            visible=False,
+            buttons=["download", "fullscreen"],
+            elem_id="page-image",
+        )
 
 
 def build_layout(status_text: str, max_new_tokens: int) -> SimpleNamespace:

@@ -1,4 +1,5 @@
-"""Serving the app: the command-line flags and ``launch`` with the app's privacy settings."""
+"""Serving the app: the command-line flags, ``launch`` with the app's privacy settings, and the
+queue settings of quick events (``LIGHT``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import gradio as gr
 from .layout import CSS
 
 DEFAULT_CONCURRENCY = 1
+LIGHT = dict(concurrency_limit=None, show_progress="hidden")  # quick events: never queued behind answers
 
 
 def launch(

@@ -17,8 +17,10 @@ from typing import Any
 
 from longlora.models import parse_length  # noqa: F401  (re-exported: eval code imports it from here)
 
-ATTENTION_CHOICES = ("sdpa", "eager", "flash", "s2")
-_ATTN_IMPLEMENTATION = {"sdpa": "sdpa", "eager": "eager", "flash": "flash_attention_2", "s2": "sdpa"}
+ATTENTION_CHOICES = ("auto", "sdpa", "eager", "flash", "s2")
+# "auto" (None) lets transformers pick: SDPA where the architecture supports it, eager where it does not
+# (Gemma 2's soft-capped attention logits).
+_ATTN_IMPLEMENTATION = {"auto": None, "sdpa": "sdpa", "eager": "eager", "flash": "flash_attention_2", "s2": None}
 
 
 def parse_lengths(values: list[str]) -> list[int]:
@@ -56,9 +58,10 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, token_dtype_dest: st
     group = add_shared(parser, token_dtype_dest=token_dtype_dest)
     group.add_argument(
         "--attention",
-        default="sdpa",
+        default="auto",
         choices=ATTENTION_CHOICES,
-        help="sdpa (default), eager, flash (flash-attn 2, CUDA only), or s2: the paper's "
+        help="auto (default: SDPA where the model supports it, else eager), sdpa, eager, flash (flash-attn 2, "
+        "CUDA only), or s2: the paper's "
         "'test with S2-Attn' ablation (shifted sparse attention kept on at evaluation)",
     )
     group.add_argument(
