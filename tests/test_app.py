@@ -792,7 +792,7 @@ def test_show_page_renders_the_asked_page(engine, tmp_path, monkeypatch):
         assert shown["visible"] and shown["label"].startswith(f"faq.pdf: page {number} of 3")
     assert "not readable" in app.show_page(2, state)["label"]  # the garbled page: the model skips it
     assert "not readable" not in app.show_page(3, state)["label"]
-    assert _is_page(app.show_page(3.0, state)["value"], PAGE_WIDTHS[2])  # gr.Number sends floats
+    assert _is_page(app.page_image(3.0, state), PAGE_WIDTHS[2])  # /page: gr.Number may send floats
 
 
 def test_show_page_refuses_clearly(engine, tmp_path, txt_file):

@@ -105,17 +105,24 @@ def page_picker(state: ChatState | None):
     return picker, (gr.skip() if answered else gr.update(value=None, visible=False))
 
 
-def show_page(page, state: ChatState | None):
+def page_image(page, state: ChatState | None):
     """API: page ``page`` (1-based) of the uploaded PDF as an image (e.g. a page a source cites)."""
     document = state.document if state is not None else None
     try:
         number = check_page(document, state.pdf if state is not None else None, page)
     except DocumentError as exc:  # the user's choice, not a failure: no server-side traceback
         raise gr.Error(str(exc), title="Cannot show this page", print_exception=False) from exc
+    return render_page(state.pdf.path, number)
+
+
+def show_page(page, state: ChatState | None):
+    """The page picked under the chat, shown with its number (and whether the model can read it)."""
+    image = page_image(page, state)
+    document, number = state.document, int(page)
     label = f"{document.name}: page {number} of {document.num_pages}"
     if number in document.garbled_pages:
         label += " (its text is not readable: the model does not see it)"
-    return gr.update(value=render_page(state.pdf.path, number), label=label, visible=True)
+    return gr.update(value=image, label=label, visible=True)
 
 
 def refresh_pages(ui, state: gr.State, name: str) -> dict:
@@ -137,4 +144,4 @@ def wire_pages(ui, state: gr.State) -> None:
     ui.page_pick.input(
         show_page, [ui.page_pick, state], api_name="page_pick", api_visibility="private", **render
     )
-    gr.on(triggers=[], fn=show_page, inputs=[ui.page_number, state], api_name="page", **render)
+    gr.on(triggers=[], fn=page_image, inputs=[ui.page_number, state], api_name="page", **render)

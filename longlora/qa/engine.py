@@ -21,6 +21,7 @@ import torch
 
 from data_tools.profiles import ModelProfile, profile_for_config
 from data_tools.prompts import MATERIAL_TYPES, guess_material_type
+from longlora.position import context_window
 from longlora.retrieval import GAP_MARKER, STRATEGIES, fit_document
 
 from .cache import PromptCaches
@@ -93,7 +94,7 @@ class QAEngine:
                 status=status,
             )
         model.eval()
-        window = int(model.config.max_position_embeddings)
+        window = context_window(model.config)
         if context_length is not None:
             if context_length > window:
                 raise ValueError(
