@@ -113,18 +113,55 @@ def _head_blocks(head_lo: int, head_hi: int, n_rep: int):
     return blocks
 
 
+def _attend_batch(qb, kb, vb, b: Batch, heads: tuple[int, int], n_rep, scaling, dropout, window):
+    """Causal SDPA of one :class:`Batch` laid out as ``n`` groups of ``b.length`` slots: qb (n*L, h, D)
+    for query heads ``heads``, kb/vb (n*L, h_kv, D) for their kv heads. Returns (n*L, h, D)."""
+    lo, hi = heads
+    kv_lo = lo // n_rep
+
+    def grouped(x):  # (n*L, h, D) -> (n, h, L, D), a view
+        return x.view(b.n, b.length, x.shape[1], x.shape[2]).transpose(1, 2)
+
+    blocks = []
+    for h0, h1, kv0, kv1 in _head_blocks(lo, hi, n_rep):
+        o = _sdpa(
+            grouped(qb[:, h0 - lo : h1 - lo]),
+            grouped(kb[:, kv0 - kv_lo : kv1 - kv_lo]),
+            grouped(vb[:, kv0 - kv_lo : kv1 - kv_lo]),
+            scaling,
+            dropout,
+            window,
+        )
+        blocks.append(o.transpose(1, 2))  # (n, L, h, D)
+    o = torch.cat(blocks, dim=2) if len(blocks) > 1 else blocks[0]
+    return o.reshape(b.n * b.length, hi - lo, qb.shape[2])
+
+
 def _attend_pass(q, k, v, batches: list[Batch], heads: tuple[int, int], n_rep, scaling, dropout, window):
     """Grouped causal attention of ``batches`` for query heads ``heads = (lo, hi)``; q (N, H, D), k/v
-    (N, H_kv, D).
+    (N, H_kv, D). Returns pieces (token id per slot (S,), -1 for padded slots; output (S, hi - lo, D)).
 
-    All batches are gathered in one ``index_select`` and cut apart with one ``split`` (whose backward is a
-    single concatenation): slicing q per batch instead would make every batch's backward write a
-    full-size gradient. Returns (token id per slot (S,), -1 for padded slots; output (S, hi - lo, D)).
+    A run covering a quarter of the tokens or more is a view of q/k/v (one long document: nothing is
+    copied). All other batches are gathered in one ``index_select`` and cut apart with one ``split``,
+    whose backward is a single concatenation: a view per batch would make every batch's backward write a
+    full-size gradient, which with hundreds of short documents costs more than the attention.
     """
     lo, hi = heads
+    kv = slice(lo // n_rep, (hi - 1) // n_rep + 1)
+    args = dict(heads=heads, n_rep=n_rep, scaling=scaling, dropout=dropout, window=window)
+    pieces, rest = [], []
+    for b in batches:
+        if b.first is None or 4 * b.n * b.length < q.shape[0]:
+            rest.append(b)
+            continue
+        span = slice(b.first, b.first + b.n * b.length)
+        o = _attend_batch(q[span, lo:hi], k[span, kv], v[span, kv], b, **args)
+        pieces.append((torch.arange(span.start, span.stop, device=q.device), o))
+    if not rest:
+        return pieces
     index, valid = [], []
     # built on the CPU and moved in one copy: on CUDA, one small host-to-device copy per batch adds up
-    for b in batches:
+    for b in rest:
         if b.first is not None:  # contiguous groups of equal length
             index.append(torch.arange(b.first, b.first + b.n * b.length))
             valid.append(torch.ones(b.n * b.length, dtype=torch.bool))
@@ -137,32 +174,13 @@ def _attend_pass(q, k, v, batches: list[Batch], heads: tuple[int, int], n_rep, s
             index.append(torch.where(ok, starts[:, None] + slot[None, :], starts[:, None]).reshape(-1))
             valid.append(ok.reshape(-1))
     index, valid = torch.cat(index).to(q.device), torch.cat(valid).to(q.device)
-    kv_lo, kv_hi = lo // n_rep, (hi - 1) // n_rep + 1
-    sizes = [b.n * b.length for b in batches]
+    sizes = [b.n * b.length for b in rest]
     qs = q[:, lo:hi].index_select(0, index).split(sizes)  # each (n*L, h, D)
-    ks = k[:, kv_lo:kv_hi].index_select(0, index).split(sizes)
-    vs = v[:, kv_lo:kv_hi].index_select(0, index).split(sizes)
-    outs = []
-    for b, qb, kb, vb in zip(batches, qs, ks, vs):
-
-        def grouped(x, b=b):  # (n*L, h, D) -> (n, h, L, D), a view
-            return x.view(b.n, b.length, x.shape[1], x.shape[2]).transpose(1, 2)
-
-        blocks = []
-        for h0, h1, kv0, kv1 in _head_blocks(lo, hi, n_rep):
-            o = _sdpa(
-                grouped(qb[:, h0 - lo : h1 - lo]),
-                grouped(kb[:, kv0 - kv_lo : kv1 - kv_lo]),
-                grouped(vb[:, kv0 - kv_lo : kv1 - kv_lo]),
-                scaling,
-                dropout,
-                window,
-            )
-            blocks.append(o.transpose(1, 2))  # (n, L, h, D)
-        o = torch.cat(blocks, dim=2) if len(blocks) > 1 else blocks[0]
-        outs.append(o.reshape(b.n * b.length, hi - lo, q.shape[2]))
-    out = torch.cat(outs) if len(outs) > 1 else outs[0]
-    return torch.where(valid, index, -1), out
+    ks = k[:, kv].index_select(0, index).split(sizes)
+    vs = v[:, kv].index_select(0, index).split(sizes)
+    outs = [_attend_batch(qb, kb, vb, b, **args) for b, qb, kb, vb in zip(rest, qs, ks, vs)]
+    pieces.append((torch.where(valid, index, -1), torch.cat(outs) if len(outs) > 1 else outs[0]))
+    return pieces
 
 
 def _attend_flash(q, k, v, starts, lengths, heads, n_rep, scaling, dropout, window):
@@ -200,6 +218,8 @@ def _scatter_back(pieces, n_tokens: int, heads: int, like):
     slots cover every real token once: one gather instead of one in-place write per piece (each of which
     would copy the whole output in backward). Tokens in no piece (padding) get zeros. Returns (N, h, D)."""
     tokens = torch.cat([t for t, _ in pieces])
+    if tokens.numel() == n_tokens and torch.equal(tokens, torch.arange(n_tokens, device=tokens.device)):
+        return torch.cat([o.to(like.dtype) for _, o in pieces])  # already in token order (one document)
     rows = torch.cat([o.to(like.dtype) for _, o in pieces] + [like.new_zeros(1, heads, like.shape[-1])])
     where = torch.full((n_tokens,), rows.shape[0] - 1, dtype=torch.long, device=like.device)
     real = tokens >= 0
@@ -294,16 +314,16 @@ def s2_attention(
     attend = dict(n_rep=heads // kv_heads, scaling=scaling, dropout=dropout, window=window)
     pieces = [[] for _ in ranges]  # per head range: (token ids, output) covering every real token once
     if shared[0]:
-        tokens, o = _attend_pass(q, k, v, plan_batches(*shared, call_cost), (0, heads), **attend)
-        for piece, (lo, hi, _) in zip(pieces, ranges):
-            piece.append((tokens, o[:, lo:hi]))
+        for tokens, o in _attend_pass(q, k, v, plan_batches(*shared, call_cost), (0, heads), **attend):
+            for piece, (lo, hi, _) in zip(pieces, ranges):
+                piece.append((tokens, o[:, lo:hi]))
     for piece, (lo, hi, _), (starts, lengths) in zip(pieces, ranges, own):
         if not starts:  # every group of this half is shared
             continue
         if use_flash:
             piece.append(_attend_flash(q, k, v, starts, lengths, (lo, hi), **attend))
         else:
-            piece.append(_attend_pass(q, k, v, plan_batches(starts, lengths, call_cost), (lo, hi), **attend))
+            piece.extend(_attend_pass(q, k, v, plan_batches(starts, lengths, call_cost), (lo, hi), **attend))
     out = torch.cat([_scatter_back(p, n, hi - lo, q) for p, (lo, hi, _) in zip(pieces, ranges)], dim=1)
     return out.reshape(batch, seq_len, heads, dim).transpose(1, 2)  # padding tokens are zero
 

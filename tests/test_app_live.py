@@ -10,6 +10,7 @@ the README screenshot there.
 from __future__ import annotations
 
 import os
+import re
 import time
 
 import pytest
@@ -77,6 +78,11 @@ def test_client_session_real_model(served_real):
     assert len(streamed) >= 2 and streamed[-1] == answer  # it streamed in, cumulatively
     assert all(streamed[i + 1].startswith(streamed[i]) for i in range(len(streamed) - 2))
 
+    sources = client.predict(api_name="/sources")  # the passages the answer was based on, with pages
+    assert sources and all(source["text"].strip() and source["pages"] for source in sources)
+    assert all(1 <= p <= 15 for source in sources for p in source["pages"])
+    assert os.path.getsize(client.predict(sources[0]["pages"][0], api_name="/page")) > 10_000  # a PNG
+
     follow = client.predict("Who maintains it?", api_name="/ask")
     assert isinstance(follow, str) and follow.strip()
 
@@ -113,6 +119,25 @@ def _watch_answer(page, quiet_s: float = 2.0, timeout_s: float = 300.0) -> list[
     return lengths
 
 
+def _open_sources_and_a_cited_page(page, expect) -> None:
+    """Unfold the sources under the last answer, then pick the first cited page and see it."""
+    summary = page.locator("#chat details summary").last
+    expect(summary).to_contain_text("Sources:", timeout=60_000)  # added once the answer is done
+    summary.click()
+    expect(page.locator("#chat details").last).to_contain_text("(p. ")  # each passage with its pages
+    page.locator("#page-pick input").click()
+    option = page.get_by_role("option").first
+    number = re.match(r"Page (\d+) \(source", option.inner_text()).group(1)
+    option.click()
+    image = page.locator("#page-image img")
+    expect(image).to_be_visible(timeout=60_000)
+    expect(page.locator("#page-image")).to_contain_text(f"zoo-faq.pdf: page {number} of 15")
+    page.wait_for_function(
+        "() => { const i = document.querySelector('#page-image img'); return i && i.naturalWidth > 500; }",
+        timeout=30_000,
+    )
+
+
 @pytest.mark.browser
 def test_browser_upload_ask_stream_stop(served_real):
     sync_api = pytest.importorskip("playwright.sync_api")
@@ -135,13 +160,15 @@ def test_browser_upload_ask_stream_stop(served_real):
             sync_api.expect(page.locator("#example-limitations")).to_be_visible(timeout=30_000)
             assert "tokens" in card.inner_text().lower()
 
-            # An example question, one click away: the answer streams in and completes.
+            # An example question, one click away: the answer streams in and completes, with its
+            # sources under it and the pages they cite one pick away.
             page.locator("#example-summary").click()
             page.locator(BOT).first.wait_for(timeout=300_000)
             lengths = _watch_answer(page)
             assert lengths[-1] > 0 and len(lengths) >= 3, (
                 f"the answer did not stream in: lengths seen {lengths}"
             )
+            _open_sources_and_a_cited_page(page, sync_api.expect)
             shot = os.environ.get("LONGLORA_APP_SCREENSHOT")
             if shot:
                 page.screenshot(path=shot, full_page=True)
