@@ -62,10 +62,11 @@ DEFAULT_GROUP_SIZE_RATIO = 0.25  # paper default: G = N / 4
 
 # ----------------------------------------------------------------------------- attention on groups
 
-# Fixed cost of one more SDPA call (forward + backward, autograd bookkeeping, gather/scatter), in causal
-# query-key pairs per head that the same time would compute: about 1 ms per call on a 2-core CPU. On an
-# H200 (SDPA, no flash-attn) host-side overhead dominates and values from 2^18 to 2^30 measured alike.
-_CALL_COST_PAIRS = {"cpu": 16384, "cuda": 1 << 22}
+# Fixed cost of one more SDPA call (forward + backward, autograd bookkeeping), in causal query-key pairs
+# times heads that the same time would compute: about 1 ms on 2 busy CPU cores, a fraction of that on 16
+# (where padding is cheap too, so the CPU value is the low, safe one). On an H200 (SDPA, no flash-attn)
+# host-side overhead dominates: values from 2^18 to 2^30 measured alike.
+_CALL_COST_PAIR_HEADS = {"cpu": 1 << 15, "cuda": 1 << 22}
 
 
 def _flash_attn_varlen():
@@ -310,11 +311,13 @@ def s2_attention(
     if len(ranges) == 2 and not use_flash:
         # a group both head halves share (a document shorter than G/2) is attended once with every head
         shared, own[0], own[1] = split_shared(own[0], own[1])
-    call_cost = _CALL_COST_PAIRS["cuda" if query.is_cuda else "cpu"]
+    call_cost = _CALL_COST_PAIR_HEADS["cuda" if query.is_cuda else "cpu"]  # // heads: pairs per head
     attend = dict(n_rep=heads // kv_heads, scaling=scaling, dropout=dropout, window=window)
     pieces = [[] for _ in ranges]  # per head range: (token ids, output) covering every real token once
     if shared[0]:
-        for tokens, o in _attend_pass(q, k, v, plan_batches(*shared, call_cost), (0, heads), **attend):
+        for tokens, o in _attend_pass(
+            q, k, v, plan_batches(*shared, call_cost // heads), (0, heads), **attend
+        ):
             for piece, (lo, hi, _) in zip(pieces, ranges):
                 piece.append((tokens, o[:, lo:hi]))
     for piece, (lo, hi, _), (starts, lengths) in zip(pieces, ranges, own):
@@ -323,7 +326,11 @@ def s2_attention(
         if use_flash:
             piece.append(_attend_flash(q, k, v, starts, lengths, (lo, hi), **attend))
         else:
-            piece.extend(_attend_pass(q, k, v, plan_batches(starts, lengths, call_cost), (lo, hi), **attend))
+            piece.extend(
+                _attend_pass(
+                    q, k, v, plan_batches(starts, lengths, call_cost // (hi - lo)), (lo, hi), **attend
+                )
+            )
     out = torch.cat([_scatter_back(p, n, hi - lo, q) for p, (lo, hi, _) in zip(pieces, ranges)], dim=1)
     return out.reshape(batch, seq_len, heads, dim).transpose(1, 2)  # padding tokens are zero
 
