@@ -286,6 +286,8 @@ def summarise(results: list[dict]) -> list[str]:
             s2, full, short = ((length, method, data, a) for a in ATTENTIONS)
             target = 1.8 if data == "book" else 1.5
             r = ratio(s2, full)
+            if r is None and ratio(s2, short) is None:
+                continue
             ok = "" if r is None else f" (target >= {target:.1f}x: {'met' if r >= target else 'NOT met'})"
             lines.append(
                 f"{length:>6} {method:<5} {data:<6}  S2/full tokens/s {_fmt(r, '{:.2f}x')}{ok}  "
