@@ -1,31 +1,37 @@
-"""Retrieval recall on the development QA set: is the evidence inside the passages given to the model?
+"""Retrieval recall on the development QA set: is the evidence inside the prompt given to the model?
 
 Every record of ``benchmarks/qa_dev_set.jsonl`` names a document (relative to the shared folder beside
 the repository; ``LONGLORA_SHARED`` or ``LONGLORA_FIXTURES``/.. override it), a question and a
 verbatim evidence quote. A question counts as recalled when its evidence quote lies inside one
 contiguous piece of what a retrieval method keeps within the token budget (compared after
 ``evidence_key`` normalisation: case, accents, spacing, hyphenation and punctuation ignored).
-Only the tokenizer is needed (no model); it runs in about a minute on one CPU core.
 
-Methods: ``fixed`` is the engine's retrieval before the dev set existed (sentence-aligned passages of
-``--passage`` tokens, 128 in the bundled model's profile, BM25 with a plural strip); ``fixed-stem``
-the same with the Snowball stemmer; ``windows`` half-overlapping windows of ``--passage`` tokens
+The ``engine`` method is what users get: ``QAEngine.build_prompt`` with the bundled model and its
+profile (``data_tools.profiles``: budget, passage size), and the prompt it would send decoded back to
+text and cut at the gap markers, so the number reported is the number of the app and of
+``python -m longlora.qa``. ``--budgets`` and ``--passage`` override the profile's budget and passage
+size (to choose them). The other methods need only the tokenizer and compare retrievals: ``fixed``
+is the engine's retrieval before the dev set existed (sentence-aligned passages, BM25 with a plural
+strip); ``fixed-stem`` the same with the Snowball stemmer; ``windows`` half-overlapping windows
 (``longlora.retrieval.PassageIndex`` without front matter); ``windows-front`` adds the document's
-opening for bibliographic questions (``PassageIndex`` as it is).
+opening for bibliographic questions (``PassageIndex`` as it is). A run takes a minute or two on one
+CPU core.
+
 A third of the questions (``"split": "holdout"``, picked by a hash of the id) were not looked at
-while choosing the method: the table reports both halves.
+while choosing the method or the passage size: the table reports both halves.
 
 Usage (CPU)::
 
-    python benchmarks/retrieval_recall.py                          # all methods, budgets 256..2048
-    python benchmarks/retrieval_recall.py --passage 128            # the engine's passage size today
-    python benchmarks/retrieval_recall.py --methods windows-front --budgets 256 --misses
+    python benchmarks/retrieval_recall.py                          # the engine as shipped (bundled profile)
+    python benchmarks/retrieval_recall.py --passage 64 96 128      # the engine with other passage sizes
+    python benchmarks/retrieval_recall.py --methods fixed windows-front --budgets 256 512 --misses
     python benchmarks/retrieval_recall.py --check                  # only validate the dev set
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -39,7 +45,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 DEV_SET = HERE / "qa_dev_set.jsonl"
-METHODS = ("fixed", "fixed-stem", "windows", "windows-front")
+METHODS = ("engine", "fixed", "fixed-stem", "windows", "windows-front")
 TYPES = ("paper", "manual", "slides", "table", "book")
 
 
@@ -78,16 +84,21 @@ def contains_evidence(pieces: list[str], quote: str) -> bool:
     return any(key in evidence_key(p) for p in pieces)
 
 
-def load_texts(records: list[dict], root: Path) -> dict[str, str | None]:
-    """Document path -> extracted text with the project's extraction (None when the file is missing)."""
+def load_documents(records: list[dict], root: Path) -> dict[str, object | None]:
+    """Document path -> ``data_tools.Document`` read with the project's extraction (None when missing)."""
     from data_tools import load_document
 
-    texts: dict[str, str | None] = {}
+    docs: dict[str, object | None] = {}
     for rec in records:
-        if rec["doc"] not in texts:
+        if rec["doc"] not in docs:
             path = root / rec["doc"]
-            texts[rec["doc"]] = load_document(path).text if path.exists() else None
-    return texts
+            docs[rec["doc"]] = load_document(path) if path.exists() else None
+    return docs
+
+
+def load_texts(records: list[dict], root: Path) -> dict[str, str | None]:
+    """Document path -> extracted text with the project's extraction (None when the file is missing)."""
+    return {d: None if doc is None else doc.text for d, doc in load_documents(records, root).items()}
 
 
 def pdftotext_texts(records: list[dict], root: Path) -> dict[str, str]:
@@ -175,16 +186,46 @@ class _Doc:
         return self._cache[key]
 
 
+def engine_pieces(engine, session, question: str) -> list[str]:
+    """The document pieces of the prompt the engine would send: its text cut at the gap markers.
+
+    The prompt's head and tail stay on the first and last piece; they hold no evidence quote.
+    """
+    from longlora.retrieval import GAP_MARKER
+
+    prompt, _ = engine.build_prompt(session, question)
+    return engine.tokenizer.decode(prompt).split(GAP_MARKER)
+
+
+def load_engine(model: str):
+    """The QA engine on a model spec (``default``: the bundled model) with its profile, as the app loads it."""
+    from longlora.qa import QAEngine
+
+    return QAEngine(model, status=lambda message: None)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--qa-set", type=Path, default=DEV_SET, help="JSONL dev set (see the docstring)")
     parser.add_argument("--shared", type=Path, default=None, help="folder holding corpus/ and fixtures/")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the bundled model's)")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="methods to run")
     parser.add_argument(
-        "--budgets", nargs="+", type=int, default=[256, 512, 1024, 2048], help="token budgets"
+        "--tokenizer", default=None, help="model / tokenizer folder (default: the bundled model's)"
     )
-    parser.add_argument("--passage", type=int, default=64, help="passage / window size in tokens")
+    parser.add_argument("--methods", nargs="+", default=["engine"], choices=METHODS, help="methods to run")
+    parser.add_argument(
+        "--budgets",
+        nargs="+",
+        type=int,
+        default=None,
+        help="token budgets (default: the profile's for engine, 256 512 1024 2048 for the others)",
+    )
+    parser.add_argument(
+        "--passage",
+        nargs="+",
+        type=int,
+        default=None,
+        help="passage / window sizes in tokens (default: the bundled profile's)",
+    )
     parser.add_argument(
         "--misses",
         action="store_true",
@@ -200,9 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     root = args.shared or shared_root()
     records = load_dev_set(args.qa_set)
-    texts = load_texts(records, root)
+    documents = load_documents(records, root)
+    texts = {d: None if doc is None else doc.text for d, doc in documents.items()}
     missing = sorted(d for d, t in texts.items() if t is None)
     if missing:
         print(
@@ -218,10 +261,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from transformers import AutoTokenizer
 
+    from data_tools.profiles import DEFAULT_MODEL_NAME, PROFILES
     from longlora.bundled_model import default_model_dir
     from longlora.retrieval import GAP_MARKER
 
-    tok_dir = args.tokenizer or default_model_dir()
+    tok_dir = args.tokenizer or str(default_model_dir())
     if not Path(tok_dir).exists():
         raise SystemExit(
             f"no tokenizer at {tok_dir}; run `python -m longlora.models` once, or pass --tokenizer"
@@ -234,39 +278,67 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"evidence present in the extracted text: {len(findable)}/{len(items)} (the ceiling of any retrieval)"
     )
+    engine = sessions = None
+    if "engine" in args.methods:
+        engine = load_engine(args.tokenizer or "default")
+        sessions = {d: engine.open_document(documents[d]) for d in docs}
+    bundled = PROFILES[DEFAULT_MODEL_NAME]
+    sizes = args.passage or [engine.profile.passage_tokens if engine else bundled.passage_tokens]
 
     types = [t for t in TYPES if any(r["type"] == t for r in items)]
-    print(f"\npassage/window size {args.passage} tokens; gap marker {gap_len} tokens\n")
-    header = "| method | budget | recall | dev | holdout | " + " | ".join(types) + " |"
+    print(f"\ngap marker {gap_len} tokens\n")
+    header = "| method | budget | passage | recall | dev | holdout | " + " | ".join(types) + " |"
     print(header)
-    print("| --- " * (5 + len(types)) + "|")
+    print("| --- " * (6 + len(types)) + "|")
     for method in args.methods:
-        for budget in args.budgets:
-            hits: dict[str, bool] = {}
-            for rec in items:
-                doc = docs[rec["doc"]]
-                spans = select(method, doc, rec["question"], budget, args.passage, gap_len, args.front)
-                hits[rec["id"]] = contains_evidence([doc.piece(s) for s in spans], rec["evidence"])
-            groups: dict[str, list[bool]] = defaultdict(list)
-            for rec in items:
-                groups[rec["split"]].append(hits[rec["id"]])
-                groups[rec["type"]].append(hits[rec["id"]])
-            total = sum(hits.values())
-            cells = [_frac(groups[g]) for g in ("dev", "holdout", *types)]
-            print(
-                f"| {method} | {budget} | {total}/{len(items)} ({100 * total / len(items):.0f}%) | "
-                + " | ".join(cells)
-                + " |"
-            )
-            if args.misses:
+        if args.budgets:
+            budgets = args.budgets
+        elif method == "engine":
+            budgets = [engine.profile.document_budget]
+        else:
+            budgets = [256, 512, 1024, 2048]
+        for size in sizes:
+            for budget in budgets:
+                if method == "engine":
+                    engine.profile = dataclasses.replace(
+                        engine.profile, passage_tokens=size, document_budget=budget
+                    )
+                hits: dict[str, bool] = {}
                 for rec in items:
-                    if not hits[rec["id"]] and rec["split"] == "dev":
-                        print(f"    miss {rec['id']} ({rec['split']}): {rec['question']}", file=sys.stderr)
+                    if method == "engine":
+                        pieces = engine_pieces(engine, sessions[rec["doc"]], rec["question"])
+                    else:
+                        doc = docs[rec["doc"]]
+                        spans = select(method, doc, rec["question"], budget, size, gap_len, args.front)
+                        pieces = [doc.piece(s) for s in spans]
+                    hits[rec["id"]] = contains_evidence(pieces, rec["evidence"])
+                print_row(method, budget, size, items, hits, types)
+                if args.misses:
+                    for rec in items:
+                        if not hits[rec["id"]] and rec["split"] == "dev":
+                            print(f"    miss {rec['id']}: {rec['question']}", file=sys.stderr)
     return 0
 
 
+def print_row(method: str, budget, size: int, items: list[dict], hits: dict[str, bool], types) -> None:
+    groups: dict[str, list[bool]] = defaultdict(list)
+    for rec in items:
+        groups[rec["split"]].append(hits[rec["id"]])
+        groups[rec["type"]].append(hits[rec["id"]])
+    total = sum(hits.values())
+    cells = [_frac(groups[g]) for g in ("dev", "holdout", *types)]
+    print(
+        f"| {method} | {budget} | {size} | {total}/{len(items)} ({100 * total / len(items):.0f}%) | "
+        + " | ".join(cells)
+        + " |",
+        flush=True,
+    )
+
+
 def _frac(values: list[bool]) -> str:
-    return f"{sum(values)}/{len(values)}" if values else "-"
+    if not values:
+        return "-"
+    return f"{sum(values)}/{len(values)} ({100 * sum(values) / len(values):.0f}%)"
 
 
 if __name__ == "__main__":

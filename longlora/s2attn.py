@@ -179,8 +179,11 @@ def _attend_pass(q, k, v, batches: list[Batch], heads: tuple[int, int], n_rep, s
     qs = q[:, lo:hi].index_select(0, index).split(sizes)  # each (n*L, h, D)
     ks = k[:, kv].index_select(0, index).split(sizes)
     vs = v[:, kv].index_select(0, index).split(sizes)
-    outs = [_attend_batch(qb, kb, vb, b, **args) for b, qb, kb, vb in zip(rest, qs, ks, vs)]
-    pieces.append((torch.where(valid, index, -1), torch.cat(outs) if len(outs) > 1 else outs[0]))
+    slot_tokens = torch.where(valid, index, -1).split(sizes)
+    # one piece per batch: the caller concatenates every piece once, in _scatter_back
+    pieces += [
+        (t, _attend_batch(qb, kb, vb, b, **args)) for t, b, qb, kb, vb in zip(slot_tokens, rest, qs, ks, vs)
+    ]
     return pieces
 
 
@@ -221,9 +224,12 @@ def _scatter_back(pieces, n_tokens: int, heads: int, like):
     tokens = torch.cat([t for t, _ in pieces])
     if tokens.numel() == n_tokens and torch.equal(tokens, torch.arange(n_tokens, device=tokens.device)):
         return torch.cat([o.to(like.dtype) for _, o in pieces])  # already in token order (one document)
-    rows = torch.cat([o.to(like.dtype) for _, o in pieces] + [like.new_zeros(1, heads, like.shape[-1])])
-    where = torch.full((n_tokens,), rows.shape[0] - 1, dtype=torch.long, device=like.device)
     real = tokens >= 0
+    n_real = int(real.sum().item())
+    # a zero row for padding tokens only when there are some (packed rows usually have none)
+    pad = [like.new_zeros(1, heads, like.shape[-1])] if n_real < n_tokens else []
+    rows = torch.cat([o.to(like.dtype) for _, o in pieces] + pad)
+    where = torch.full((n_tokens,), rows.shape[0] - 1, dtype=torch.long, device=like.device)
     where[tokens[real]] = torch.arange(tokens.numel(), device=like.device)[real]
     return rows.index_select(0, where)
 
@@ -313,6 +319,15 @@ def s2_attention(
         shared, own[0], own[1] = split_shared(own[0], own[1])
     call_cost = _CALL_COST_PAIR_HEADS["cuda" if query.is_cuda else "cpu"]  # // heads: pairs per head
     attend = dict(n_rep=heads // kv_heads, scaling=scaling, dropout=dropout, window=window)
+    if shared[0] and not any(starts for starts, _ in own):
+        # every group is shared (all documents shorter than G/2): one pass and one scatter over all heads
+        out = _scatter_back(
+            _attend_pass(q, k, v, plan_batches(*shared, call_cost // heads), (0, heads), **attend),
+            n,
+            heads,
+            q,
+        )
+        return out.reshape(batch, seq_len, heads, dim).transpose(1, 2)
     pieces = [[] for _ in ranges]  # per head range: (token ids, output) covering every real token once
     if shared[0]:
         for tokens, o in _attend_pass(

@@ -476,6 +476,42 @@ def test_sources_are_the_kept_pieces_with_pages_and_scores():
     }
 
 
+def test_retrieve_gives_the_front_matter_to_a_bibliographic_question():
+    # Authors and journal on page 1; the body says "wrote" six times, so BM25 alone (the engine's
+    # retrieval before PassageIndex) fills the budget with body passages and never reaches page 1.
+    engine = make_engine(context=512, budget=160, passage=32)
+    front = "Seamless Widgets\nAda Lovelace and Charles Babbage\nJournal of Engines, 1843\n"
+    pages = [front + filler(4, seed=0)] + [filler(6, seed=s) for s in range(1, 8)]
+    for k in range(1, 7):
+        pages[k] = pages[k][:30] + " The clerk wrote it down. " + pages[k][30:]
+    document = paged_document(pages)
+    session = engine.open_document(document, material_type="paper")
+    assert session.passage_index(32) is session.passage_index(32)  # built once per size
+    prompt, report = engine.build_prompt(session, "Who wrote this paper?")
+    content = engine.tokenizer.decode(prompt)
+    assert "Ada Lovelace and Charles Babbage" in content and "Journal of Engines" in content
+    assert not report.fits_whole and report.kept_tokens <= 160
+    first = report.sources[0]
+    assert first.start == 0 and "Ada Lovelace and Charles Babbage" in first.text
+    assert first.text == document.text[first.start : first.end] and first.pages == [1]
+    assert first.score is not None and 1 in report.pages_used
+    assert any("wrote" in s.text for s in report.sources[1:])  # the best windows follow the front matter
+    # a question about the content gets no front matter
+    _, report = engine.build_prompt(session, "What did the clerk do?")
+    assert all("Lovelace" not in s.text for s in report.sources) and report.sources
+    assert all(s.score > 0 for s in report.sources)
+
+
+def test_retrieve_falls_back_to_the_opening_when_no_word_matches():
+    engine = make_engine(budget=40, passage=16)
+    session = engine.open_document(
+        paged_document([filler(6, seed=s) for s in range(4)]), material_type="paper"
+    )
+    prompt, report = engine.build_prompt(session, "Zebra?")  # a word the document does not have
+    assert [(s.start, len(s.text)) for s in report.sources] == [(0, 40)] and report.pages_used == [1]
+    assert session.document.text[:40] in engine.tokenizer.decode(prompt)
+
+
 # ----------------------------------------------------------------------------- model profiles
 
 

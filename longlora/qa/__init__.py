@@ -12,14 +12,16 @@ KV cache of the last prompt of each session and prefills only what differs (the 
 
 When the document is longer than the token budget (context length - prompt - question - answer
 reserve, and at most what the model can really use, see ``ModelProfile``) a strategy decides what goes
-in: ``retrieve`` (BM25-ranked passages, kept in document order), ``truncate-middle`` (head and tail)
+in: ``retrieve`` (``longlora.retrieval.PassageIndex``: BM25-ranked, half-overlapping windows cut at
+sentence starts, kept in document order, and the document's opening first for questions about the
+document itself: authors, journal, date), ``truncate-middle`` (head and tail)
 or ``truncate-end`` (head). Every answer reports what was done (``FitReport``): document tokens, kept
 tokens, strategy, pages used and the passages themselves (``sources``).
 
 The parts, each readable on its own:
 
 - ``engine.py``: ``QAEngine`` (a loaded model + tokenizer; prompts, caches, generation)
-- ``session.py``: ``DocumentSession`` (a document's tokens, offsets, passages; plain data)
+- ``session.py``: ``DocumentSession`` (a document's tokens, offsets, retrieval index; plain data)
 - ``prompt.py``: the prompt around the document (``prompt_parts``)
 - ``sampling.py``: picking tokens, n-gram bans, end tokens
 - ``cache.py``: the per-session KV caches (LRU)
@@ -46,7 +48,14 @@ from data_tools.prompts import (
     prompt_prefix,
     prompt_suffix,
 )
-from longlora.retrieval import GAP_MARKER, STRATEGIES, BM25Index, fit_document, split_passages
+from longlora.retrieval import (
+    GAP_MARKER,
+    STRATEGIES,
+    BM25Index,
+    PassageIndex,
+    fit_document,
+    split_passages,
+)
 
 from .cache import PromptCaches
 from .cli import main
@@ -72,6 +81,7 @@ __all__ = [
     "DocumentSession",
     "FitReport",
     "ModelProfile",
+    "PassageIndex",
     "PromptCaches",
     "QAEngine",
     "QAEngineLike",

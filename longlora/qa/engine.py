@@ -22,7 +22,7 @@ import torch
 from data_tools.profiles import ModelProfile, profile_for_config
 from data_tools.prompts import MATERIAL_TYPES, guess_material_type
 from longlora.position import context_window
-from longlora.retrieval import GAP_MARKER, STRATEGIES, fit_document
+from longlora.retrieval import GAP_MARKER, STRATEGIES, fit_document, join_spans
 
 from .cache import PromptCaches
 from .prompt import normalize_history, prompt_parts
@@ -230,13 +230,12 @@ class QAEngine:
         """The full prompt ids for a question and the report of what was kept (with its sources)."""
         head_ids, tail_ids, budget = self.prompt_frame(session, question, history, max_new_tokens)
         ids = session.ids
-        passages = scores = None
+        windows = scores = None
         if strategy == "retrieve" and len(ids) > budget:
-            passages, index = session.passages(self.profile.passage_tokens)
-            scores = index.scores(question)
-        spans, content = fit_document(
-            ids, budget, strategy, passages=passages, scores=scores, gap_ids=self._gap_ids
-        )
+            spans, windows, scores = self._retrieve(session, question, budget)
+            content = join_spans(ids, spans, self._gap_ids)
+        else:
+            spans, content = fit_document(ids, budget, strategy, gap_ids=self._gap_ids)
         prompt = head_ids + content + tail_ids
         report = FitReport(
             strategy=strategy,
@@ -247,9 +246,20 @@ class QAEngine:
             budget_tokens=budget,
             passages=len(spans),
             prompt_tokens=len(prompt),
-            sources=_sources(session, spans, passages, scores),
+            sources=_sources(session, spans, windows, scores),
         )
         return prompt, report
+
+    def _retrieve(self, session: DocumentSession, question: str, budget: int):
+        """(spans, windows, window scores) for a document longer than ``budget`` (``PassageIndex``)."""
+        index = session.passage_index(self.profile.passage_tokens)
+        scores = index.scores(question)
+        spans = index.select(question, budget, separator_len=len(self._gap_ids), scores=scores)
+        if not spans:
+            # No word of the question occurs in the document: its opening (title, abstract,
+            # contents) is a better guess than an empty prompt.
+            spans = [(0, budget)]
+        return spans, index.windows, scores
 
     # -- asking
 
@@ -416,7 +426,8 @@ def _check_strategy(strategy: str) -> None:
 
 
 def _sources(session: DocumentSession, spans: Sequence[Span], passages, scores) -> list[Source]:
-    """The kept token spans as sources; a retrieved span's score is its best passage's BM25 score."""
+    """The kept token spans as sources; a retrieved span's score is the best BM25 score of the
+    passages (windows) it overlaps."""
     text = session.document.text
     out = []
     for s, e in spans:

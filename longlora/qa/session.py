@@ -1,7 +1,8 @@
-"""One open document: its text, token ids and offsets, and its passage splits.
+"""One open document: its text, token ids and offsets, and its retrieval indexes.
 
 A ``DocumentSession`` is data the engine creates (``QAEngine.open_document``): the tokens are
-computed once, when the document is opened; passage splits are computed once per passage size. The
+computed once, when the document is opened; the retrieval index (``PassageIndex``) once per window
+size. The
 KV cache of the session's last prompt lives in the engine (keyed by ``id``), so a session stays
 small and can sit in UI state.
 """
@@ -13,7 +14,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from longlora.retrieval import BM25Index, split_passages
+from longlora.retrieval import BM25Index, PassageIndex, split_passages
 
 Span = tuple[int, int]
 
@@ -45,14 +46,25 @@ class DocumentSession:
     engine: object = field(repr=False)
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     _passages: dict[int, tuple[list[Span], BM25Index]] = field(default_factory=dict, repr=False)
+    _indexes: dict[int, PassageIndex] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def num_tokens(self) -> int:
         return len(self.ids)
 
+    def passage_index(self, size: int) -> PassageIndex:
+        """The retrieval index the engine uses: half-overlapping ``size``-token windows (built once per size)."""
+        with self._lock:
+            if size not in self._indexes:
+                self._indexes[size] = PassageIndex(self.offsets, self.document.text, size)
+            return self._indexes[size]
+
     def passages(self, size: int) -> tuple[list[Span], BM25Index]:
-        """Token spans of ~``size``-token passages and their BM25 index (computed once per size)."""
+        """Token spans of consecutive ~``size``-token passages and their BM25 index (once per size).
+
+        The engine's earlier retrieval, kept for callers that score fixed passages themselves.
+        """
         with self._lock:
             if size not in self._passages:
                 text = self.document.text
