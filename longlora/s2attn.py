@@ -77,14 +77,19 @@ def _flash_attn_varlen():
     return flash_attn_varlen_func
 
 
-def _sdpa(q, k, v, scaling, dropout, window):
+def _sdpa(q, k, v, scaling, dropout, window, softcap=None):
     """Causal SDPA over a batch of groups, q (n, h, L, D), k/v (n, hk, L, D); ``window`` (or None) limits
-    query i to keys j with i - j < window, transformers' sliding-window convention."""
+    query i to keys j with i - j < window, transformers' sliding-window convention. ``softcap`` (Gemma 2's
+    ``attn_logit_softcapping``) caps the scores as ``softcap * tanh(s / softcap)`` before the softmax."""
     length = q.shape[2]
     mask = None
     if window is not None and window < length:
         i = torch.arange(length, device=q.device)
         mask = (i[:, None] >= i[None, :]) & (i[:, None] - i[None, :] < window)  # (L, L)
+    if softcap:
+        if mask is None:
+            mask = torch.ones(length, length, dtype=torch.bool, device=q.device).tril()
+        return _softcapped_attention(q, k, v, mask, scaling, dropout, softcap)
     return F.scaled_dot_product_attention(
         q,
         k,
@@ -95,6 +100,21 @@ def _sdpa(q, k, v, scaling, dropout, window):
         scale=scaling,
         enable_gqa=k.shape[1] != q.shape[1],
     )
+
+
+def _softcapped_attention(q, k, v, mask, scaling, dropout, softcap):
+    """Attention with soft-capped scores, which SDPA cannot express: q (n, h, Lq, D), k/v (n, hk, Lk, D),
+    ``mask`` boolean (..., Lq, Lk), True where a query may see a key. Returns (n, h, Lq, D)."""
+    if k.shape[1] != q.shape[1]:
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+        v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+    scale = q.shape[-1] ** -0.5 if scaling is None else scaling
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale  # (n, h, Lq, Lk)
+    scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores, dim=-1).to(v.dtype)
+    probs = F.dropout(probs, p=dropout, training=dropout > 0)
+    return torch.matmul(probs, v)
 
 
 def _head_blocks(head_lo: int, head_hi: int, n_rep: int):
@@ -114,7 +134,9 @@ def _head_blocks(head_lo: int, head_hi: int, n_rep: int):
     return blocks
 
 
-def _attend_batch(qb, kb, vb, b: Batch, heads: tuple[int, int], n_rep, scaling, dropout, window):
+def _attend_batch(
+    qb, kb, vb, b: Batch, heads: tuple[int, int], n_rep, scaling, dropout, window, softcap=None
+):
     """Causal SDPA of one :class:`Batch` laid out as ``n`` groups of ``b.length`` slots: qb (n*L, h, D)
     for query heads ``heads``, kb/vb (n*L, h_kv, D) for their kv heads. Returns (n*L, h, D)."""
     lo, hi = heads
@@ -132,13 +154,16 @@ def _attend_batch(qb, kb, vb, b: Batch, heads: tuple[int, int], n_rep, scaling, 
             scaling,
             dropout,
             window,
+            softcap,
         )
         blocks.append(o.transpose(1, 2))  # (n, L, h, D)
     o = torch.cat(blocks, dim=2) if len(blocks) > 1 else blocks[0]
     return o.reshape(b.n * b.length, hi - lo, qb.shape[2])
 
 
-def _attend_pass(q, k, v, batches: list[Batch], heads: tuple[int, int], n_rep, scaling, dropout, window):
+def _attend_pass(
+    q, k, v, batches: list[Batch], heads: tuple[int, int], n_rep, scaling, dropout, window, softcap=None
+):
     """Grouped causal attention of ``batches`` for query heads ``heads = (lo, hi)``; q (N, H, D), k/v
     (N, H_kv, D). Returns pieces (token id per slot (S,), -1 for padded slots; output (S, hi - lo, D)).
 
@@ -149,7 +174,7 @@ def _attend_pass(q, k, v, batches: list[Batch], heads: tuple[int, int], n_rep, s
     """
     lo, hi = heads
     kv = slice(lo // n_rep, (hi - 1) // n_rep + 1)
-    args = dict(heads=heads, n_rep=n_rep, scaling=scaling, dropout=dropout, window=window)
+    args = dict(heads=heads, n_rep=n_rep, scaling=scaling, dropout=dropout, window=window, softcap=softcap)
     pieces, rest = [], []
     for b in batches:
         if b.first is None or 4 * b.n * b.length < q.shape[0]:
@@ -187,7 +212,7 @@ def _attend_pass(q, k, v, batches: list[Batch], heads: tuple[int, int], n_rep, s
     return pieces
 
 
-def _attend_flash(q, k, v, starts, lengths, heads, n_rep, scaling, dropout, window):
+def _attend_flash(q, k, v, starts, lengths, heads, n_rep, scaling, dropout, window, softcap=None):
     """All groups of one head half in one ``flash_attn_varlen_func`` call per head block, unpadded."""
     flash = _flash_attn_varlen()
     max_len = max(lengths)
@@ -198,6 +223,8 @@ def _attend_flash(q, k, v, starts, lengths, heads, n_rep, scaling, dropout, wind
     sel = (starts_t[:, None] + slot[None, :])[valid]  # flat token ids in group order
     cu = F.pad(torch.cumsum(lengths_t, 0), (1, 0)).to(torch.int32)
     extra = {} if window is None else {"window_size": (window - 1, 0)}
+    if softcap:
+        extra["softcap"] = softcap
     outs = []
     for h0, h1, kv0, kv1 in _head_blocks(heads[0], heads[1], n_rep):
         o = flash(
@@ -247,6 +274,7 @@ def s2_attention(
     dropout: float = 0.0,
     backend: str = "auto",
     sliding_window: int | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Shifted sparse attention (LongLoRA S2-Attn) with causal groups and no future-token leakage.
 
@@ -266,6 +294,7 @@ def s2_attention(
         sliding_window: the layer's attention window (Mistral, Gemma 2/3, Qwen 2/3 sliding layers), in
             transformers' convention: query i sees key j only if ``i - j < sliding_window``. Each group's
             causal attention is intersected with it, so training never attends farther than inference.
+        softcap: attention-logit soft-capping (Gemma 2: ``softcap * tanh(score / softcap)``), or None.
 
     Returns:
         ``(B, H, T, D)``; rows of padding tokens are zero.
@@ -318,7 +347,7 @@ def s2_attention(
         # a group both head halves share (a document shorter than G/2) is attended once with every head
         shared, own[0], own[1] = split_shared(own[0], own[1])
     call_cost = _CALL_COST_PAIR_HEADS["cuda" if query.is_cuda else "cpu"]  # // heads: pairs per head
-    attend = dict(n_rep=heads // kv_heads, scaling=scaling, dropout=dropout, window=window)
+    attend = dict(n_rep=heads // kv_heads, scaling=scaling, dropout=dropout, window=window, softcap=softcap)
     if shared[0] and not any(starts for starts, _ in own):
         # every group is shared (all documents shorter than G/2): one pass and one scatter over all heads
         out = _scatter_back(
@@ -375,6 +404,9 @@ def s2_attention_forward(module, query, key, value, attention_mask, dropout=0.0,
     use_s2 = (
         (module.training or getattr(config, "s2_in_eval", False)) and key.shape[2] == seq_len and seq_len > 1
     )
+    softcap = kwargs.get("softcap")
+    if not use_s2 and softcap:  # SDPA has no soft-capping: Gemma 2 at inference
+        return _softcapped_full_attention(query, key, value, attention_mask, scaling, softcap, kwargs), None
     if not use_s2:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
@@ -391,9 +423,27 @@ def s2_attention_forward(module, query, key, value, attention_mask, dropout=0.0,
         # per layer: Mistral passes config.sliding_window to every layer; Gemma 2/3 and Qwen 2/3 pass it only
         # to their "sliding_attention" layers (config.layer_types) and None to full-attention layers
         sliding_window=kwargs.get("sliding_window"),
+        softcap=softcap,
         dropout=dropout if module.training else 0.0,
     )
     return out.transpose(1, 2), None  # (B, T, H, D) as transformers expects
+
+
+def _softcapped_full_attention(query, key, value, attention_mask, scaling, softcap, kwargs):
+    """Full attention with soft-capped scores (the S2 backend outside training, for Gemma 2): query
+    (B, H, Tq, D), key/value (B, H_kv, Tk, D). Returns (B, Tq, H, D)."""
+    tq, tk = query.shape[2], key.shape[2]
+    if attention_mask is not None and attention_mask.dtype == torch.bool:
+        mask = attention_mask[..., :tk]
+    elif attention_mask is not None:  # additive float mask
+        mask = attention_mask[..., :tk] > torch.finfo(attention_mask.dtype).min / 2
+    else:  # the mask function left a plain causal (maybe windowed) mask to is_causal: build it
+        i = torch.arange(tq, device=query.device)[:, None] + (tk - tq)
+        j = torch.arange(tk, device=query.device)[None, :]
+        mask = j <= i
+        if kwargs.get("sliding_window"):
+            mask &= i - j < kwargs["sliding_window"]
+    return _softcapped_attention(query, key, value, mask, scaling, 0.0, softcap).transpose(1, 2)
 
 
 def register_s2_attention() -> None:

@@ -127,3 +127,31 @@ def test_s2_is_active_in_training_and_causal(name):
     assert torch.allclose(s2[0, : GROUP // 2], full[0, : GROUP // 2], atol=1e-4), "first half-group = causal"
     assert not torch.allclose(s2, full, atol=1e-4), "S2-Attn did not run in training"
     torch.testing.assert_close(s2_changed[0, : t + 1], s2[0, : t + 1])
+
+
+def test_s2_applies_gemma2_attention_logit_softcapping():
+    """Gemma 2 caps attention scores (softcap * tanh(s / softcap)); S2-Attn must too, in training and after."""
+    from transformers import AutoModelForCausalLM
+
+    from longlora.s2attn import enable_s2_attention
+
+    config = family_config("gemma-2-2b-it")
+    config.attn_logit_softcapping = 0.05  # far below the scores of this model: capping changes every output
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").float().eval()
+    ids = torch.randint(10, config.vocab_size, (1, CONTEXT))
+    attentions = [m for m in model.modules() if hasattr(m, "attn_logit_softcapping")]
+    with torch.no_grad():
+        eager = model(ids).logits
+        for m in attentions:
+            m.attn_logit_softcapping = None
+        uncapped = model(ids).logits
+        for m in attentions:
+            m.attn_logit_softcapping = config.attn_logit_softcapping
+    assert not torch.allclose(eager, uncapped, atol=1e-3), "the cap must matter for this test to mean anything"
+    enable_s2_attention(model, group_size=GROUP)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, eager, atol=1e-4, rtol=1e-4)  # eval: full attention
+        model.train()
+        s2 = model(ids).logits
+    torch.testing.assert_close(s2[0, : GROUP // 2], eager[0, : GROUP // 2], atol=1e-4, rtol=1e-4)
