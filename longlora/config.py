@@ -110,6 +110,15 @@ class FinetuneConfig:
     gradient_checkpointing: bool = _opt(
         True, "keep activations (faster, much more memory)", flag="--no-gradient-checkpointing"
     )
+    chunked_loss: bool = _opt(
+        True,
+        "compute the loss without the tokens x vocabulary logits (chunked linear + cross-entropy; Liger's fused "
+        "kernel on CUDA when installed); off: the plain logits path",
+        flag="--no-chunked-loss",
+    )
+    offload_activations: bool = _opt(
+        False, "CUDA: keep checkpointed activations in pinned CPU memory (longer context, slower steps)"
+    )
     resume: bool = _opt(False, "continue from the last checkpoint in --output-dir (from step 0 if none yet)")
     seed: int = _opt(42, "seed for LoRA init and data order")
     deepspeed: str | None = _opt(

@@ -64,6 +64,8 @@ from longlora.checkpoints import (
 )
 from longlora.config import FinetuneConfig, build_parser, parse_args  # noqa: F401  (the command's API)
 from longlora.launch import MIXED_PRECISION, deepspeed_plugin, fresh_accelerator_state, resolve_dtype
+from longlora.loss import training_loss
+from longlora.offload import check_offload_device, offload_activations
 
 # ----------------------------------------------------------------------------- schedule
 
@@ -142,6 +144,7 @@ class Run:
     log_path: Path
     start_step: int
     resolved: dict
+    loss: typing.Callable = None  # (model, batch) -> loss; see longlora.loss.training_loss
 
 
 def train(cfg: FinetuneConfig) -> dict:
@@ -169,6 +172,8 @@ def setup(cfg: FinetuneConfig) -> Run:
         require_qlora_support()
     dtype = resolve_dtype(cfg.dtype)
     plugin = deepspeed_plugin(cfg, dtype) if cfg.deepspeed else None
+    if cfg.offload_activations:
+        check_offload_device("cuda" if torch.cuda.is_available() else "cpu")
 
     config, model_path = _load_base_config(cfg)
     original = original_context_length(config)
@@ -218,8 +223,21 @@ def setup(cfg: FinetuneConfig) -> Run:
         "sft_stats": sft_stats.to_dict() if sft_stats else None,
     }
     log_path = Path(cfg.log_file) if cfg.log_file else out / LOG_FILE
+    loss = training_loss(cfg.chunked_loss, accelerator.num_processes, accelerator.print)
     run = Run(
-        cfg, accelerator, model, tokenizer, optimizer, params, dataset, pad_id, out, log_path, 0, resolved
+        cfg,
+        accelerator,
+        model,
+        tokenizer,
+        optimizer,
+        params,
+        dataset,
+        pad_id,
+        out,
+        log_path,
+        0,
+        resolved,
+        loss,
     )
     _restore(run, resume_from)
     return run
@@ -275,7 +293,9 @@ def _load_trainable_model(cfg: FinetuneConfig, accelerator, dtype: torch.dtype, 
     if cfg.adapter:
         if cfg.gradient_checkpointing:
             enable_checkpointing(base)
-        return make_adapter_trainable(model), tokenizer
+        return make_adapter_trainable(model, compute_dtype=dtype), tokenizer
+    # compute_dtype: the trainable fp32 embedding/norm copies of LoRA+ hand bf16 activations on, so q, k and
+    # v reach the attention in the compute dtype (fp32 master weights stay for the optimizer)
     model = prepare_model(
         model,
         cfg.method,
@@ -283,6 +303,7 @@ def _load_trainable_model(cfg: FinetuneConfig, accelerator, dtype: torch.dtype, 
         alpha=cfg.lora_alpha,
         dropout=cfg.lora_dropout,
         gradient_checkpointing=cfg.gradient_checkpointing,
+        compute_dtype=dtype,
     )
     return model, tokenizer
 
@@ -364,7 +385,9 @@ def fit(run: Run) -> tuple[int, float]:
             )
             batch = {k: v.to(acc.device) for k, v in batch.items()}
             with acc.accumulate(model):
-                loss = model(**batch, use_cache=False).loss
+                # autocast here too: the chunked loss calls into the decoder, past accelerate's wrapped forward
+                with acc.autocast(), offload_activations(cfg.offload_activations, acc.device):
+                    loss = run.loss(model, batch)
                 acc.backward(loss)
                 if acc.sync_gradients and cfg.max_grad_norm > 0:
                     acc.clip_grad_norm_(run.params, cfg.max_grad_norm)

@@ -276,3 +276,26 @@ class CausalLMLoss(torch.nn.Module):
         return causal_lm_loss(
             self.model, input_ids, labels, chunk_size=self.chunk_size, backend=self.backend, **inputs
         )
+
+
+def _plain_loss(model, batch):
+    return model(**batch, use_cache=False).loss
+
+
+def _chunked_loss(model, batch):
+    return causal_lm_loss(model, **batch)
+
+
+def training_loss(chunked: bool = True, processes: int = 1, say=print):
+    """The training step's loss function ``(model, batch) -> loss``: chunked (no tokens x vocabulary
+    logits) on one process; the model's own loss with several processes (DDP/DeepSpeed/FSDP synchronise
+    gradients only through the wrapped model's forward, which a call into the decoder would bypass) or
+    when ``chunked`` is False."""
+    if not chunked:
+        return _plain_loss
+    if processes > 1:
+        say(
+            "note: several processes: the loss goes through the model's logits (the chunked loss is single-process)"
+        )
+        return _plain_loss
+    return _chunked_loss
