@@ -198,3 +198,20 @@ def write_json(path: str | os.PathLike, payload: dict) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def emit_results(payload: dict, args: argparse.Namespace, table: str, plot=None) -> int:
+    """The end of every eval command: print the table, write ``--output`` (JSON, atomically) and
+    ``--plot`` (with ``plot(payloads, path)``, default: the plotter of ``payload["kind"]``). Returns 0."""
+    import sys
+
+    print(table)
+    if getattr(args, "output", None):
+        write_json(args.output, payload)
+        print(f"wrote {args.output}", file=sys.stderr)
+    if getattr(args, "plot", None):
+        if plot is None:
+            from longlora.eval.plot import plot_results as plot
+        plot([payload], args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
+    return 0

@@ -43,10 +43,10 @@ from dataclasses import dataclass
 from longlora.eval.common import (
     add_model_arguments,
     check_addressable,
+    emit_results,
     load_eval_model,
     model_config_record,
     parse_lengths,
-    write_json,
 )
 
 TASK = (
@@ -350,16 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     )
     payload = {"kind": "passkey", "config": config, **summary, "trials": trials}
-    print(format_table(summary, config["label"]))
-    if args.output:
-        write_json(args.output, payload)
-        print(f"wrote {args.output}", file=sys.stderr)
-    if args.plot:
-        from longlora.eval.plot import plot_passkey
-
-        plot_passkey([payload], args.plot)
-        print(f"wrote {args.plot}", file=sys.stderr)
-    return 0
+    return emit_results(payload, args, format_table(summary, config["label"]))
 
 
 if __name__ == "__main__":

@@ -51,10 +51,10 @@ import torch.nn.functional as F
 from longlora.eval.common import (
     add_model_arguments,
     check_addressable,
+    emit_results,
     load_eval_model,
     model_config_record,
     parse_lengths,
-    write_json,
 )
 from longlora.eval.data import EvalDataError, load_eval_tokens
 
@@ -408,16 +408,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
     payload = {"kind": "perplexity", "config": config, "results": results}
-    print(format_table(results, config["label"]))
-    if args.output:
-        write_json(args.output, payload)
-        print(f"wrote {args.output}", file=sys.stderr)
-    if args.plot:
-        from longlora.eval.plot import plot_perplexity
-
-        plot_perplexity([payload], args.plot)
-        print(f"wrote {args.plot}", file=sys.stderr)
-    return 0
+    return emit_results(payload, args, format_table(results, config["label"]))
 
 
 if __name__ == "__main__":
