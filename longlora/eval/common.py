@@ -20,7 +20,13 @@ from longlora.models import parse_length  # noqa: F401  (re-exported: eval code 
 ATTENTION_CHOICES = ("auto", "sdpa", "eager", "flash", "s2")
 # "auto" (None) lets transformers pick: SDPA where the architecture supports it, eager where it does not
 # (Gemma 2's soft-capped attention logits).
-_ATTN_IMPLEMENTATION = {"auto": None, "sdpa": "sdpa", "eager": "eager", "flash": "flash_attention_2", "s2": None}
+_ATTN_IMPLEMENTATION = {
+    "auto": None,
+    "sdpa": "sdpa",
+    "eager": "eager",
+    "flash": "flash_attention_2",
+    "s2": None,
+}
 
 
 def parse_lengths(values: list[str]) -> list[int]:

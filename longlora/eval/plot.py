@@ -129,7 +129,14 @@ def plot_passkey(payloads: list[dict], path: str | os.PathLike, title: str | Non
     return out
 
 
-PLOTTERS = {"perplexity": plot_perplexity, "passkey": plot_passkey}
+def plot_ruler(payloads: list[dict], path: str | os.PathLike, title: str | None = None) -> Path:
+    """RULER results: average accuracy against length (``longlora.eval.report.plot_ruler``)."""
+    from longlora.eval.report import plot_ruler as plot  # report builds on this module's helpers
+
+    return plot(payloads, path)
+
+
+PLOTTERS = {"perplexity": plot_perplexity, "passkey": plot_passkey, "ruler": plot_ruler}
 """The plotter of each result ``kind``; a kind without one is an error, never another kind's plot."""
 
 
@@ -160,7 +167,7 @@ def load_result(path: str | os.PathLike) -> dict:
     if not isinstance(payload, dict) or "kind" not in payload:
         raise ValueError(
             f"{path} is not a longlora.eval result (no 'kind'); pass files written by "
-            "longlora.eval.perplexity / passkey --output"
+            "longlora.eval.perplexity / passkey / ruler --output"
         )
     return payload
 
@@ -168,7 +175,7 @@ def load_result(path: str | os.PathLike) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m longlora.eval.plot",
-        description="Plot perplexity or passkey result files (several runs on one figure).",
+        description="Plot perplexity, passkey or ruler result files (several runs on one figure).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("Usage::", 1)[1],
     )

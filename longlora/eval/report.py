@@ -21,10 +21,10 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 from data_tools.errors import DataError
+from data_tools.files import atomic_write_text
 from longlora.eval.plot import _length_axis, _length_label, _pyplot, _save
 
 KINDS = ("perplexity", "passkey", "ruler")
@@ -182,21 +182,6 @@ def plot_ruler(payloads: list[dict], path: str | os.PathLike) -> Path:
     return out
 
 
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write atomically (temp file in the same folder, then ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m longlora.eval.report",
@@ -228,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown_table(payloads)
     print(table)
     if args.output:
-        write_text(args.output, table + "\n")
+        atomic_write_text(args.output, table + "\n")
         print(f"wrote {args.output}", file=sys.stderr)
     if args.plot_prefix:
         for kind in KINDS:

@@ -45,6 +45,7 @@ from data_tools.errors import DataError, InputError
 from longlora.eval.common import (
     add_model_arguments,
     check_addressable,
+    emit_results,
     load_eval_model,
     model_config_record,
     parse_lengths,
@@ -420,19 +421,11 @@ def main(argv: list[str] | None = None) -> int:
                 write_json(args.output, payload())
             bar.update(1)
     result = payload()
-    print(format_table(result, config["label"]))
+    table = format_table(result, config["label"])
     eff = result["effective_context"]
     if eff["threshold"] is not None:
-        print(f"effective context: {eff['length']} (average >= {eff['threshold']:.3f}, {eff['kind']})")
-    if args.output:
-        write_json(args.output, result)
-        print(f"wrote {args.output}", file=sys.stderr)
-    if args.plot:
-        from longlora.eval.report import plot_ruler
-
-        plot_ruler([result], args.plot)
-        print(f"wrote {args.plot}", file=sys.stderr)
-    return 0
+        table += f"\neffective context: {eff['length']} (average >= {eff['threshold']:.3f}, {eff['kind']})"
+    return emit_results(result, args, table)
 
 
 if __name__ == "__main__":
