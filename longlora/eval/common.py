@@ -221,3 +221,44 @@ def emit_results(payload: dict, args: argparse.Namespace, table: str, plot=None)
         plot([payload], args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
     return 0
+
+
+def greedy_answer(model, tokenizer, input_ids: list[int], max_new_tokens: int, done=None) -> str:
+    """Greedy continuation of ``input_ids`` (one prompt), decoded without special tokens. Stops at EOS,
+    after ``max_new_tokens``, or as soon as ``done(text_so_far)`` is true (a stop that cannot change
+    the score, e.g. a complete number for passkey, every expected string for RULER)."""
+    import torch
+    from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+
+    n = len(input_ids)
+
+    class Done(StoppingCriteria):
+        def __call__(self, ids, scores, **kwargs):
+            stop = done is not None and done(tokenizer.decode(ids[0, n:], skip_special_tokens=True))
+            return torch.full((ids.shape[0],), stop, dtype=torch.bool, device=ids.device)
+
+    device = next(model.parameters()).device
+    ids = torch.tensor([input_ids], device=device)
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=eos, pad_token_id=pad
+    )
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            generation_config=config,
+            stopping_criteria=StoppingCriteriaList([Done()]),
+        )
+    return tokenizer.decode(out[0, n:], skip_special_tokens=True)
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, *, output: str, plot: str):
+    """The ``output`` flag group every eval command has: ``--output`` (JSON), ``--plot`` (PNG) and
+    ``--no-progress``; returns the group so a command can add its own."""
+    group = parser.add_argument_group("output")
+    group.add_argument("--output", default=None, help=output)
+    group.add_argument("--plot", default=None, help=plot)
+    group.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return group

@@ -42,8 +42,10 @@ from dataclasses import dataclass
 
 from longlora.eval.common import (
     add_model_arguments,
+    add_output_arguments,
     check_addressable,
     emit_results,
+    greedy_answer,
     load_eval_model,
     model_config_record,
     parse_lengths,
@@ -156,32 +158,9 @@ def generate_answer(model, tokenizer, input_ids: list[int], max_new_tokens: int)
     Stops early once the answer holds a complete number (digits followed by a non-digit): the
     rest cannot change the score.
     """
-    import torch
-    from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
-
-    prompt_len = len(input_ids)
-
-    class NumberDone(StoppingCriteria):
-        def __call__(self, ids, scores, **kwargs):
-            text = tokenizer.decode(ids[0, prompt_len:], skip_special_tokens=True)
-            done = re.search(r"\d+\D", text) is not None
-            return torch.full((ids.shape[0],), done, dtype=torch.bool, device=ids.device)
-
-    device = next(model.parameters()).device
-    ids = torch.tensor([input_ids], device=device)
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=eos, pad_token_id=pad
+    return greedy_answer(
+        model, tokenizer, input_ids, max_new_tokens, done=lambda text: re.search(r"\d+\D", text) is not None
     )
-    with torch.no_grad():
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            generation_config=config,
-            stopping_criteria=StoppingCriteriaList([NumberDone()]),
-        )
-    return tokenizer.decode(out[0, prompt_len:], skip_special_tokens=True)
 
 
 def run_trial(
@@ -283,12 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument(
         "--max-new-tokens", type=int, default=16, help="answer tokens to generate (default: 16)"
     )
-    out = parser.add_argument_group("output")
-    out.add_argument("--output", default=None, help="write trials and accuracies as JSON to this file")
-    out.add_argument(
-        "--plot", default=None, help="write a PNG heatmap (length x depth) + accuracy-vs-length line"
+    add_output_arguments(
+        parser,
+        output="write trials and accuracies as JSON to this file",
+        plot="write a PNG heatmap (length x depth) + accuracy-vs-length line",
     )
-    out.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
 

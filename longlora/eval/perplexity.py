@@ -50,6 +50,7 @@ import torch.nn.functional as F
 
 from longlora.eval.common import (
     add_model_arguments,
+    add_output_arguments,
     check_addressable,
     emit_results,
     load_eval_model,
@@ -325,10 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="use only the first N tokens of the data (e.g. 16k) for a quick run",
     )
     group.add_argument("--batch-size", type=int, default=1, help="windows per forward pass (default: 1)")
-    out = parser.add_argument_group("output")
-    out.add_argument("--output", default=None, help="write the results as JSON to this file")
-    out.add_argument("--plot", default=None, help="write a PNG of perplexity against context length")
-    out.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_output_arguments(
+        parser,
+        output="write the results as JSON to this file",
+        plot="write a PNG of perplexity against context length",
+    )
     return parser
 
 

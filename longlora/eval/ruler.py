@@ -44,8 +44,10 @@ from pathlib import Path
 from data_tools.errors import DataError, InputError
 from longlora.eval.common import (
     add_model_arguments,
+    add_output_arguments,
     check_addressable,
     emit_results,
+    greedy_answer,
     load_eval_model,
     model_config_record,
     parse_lengths,
@@ -64,35 +66,13 @@ DEFAULT_QA = FIXTURES / "short-qa-bigbench-sample.jsonl"
 def generate(model, tokenizer, sample: Sample) -> str:
     """Greedy continuation of the sample's prompt; stops at EOS, after ``max_new_tokens``, or once
     every expected string is in the output."""
-    import torch
-    from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
-
-    n = sample.prompt_tokens
-
-    class AllFound(StoppingCriteria):
-        def __call__(self, ids, scores, **kwargs):
-            text = tokenizer.decode(ids[0, n:], skip_special_tokens=True)
-            done = score_output(text, sample.answers, "all") == 1.0
-            return torch.full((ids.shape[0],), done, dtype=torch.bool, device=ids.device)
-
-    device = next(model.parameters()).device
-    ids = torch.tensor([sample.input_ids], device=device)
-    eos = tokenizer.eos_token_id
-    config = GenerationConfig(
-        max_new_tokens=sample.max_new_tokens,
-        do_sample=False,
-        num_beams=1,
-        eos_token_id=eos,
-        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos,
+    return greedy_answer(
+        model,
+        tokenizer,
+        sample.input_ids,
+        sample.max_new_tokens,
+        done=lambda text: score_output(text, sample.answers, "all") == 1.0,
     )
-    with torch.no_grad():
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            generation_config=config,
-            stopping_criteria=StoppingCriteriaList([AllFound()]),
-        )
-    return tokenizer.decode(out[0, n:], skip_special_tokens=True)
 
 
 # --------------------------------------------------------------------------- scores
@@ -270,13 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.85,
         help="without --threshold: this fraction of the average at the shortest length (0.85)",
     )
-    out = parser.add_argument_group("output")
-    out.add_argument("--output", default=None, help="JSON result file (rewritten after every sample)")
+    out = add_output_arguments(
+        parser,
+        output="JSON result file (rewritten after every sample)",
+        plot="PNG: task x length heatmap + average vs length",
+    )
     out.add_argument(
         "--log", default=None, help="per-sample JSONL log for resuming (default: OUTPUT.samples.jsonl)"
     )
-    out.add_argument("--plot", default=None, help="PNG: task x length heatmap + average vs length")
-    out.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
 
