@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -183,12 +184,22 @@ def fix_pdfium_quirks(text: str) -> str:
 # Reading
 
 
+# PDFium is not thread-safe; the app reads uploads and renders pages from a thread pool. Every PDFium call
+# of the project (reading here, page images in webapp.pages) holds this lock.
+PDFIUM_LOCK = threading.RLock()
+
+
 def read_pdf_pages(path: str | os.PathLike, password: str | None = None, *, ocr: bool = False) -> PdfPages:
     """One raw text per page; raises the ``DocumentError`` subclasses described in the module doc.
 
     ``ocr=True`` reads image-only pages with ``tesseract`` (``data_tools.ocr``) instead of raising
     ``NoTextLayerError``; it raises ``DependencyError`` when tesseract is not installed.
     """
+    with PDFIUM_LOCK:
+        return _read_pdf_pages(path, password, ocr=ocr)
+
+
+def _read_pdf_pages(path: str | os.PathLike, password: str | None = None, *, ocr: bool = False) -> PdfPages:
     path = os.fspath(path)
     name = os.path.basename(path)
     pdf = _open(path, password)

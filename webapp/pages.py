@@ -8,11 +8,11 @@ passages were taken from. ``/page`` serves any page of the document to ``gradio_
 from __future__ import annotations
 
 import os
-import threading
 
 import gradio as gr
 
 from data_tools.errors import DocumentError
+from data_tools.pdf import PDFIUM_LOCK
 
 from .chat import ChatState, last_sources
 from .layout import PAGE_PICK_HELP
@@ -21,8 +21,8 @@ from .server import LIGHT
 # 1.5 x 72 dpi = 108 dpi: body text is readable in the page panel and a letter page is ~920 x 1190 px.
 RENDER_SCALE = 1.5
 
-# PDFium is not thread-safe, and gradio runs handlers in a thread pool: one render at a time.
-_PDFIUM = threading.Lock()
+# PDFium is not thread-safe, and gradio runs handlers in a thread pool: renders share the reader's lock.
+_PDFIUM = PDFIUM_LOCK
 
 
 def cited_pages(sources) -> list[tuple[str, int]]:
