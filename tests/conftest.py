@@ -36,23 +36,34 @@ CHAT_TEMPLATE = (
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<|im_start|>", "<|im_end|>"]
 
 
+def build_char_tokenizer(specials, chat_template=None, **special_tokens):
+    """A character-level fast tokenizer built offline: ``specials`` first (ids 0..), then printable ASCII.
+
+    ``special_tokens``: pad_token, bos_token, eos_token, unk_token, additional_special_tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(specials)}
+    for c in string.printable:
+        if c not in "\x0b\x0c":
+            vocab.setdefault(c, len(vocab))
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=special_tokens.get("unk_token", "<unk>")))
+    backend.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, **special_tokens)
+    if chat_template is not None:
+        tok.chat_template = chat_template
+    return tok
+
+
 def make_char_tokenizer(chat_template: str | None = CHAT_TEMPLATE):
     """A character-level fast tokenizer built offline (printable ASCII + specials).
 
     ids 0..5 are the special tokens; pad=0, bos=1, eos=2, unk=3.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    chars = [c for c in string.printable if c not in "\x0b\x0c"]
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
-    for c in chars:
-        vocab.setdefault(c, len(vocab))
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
-    backend.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
+    return build_char_tokenizer(
+        SPECIAL_TOKENS,
+        chat_template,
         pad_token="<pad>",
         bos_token="<s>",
         eos_token="</s>",
@@ -60,9 +71,6 @@ def make_char_tokenizer(chat_template: str | None = CHAT_TEMPLATE):
         additional_special_tokens=["<|im_start|>", "<|im_end|>"],
         model_max_length=4096,
     )
-    if chat_template is not None:
-        tok.chat_template = chat_template
-    return tok
 
 
 def tiny_config(arch: str = "llama", vocab_size: int = 128, **overrides):

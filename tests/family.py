@@ -11,7 +11,6 @@ chat template, so SFT rendering and QA prompts go through the template the real 
 from __future__ import annotations
 
 import json
-import string
 from functools import cache
 from pathlib import Path
 
@@ -81,20 +80,12 @@ def family_config_dict(name: str, vocab_size: int) -> dict:
 
 
 def family_tokenizer(name: str):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from conftest import build_char_tokenizer
 
     spec = family_spec(name)
-    specials = ["<pad>", "<unk>", *spec["special_tokens"]]
-    vocab = {tok: i for i, tok in enumerate(specials)}
-    for c in string.printable:
-        if c not in "\x0b\x0c":
-            vocab.setdefault(c, len(vocab))
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
-    backend.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
+    return build_char_tokenizer(
+        ["<pad>", "<unk>", *spec["special_tokens"]],
+        spec["chat_template"],
         pad_token="<pad>",
         unk_token="<unk>",
         bos_token=spec["bos_token"],
@@ -102,8 +93,6 @@ def family_tokenizer(name: str):
         additional_special_tokens=spec["special_tokens"],
         model_max_length=1 << 20,
     )
-    tok.chat_template = spec["chat_template"]
-    return tok
 
 
 def family_config(name: str):

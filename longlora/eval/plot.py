@@ -154,16 +154,22 @@ def plot_results(payloads: list[dict], path: str | os.PathLike, title: str | Non
     return plotter(payloads, path, title=title)
 
 
-def load_result(path: str | os.PathLike) -> dict:
+def read_result_json(path: str | os.PathLike):
+    """The parsed JSON of a result file; ValueError naming the file and the fix when it cannot be read."""
     path = Path(path)
     try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ValueError(f"{path}: no such result file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(
             f"{path} is not a JSON result file ({err}); pass files written with --output"
         ) from None
+
+
+def load_result(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    payload = read_result_json(path)
     if not isinstance(payload, dict) or "kind" not in payload:
         raise ValueError(
             f"{path} is not a longlora.eval result (no 'kind'); pass files written by "

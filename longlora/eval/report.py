@@ -18,14 +18,13 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
 from data_tools.errors import DataError
 from data_tools.files import atomic_write_text
-from longlora.eval.plot import _length_axis, _length_label, _pyplot, _save
+from longlora.eval.plot import _length_axis, _length_label, _pyplot, _save, read_result_json
 
 KINDS = ("perplexity", "passkey", "ruler")
 # metric of each kind: (row name, better when, plot y label)
@@ -40,13 +39,9 @@ def load_result(path: str | os.PathLike) -> dict:
     """A perplexity, passkey or ruler result file; DataError naming the file and the fix otherwise."""
     path = Path(path)
     try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such result file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataError(
-            f"{path} is not a JSON result file ({err}); pass files written with --output"
-        ) from None
+        payload = read_result_json(path)
+    except ValueError as err:
+        raise DataError(str(err)) from None
     if not isinstance(payload, dict) or payload.get("kind") not in KINDS:
         raise DataError(
             f"{path} is not a perplexity, passkey or ruler result (its 'kind' is "
