@@ -161,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--chunk-size", type=int, default=None, help="loss chunk in tokens (default ~128 MB)")
     p.add_argument("--offload-activations", action="store_true", help="CUDA: checkpoints in pinned CPU RAM")
+    p.add_argument(
+        "--compact-cpu-memory", action="store_true", help="as finetune's flag: freed memory returned at once"
+    )
     p.add_argument("--timeout", type=float, default=3600, help="seconds allowed for one trial step")
     p.add_argument("--workdir", default=None, help="random-weights models (default: the longlora cache)")
     p.add_argument(
@@ -195,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     hw = torch.cuda.get_device_name(device) if cuda else f"CPU, bf16 {cpu_bf16_support()}"
     print(
         f"model {model}\n{args.method} {args.attention} step, dtype {dtype}, device {device} ({hw}), budget "
-        f"{budget:g} GB ({'GPU memory cap' if cuda else 'peak RSS'}); start {start}, granularity {granularity}"
+        f"{budget:g} GB ({'GPU memory cap' if cuda else 'peak RSS'}); start {start}, granularity {granularity}; "
+        f"allocator {'compact' if args.compact_cpu_memory else 'default'}"
     )
 
     def try_length(n: int) -> dict:
@@ -203,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             model=model, length=n, method=args.method, attention=args.attention, dtype=dtype, device=str(device),
             steps=1, warmup=0, forward=False, rows=None, chunk_size=args.chunk_size,
             offload=args.offload_activations, memory_cap_gb=budget if cuda else None,
+            compact_memory=args.compact_cpu_memory,
         )  # fmt: skip
         t0 = time.perf_counter()
         r = run_child(spec, watch_rss_bytes=None if cuda else int(budget * 2**30), timeout=args.timeout)
@@ -225,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "model": model, "method": args.method, "attention": args.attention, "dtype": dtype, "device": hw,
-            "budget_gb": budget, "granularity": granularity, "max_context": best, "trials": trials,
+            "budget_gb": budget, "compact_cpu_memory": args.compact_cpu_memory, "granularity": granularity, "max_context": best, "trials": trials,
         }  # fmt: skip
         tmp = out.with_suffix(out.suffix + ".tmp")
         tmp.write_text(json.dumps(payload, indent=2) + "\n")

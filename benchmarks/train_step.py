@@ -99,7 +99,8 @@ def measure(spec: dict) -> dict:
     """Run ``warmup + steps`` training steps (and ``forward`` no-grad passes) of one configuration.
 
     spec keys: model, length, method, attention, dtype, device, steps, warmup, forward, rows (an .npz
-    row file, or None for random tokens), chunk_size, offload, memory_cap_gb (CUDA only).
+    row file, or None for random tokens), chunk_size, offload, memory_cap_gb (CUDA only), compact_memory
+    (``--compact-cpu-memory``).
     """
     import torch
 
@@ -108,6 +109,10 @@ def measure(spec: dict) -> dict:
     from longlora.offload import offload_activations
 
     torch.manual_seed(0)
+    if spec.get("compact_memory"):  # as longlora.finetune --compact-cpu-memory does, before the weights load
+        from longlora.cpu_memory import compact_cpu_memory
+
+        compact_cpu_memory()
     device = torch.device(spec["device"])
     cuda = device.type == "cuda"
     if cuda and spec.get("memory_cap_gb"):
@@ -327,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1, help="untimed training steps before them")
     p.add_argument("--chunk-size", type=int, default=None, help="loss chunk in tokens (default ~128 MB)")
     p.add_argument("--offload-activations", action="store_true", help="CUDA: checkpoints in pinned CPU RAM")
+    p.add_argument(
+        "--compact-cpu-memory", action="store_true", help="as finetune's flag: freed memory returned at once"
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: one row of 256 tokens")
     p.add_argument("--output", help="also write every result as JSON here")
     return p
@@ -351,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     hw = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, bf16 {cpu_bf16_support()}"
     print(
         f"model {model}\ndevice {device} ({hw}), dtype {dtype}, torch {torch.__version__}, threads "
-        f"{torch.get_num_threads()}; steps {warmup} untimed + {args.steps} timed per configuration"
+        f"{torch.get_num_threads()}; steps {warmup} untimed + {args.steps} timed per configuration; "
+        f"allocator {'compact (--compact-cpu-memory)' if args.compact_cpu_memory else 'default'}"
     )
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -379,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
                             rows=path,
                             chunk_size=args.chunk_size,
                             offload=args.offload_activations,
+                            compact_memory=args.compact_cpu_memory,
                         )
                         r = {**spec, "data": data, "documents": docs, **run_child(spec)}
                         results.append(r)

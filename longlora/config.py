@@ -119,6 +119,11 @@ class FinetuneConfig:
     offload_activations: bool = _opt(
         False, "CUDA: keep checkpointed activations in pinned CPU memory (longer context, slower steps)"
     )
+    compact_cpu_memory: bool = _opt(
+        False,
+        "CPU: give freed activation memory back to the system at once (glibc; peak RSS about half at 8k, "
+        "steps ~30% slower): for when memory limits the context",
+    )
     resume: bool = _opt(False, "continue from the last checkpoint in --output-dir (from step 0 if none yet)")
     seed: int = _opt(42, "seed for LoRA init and data order")
     deepspeed: str | None = _opt(

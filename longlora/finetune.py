@@ -65,6 +65,7 @@ from longlora.checkpoints import (
 from longlora.config import FinetuneConfig, build_parser, parse_args  # noqa: F401  (the command's API)
 from longlora.launch import MIXED_PRECISION, deepspeed_plugin, fresh_accelerator_state, resolve_dtype
 from longlora.loss import training_loss
+from longlora.cpu_memory import compact_cpu_memory
 from longlora.offload import check_offload_device, offload_activations
 
 # ----------------------------------------------------------------------------- schedule
@@ -174,6 +175,8 @@ def setup(cfg: FinetuneConfig) -> Run:
     plugin = deepspeed_plugin(cfg, dtype) if cfg.deepspeed else None
     if cfg.offload_activations:
         check_offload_device("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.compact_cpu_memory and not compact_cpu_memory():
+        print("--compact-cpu-memory: this C library has no such setting (glibc only); ignored", file=sys.stderr)
 
     config, model_path = _load_base_config(cfg)
     original = original_context_length(config)

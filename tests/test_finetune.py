@@ -358,3 +358,16 @@ def test_dtype_and_lengths_follow_the_shared_model_surface():
     assert cfg("--context-length", "16k").context_length == 16384
     with pytest.raises(SystemExit):
         cfg("--dtype", "fp8")
+
+
+def test_compact_cpu_memory_is_set_before_the_model_loads(base_dir, text_file, tmp_path, monkeypatch):
+    """The allocator setting (tested in test_cpu_memory.py) only affects later allocations: the run
+    must apply it during setup, before the weights and the first step."""
+    events = []
+    monkeypatch.setattr(finetune, "compact_cpu_memory", lambda: events.append("compact") or True)
+    load = finetune._load_trainable_model
+    monkeypatch.setattr(finetune, "_load_trainable_model", lambda *a, **k: events.append("load") or load(*a, **k))
+    assert run(base_dir, text_file, tmp_path / "run", "--max-steps", "1", "--compact-cpu-memory") == 0
+    assert events == ["compact", "load"]
+    record = json.loads((tmp_path / "run" / "longlora_args.json").read_text())
+    assert record["args"]["compact_cpu_memory"] is True
