@@ -138,51 +138,67 @@ def _attend_batch(
     qb, kb, vb, b: Batch, heads: tuple[int, int], n_rep, scaling, dropout, window, softcap=None
 ):
     """Causal SDPA of one :class:`Batch` laid out as ``n`` groups of ``b.length`` slots: qb (n*L, h, D)
-    for query heads ``heads``, kb/vb (n*L, h_kv, D) for their kv heads. Returns (n*L, h, D)."""
+    for query heads ``heads``, kb/vb (n*L, h_kv, D) for their kv heads. Returns (n*L, h, D).
+
+    Head blocks are cut with ``split`` (whose backward is one concatenation), not with slices (whose
+    backward writes each block's gradient into a zero-filled copy of the whole batch)."""
     lo, hi = heads
-    kv_lo = lo // n_rep
 
     def grouped(x):  # (n*L, h, D) -> (n, h, L, D), a view
         return x.view(b.n, b.length, x.shape[1], x.shape[2]).transpose(1, 2)
 
-    blocks = []
-    for h0, h1, kv0, kv1 in _head_blocks(lo, hi, n_rep):
-        o = _sdpa(
-            grouped(qb[:, h0 - lo : h1 - lo]),
-            grouped(kb[:, kv0 - kv_lo : kv1 - kv_lo]),
-            grouped(vb[:, kv0 - kv_lo : kv1 - kv_lo]),
-            scaling,
-            dropout,
-            window,
-            softcap,
-        )
-        blocks.append(o.transpose(1, 2))  # (n, L, h, D)
+    spec = _head_blocks(lo, hi, n_rep)
+    if len(spec) == 1:
+        parts = [(qb, kb, vb)]
+    else:  # consecutive blocks: query heads and kv heads each split exactly
+        q_sizes, kv_sizes = [h1 - h0 for h0, h1, _, _ in spec], [k1 - k0 for _, _, k0, k1 in spec]
+        parts = zip(qb.split(q_sizes, dim=1), kb.split(kv_sizes, dim=1), vb.split(kv_sizes, dim=1))
+    blocks = [
+        _sdpa(grouped(qx), grouped(kx), grouped(vx), scaling, dropout, window, softcap).transpose(1, 2)
+        for qx, kx, vx in parts
+    ]  # each (n, L, h_block, D)
     o = torch.cat(blocks, dim=2) if len(blocks) > 1 else blocks[0]
     return o.reshape(b.n * b.length, hi - lo, qb.shape[2])
 
 
+def _token_views(x, spans: list[tuple[int, int]]):
+    """Views ``x[a:b]`` for disjoint ``spans`` (sorted), cut with one ``split`` so that backward is one
+    concatenation rather than one zero-filled full-size gradient per view."""
+    if len(spans) == 1 and spans[0] == (0, x.shape[0]):
+        return [x]
+    sizes, at, keep = [], 0, []
+    for a, b in spans:
+        sizes += [a - at, b - a]
+        keep.append(len(sizes) - 1)
+        at = b
+    pieces = x.split(sizes + [x.shape[0] - at])
+    return [pieces[i] for i in keep]
+
+
 def _attend_pass(
-    q, k, v, batches: list[Batch], heads: tuple[int, int], n_rep, scaling, dropout, window, softcap=None
+    qh, kh, vh, batches: list[Batch], heads: tuple[int, int], n_rep, scaling, dropout, window, softcap=None
 ):
-    """Grouped causal attention of ``batches`` for query heads ``heads = (lo, hi)``; q (N, H, D), k/v
-    (N, H_kv, D). Returns pieces (token id per slot (S,), -1 for padded slots; output (S, hi - lo, D)).
+    """Grouped causal attention of ``batches`` for query heads ``heads = (lo, hi)``; qh (N, hi - lo, D) is
+    q for those heads, kh/vh (N, h_kv, D) k/v for their kv heads (``lo // n_rep`` onwards). Returns pieces
+    (token id per slot (S,), -1 for padded slots; output (S, hi - lo, D)).
 
     A run covering a quarter of the tokens or more is a view of q/k/v (one long document: nothing is
     copied). All other batches are gathered in one ``index_select`` and cut apart with one ``split``,
     whose backward is a single concatenation: a view per batch would make every batch's backward write a
     full-size gradient, which with hundreds of short documents costs more than the attention.
     """
-    lo, hi = heads
-    kv = slice(lo // n_rep, (hi - 1) // n_rep + 1)
     args = dict(heads=heads, n_rep=n_rep, scaling=scaling, dropout=dropout, window=window, softcap=softcap)
-    pieces, rest = [], []
-    for b in batches:
-        if b.first is None or 4 * b.n * b.length < q.shape[0]:
-            rest.append(b)
-            continue
-        span = slice(b.first, b.first + b.n * b.length)
-        o = _attend_batch(q[span, lo:hi], k[span, kv], v[span, kv], b, **args)
-        pieces.append((torch.arange(span.start, span.stop, device=q.device), o))
+    n_tokens = qh.shape[0]
+    views = [b for b in batches if b.first is not None and 4 * b.n * b.length >= n_tokens]
+    rest = [b for b in batches if not (b.first is not None and 4 * b.n * b.length >= n_tokens)]
+    pieces = []
+    if views:
+        views.sort(key=lambda b: b.first)
+        spans = [(b.first, b.first + b.n * b.length) for b in views]
+        for b, (a, z), qb, kb, vb in zip(
+            views, spans, _token_views(qh, spans), _token_views(kh, spans), _token_views(vh, spans)
+        ):
+            pieces.append((torch.arange(a, z, device=qh.device), _attend_batch(qb, kb, vb, b, **args)))
     if not rest:
         return pieces
     index, valid = [], []
@@ -199,11 +215,11 @@ def _attend_pass(
             # query never attends to them
             index.append(torch.where(ok, starts[:, None] + slot[None, :], starts[:, None]).reshape(-1))
             valid.append(ok.reshape(-1))
-    index, valid = torch.cat(index).to(q.device), torch.cat(valid).to(q.device)
+    index, valid = torch.cat(index).to(qh.device), torch.cat(valid).to(qh.device)
     sizes = [b.n * b.length for b in rest]
-    qs = q[:, lo:hi].index_select(0, index).split(sizes)  # each (n*L, h, D)
-    ks = k[:, kv].index_select(0, index).split(sizes)
-    vs = v[:, kv].index_select(0, index).split(sizes)
+    qs = qh.index_select(0, index).split(sizes)  # each (n*L, h, D)
+    ks = kh.index_select(0, index).split(sizes)
+    vs = vh.index_select(0, index).split(sizes)
     slot_tokens = torch.where(valid, index, -1).split(sizes)
     # one piece per batch: the caller concatenates every piece once, in _scatter_back
     pieces += [
@@ -358,21 +374,26 @@ def s2_attention(
         )
         return out.reshape(batch, seq_len, heads, dim).transpose(1, 2)
     pieces = [[] for _ in ranges]  # per head range: (token ids, output) covering every real token once
+    widths = [hi - lo for lo, hi, _ in ranges]
     if shared[0]:
         for tokens, o in _attend_pass(
             q, k, v, plan_batches(*shared, call_cost // heads), (0, heads), **attend
         ):
-            for piece, (lo, hi, _) in zip(pieces, ranges):
-                piece.append((tokens, o[:, lo:hi]))
-    for piece, (lo, hi, _), (starts, lengths) in zip(pieces, ranges, own):
+            for piece, o_half in zip(pieces, o.split(widths, dim=1)):
+                piece.append((tokens, o_half))
+    # each half's query heads by one split (backward: one concatenation, not a zero-filled copy per half)
+    q_halves = q.split(widths, dim=1) if len(ranges) == 2 else [q]
+    for piece, (lo, hi, _), (starts, lengths), qh in zip(pieces, ranges, own, q_halves):
         if not starts:  # every group of this half is shared
             continue
         if use_flash:
             piece.append(_attend_flash(q, k, v, starts, lengths, (lo, hi), **attend))
         else:
+            kv = slice(lo // attend["n_rep"], (hi - 1) // attend["n_rep"] + 1)
+            kh, vh = (k, v) if kv == slice(0, kv_heads) else (k[:, kv], v[:, kv])
             piece.extend(
                 _attend_pass(
-                    q, k, v, plan_batches(starts, lengths, call_cost // (hi - lo)), (lo, hi), **attend
+                    qh, kh, vh, plan_batches(starts, lengths, call_cost // (hi - lo)), (lo, hi), **attend
                 )
             )
     out = torch.cat([_scatter_back(p, n, hi - lo, q) for p, (lo, hi, _) in zip(pieces, ranges)], dim=1)
