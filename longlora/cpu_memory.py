@@ -9,12 +9,17 @@ allocator's history more than the live tensors: one S2-Attn step of the bundled 
 2.9-3.8 GB of RSS in repeated runs, and at 1.87 GB with a fixed 64 KiB threshold (whose peaks S2-Attn
 and full attention share within 0.2%: ``benchmarks/train_step.py``).
 
+Only tensors under that 32 MiB ceiling are affected: at 32k tokens and beyond, the bundled model's
+activations are larger and glibc maps each of them anyway; consistently, one step at 32k peaked at
+4.0 GB and one at 64k at 8.2 GB without this setting, less than or close to 16k's 6.2-6.7 GB.
+For models with a wider hidden size the range where it matters moves to shorter contexts.
+
 The price is paid in page faults: every large tensor is fresh memory that the kernel zeroes on first
 touch, and the same step ran about 30% slower (AVX512-BF16 CPU, 2 threads). So this is an option for
 when memory, not time, limits the context, not a default. Transparent huge pages for those blocks
 (``glibc.malloc.hugetlb=1``) did not recover the time. A different allocator (jemalloc, tcmalloc via
-``LD_PRELOAD``) avoids both costs but must be installed and preloaded before Python starts; this needs
-neither.
+``LD_PRELOAD``) is meant to avoid both costs (not measured here) but must be installed and preloaded
+before Python starts; this needs neither.
 
 It is ``mallopt(M_MMAP_THRESHOLD, ...)`` (what the ``MALLOC_MMAP_THRESHOLD_`` environment variable does
 at start-up), called at run time; it affects allocations made after the call. Only glibc has it: on
@@ -27,7 +32,7 @@ import ctypes
 import sys
 
 M_MMAP_THRESHOLD = -3  # glibc's <malloc.h>
-COMPACT_MMAP_THRESHOLD = 64 * 1024  # bytes: every tensor of 16k floats or more is its own mapping
+COMPACT_MMAP_THRESHOLD = 64 * 1024  # bytes: every tensor of 16k fp32 values or more is its own mapping
 
 
 def compact_cpu_memory(threshold: int = COMPACT_MMAP_THRESHOLD) -> bool:
