@@ -182,15 +182,13 @@ def _attend_pass(
     q for those heads, kh/vh (N, h_kv, D) k/v for their kv heads (``lo // n_rep`` onwards). Returns pieces
     (token id per slot (S,), -1 for padded slots; output (S, hi - lo, D)).
 
-    A run covering a quarter of the tokens or more is a view of q/k/v (one long document: nothing is
-    copied). All other batches are gathered in one ``index_select`` and cut apart with one ``split``,
-    whose backward is a single concatenation: a view per batch would make every batch's backward write a
-    full-size gradient, which with hundreds of short documents costs more than the attention.
+    Contiguous batches (runs of equal groups, single groups) are views of q/k/v, all cut by one ``split``
+    (nothing is copied; backward is one concatenation). Padded buckets of short groups are gathered in one
+    ``index_select`` and cut apart with one ``split``, whose backward is a single concatenation as well.
     """
     args = dict(heads=heads, n_rep=n_rep, scaling=scaling, dropout=dropout, window=window, softcap=softcap)
-    n_tokens = qh.shape[0]
-    views = [b for b in batches if b.first is not None and 4 * b.n * b.length >= n_tokens]
-    rest = [b for b in batches if not (b.first is not None and 4 * b.n * b.length >= n_tokens)]
+    views = [b for b in batches if b.first is not None]
+    rest = [b for b in batches if b.first is None]
     pieces = []
     if views:
         views.sort(key=lambda b: b.first)
@@ -204,17 +202,13 @@ def _attend_pass(
     index, valid = [], []
     # built on the CPU and moved in one copy: on CUDA, one small host-to-device copy per batch adds up
     for b in rest:
-        if b.first is not None:  # contiguous groups of equal length
-            index.append(torch.arange(b.first, b.first + b.n * b.length))
-            valid.append(torch.ones(b.n * b.length, dtype=torch.bool))
-        else:
-            starts = torch.tensor(b.starts)
-            slot = torch.arange(b.length)
-            ok = slot[None, :] < torch.tensor(b.lengths)[:, None]  # (n, L)
-            # padded slots repeat the group's first token; they sit after every valid slot, so a causal
-            # query never attends to them
-            index.append(torch.where(ok, starts[:, None] + slot[None, :], starts[:, None]).reshape(-1))
-            valid.append(ok.reshape(-1))
+        starts = torch.tensor(b.starts)
+        slot = torch.arange(b.length)
+        ok = slot[None, :] < torch.tensor(b.lengths)[:, None]  # (n, L)
+        # padded slots repeat the group's first token; they sit after every valid slot, so a causal
+        # query never attends to them
+        index.append(torch.where(ok, starts[:, None] + slot[None, :], starts[:, None]).reshape(-1))
+        valid.append(ok.reshape(-1))
     index, valid = torch.cat(index).to(qh.device), torch.cat(valid).to(qh.device)
     sizes = [b.n * b.length for b in rest]
     qs = qh.index_select(0, index).split(sizes)  # each (n*L, h, D)

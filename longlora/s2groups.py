@@ -131,6 +131,9 @@ def split_shared(a: tuple[list[int], list[int]], b: tuple[list[int], list[int]])
     return unzip(both), unzip(pairs_a - both), unzip(pairs_b - both)
 
 
+LARGE_GROUP_CALLS = 16  # a group with this many calls' worth of causal pairs gets a call of its own
+
+
 def plan_batches(starts: list[int], lengths: list[int], call_cost: int) -> list[Batch]:
     """Batches of groups for SDPA with no padding waste beyond one call's fixed cost per group.
 
@@ -138,6 +141,8 @@ def plan_batches(starts: list[int], lengths: list[int], call_cost: int) -> list[
     sorted by length and bucketed: a group joins the current bucket when padding it to the bucket's length
     costs at most ``call_cost`` extra query-key pairs, i.e. less than the fixed cost of one more SDPA call
     (so 170 packed documents of 10-60 tokens take one call, and a 3,856-token tail never pads a 2,048 one).
+    A group whose own attention is worth ``LARGE_GROUP_CALLS`` calls or more is never bucketed: it is one call
+    on a view (a copy of it would cost memory and time, one more call almost nothing).
     """
     runs, single, i = [], [], 0
     while i < len(starts):
@@ -147,6 +152,9 @@ def plan_batches(starts: list[int], lengths: list[int], call_cost: int) -> list[
         (runs if j - i >= 2 else single).append((starts[i], j - i, lengths[i]))
         i = j
     plan = [Batch(length=n_tok, n=n, first=first) for first, n, n_tok in runs]
+    large = [r for r in single if r[2] * r[2] // 2 >= LARGE_GROUP_CALLS * call_cost]
+    plan += [Batch(length=n_tok, n=1, first=first) for first, _, n_tok in large]
+    single = [r for r in single if r[2] * r[2] // 2 < LARGE_GROUP_CALLS * call_cost]
     single.sort(key=lambda r: -r[2])
     bucket: list[tuple[int, int, int]] = []
     for group in single + [None]:

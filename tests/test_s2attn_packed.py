@@ -164,6 +164,15 @@ def test_tiny_documents_share_one_call_and_long_tails_are_not_padded():
     assert sorted((b.length, b.n) for b in plan) == [(60, 170), (2048, 1), (3856, 1), (4096, 1)]
 
 
+def test_large_groups_are_attended_in_place_not_copied():
+    # the shifted half of one 16k document at G = 4,096: two 2,048-token edge groups of equal length must
+    # not be gathered into one padded copy (S2 would then peak above full attention); each is a view
+    starts, lens = [0, 2048, 6144, 10240, 14336], [2048, 4096, 4096, 4096, 2048]
+    plan = plan_batches(starts, lens, (1 << 15) // 5)
+    assert all(b.first is not None for b in plan)
+    assert sorted((b.first, b.n, b.length) for b in plan) == [(0, 1, 2048), (2048, 3, 4096), (14336, 1, 2048)]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("window", [None, 5])
 def test_cuda_packed_row_matches_reference(window):
