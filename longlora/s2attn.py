@@ -41,7 +41,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from longlora.s2groups import Batch, document_layout, groups, plan_batches, split_shared
+from longlora.s2groups import Batch, document_layout, groups, plan_batches, regular_groups, split_shared
 
 # the layout helpers under their former private names (tests and older callers import them from here)
 _document_layout, _groups = document_layout, groups
@@ -196,7 +196,7 @@ def _attend_pass(
         for b, (a, z), qb, kb, vb in zip(
             views, spans, _token_views(qh, spans), _token_views(kh, spans), _token_views(vh, spans)
         ):
-            pieces.append((torch.arange(a, z, device=qh.device), _attend_batch(qb, kb, vb, b, **args)))
+            pieces.append((range(a, z), _attend_batch(qb, kb, vb, b, **args)))  # token ids, not a tensor
     if not rest:
         return pieces
     index, valid = [], []
@@ -255,12 +255,19 @@ def _attend_flash(q, k, v, starts, lengths, heads, n_rep, scaling, dropout, wind
 
 
 def _scatter_back(pieces, n_tokens: int, heads: int, like):
-    """Token order from pieces of (token id per slot (S,), -1 for padding; output (S, h, D)) whose valid
-    slots cover every real token once: one gather instead of one in-place write per piece (each of which
-    would copy the whole output in backward). Tokens in no piece (padding) get zeros. Returns (N, h, D)."""
-    tokens = torch.cat([t for t, _ in pieces])
-    if tokens.numel() == n_tokens and torch.equal(tokens, torch.arange(n_tokens, device=tokens.device)):
-        return torch.cat([o.to(like.dtype) for _, o in pieces])  # already in token order (one document)
+    """Token order from pieces of (token id per slot: a ``range`` or an (S,) tensor with -1 for padding;
+    output (S, h, D)) whose valid slots cover every real token once: one gather instead of one in-place
+    write per piece (each of which would copy the whole output in backward). Tokens in no piece (padding)
+    get zeros. Returns (N, h, D)."""
+    if all(isinstance(t, range) for t, _ in pieces):  # views of q: in token order once sorted?
+        ordered = sorted(pieces, key=lambda p: p[0].start)
+        bounds = [0] + [t.stop for t, _ in ordered]
+        if [t.start for t, _ in ordered] == bounds[:-1] and bounds[-1] == n_tokens:
+            outs = [o.to(like.dtype) for _, o in ordered]
+            return torch.cat(outs) if len(outs) > 1 else outs[0]  # one document: nothing to reorder
+    tokens = torch.cat(
+        [torch.arange(t.start, t.stop, device=like.device) if isinstance(t, range) else t for t, _ in pieces]
+    )
     real = tokens >= 0
     n_real = int(real.sum().item())
     # a zero row for padding tokens only when there are some (packed rows usually have none)
@@ -346,12 +353,15 @@ def s2_attention(
     k = key.transpose(1, 2).reshape(n, kv_heads, dim)  # (B*T, H_kv, D)
     v = value.transpose(1, 2).reshape(n, kv_heads, dim)
 
-    doc, pos = document_layout(batch, seq_len, attention_mask, cu_seqlens, query.device)
-    if not bool((doc >= 0).any()):
-        return query.new_zeros(query.shape)
     split = heads // 2 if shift else heads
     ranges = [(lo, hi, off) for lo, hi, off in ((0, split, 0), (split, heads, group_size // 2)) if lo < hi]
-    own = [[x.tolist() for x in groups(doc, pos, group_size, off)] for _, _, off in ranges]
+    if attention_mask is None and cu_seqlens is None:  # one document per row, no padding
+        own = [list(regular_groups(batch, seq_len, group_size, off)) for _, _, off in ranges]
+    else:
+        doc, pos = document_layout(batch, seq_len, attention_mask, cu_seqlens, query.device)
+        if not bool((doc >= 0).any()):
+            return query.new_zeros(query.shape)
+        own = [[x.tolist() for x in groups(doc, pos, group_size, off)] for _, _, off in ranges]
     shared = ([], [])
     if len(ranges) == 2 and not use_flash:
         # a group both head halves share (a document shorter than G/2) is attended once with every head

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Batch", "document_layout", "groups", "plan_batches", "split_shared"]
+__all__ = ["Batch", "document_layout", "groups", "plan_batches", "regular_groups", "split_shared"]
 
 
 def document_layout(batch: int, seq_len: int, attention_mask, cu_seqlens, device):
@@ -99,6 +99,19 @@ def groups(doc, pos, group_size: int, offset: int):
     # a group ends at the next group start or at the first padding token
     real_count = torch.cumsum(real.long(), 0)
     lengths = real_count[ends - 1] - torch.cat([real_count.new_zeros(1), real_count])[starts]
+    return starts, lengths
+
+
+def regular_groups(batch: int, seq_len: int, group_size: int, offset: int) -> tuple[list[int], list[int]]:
+    """:func:`groups` for rows without padding, one document each (no mask, no ``cu_seqlens``), as lists,
+    computed from the arithmetic instead of from per-token tensors: every layer of a step asks for the
+    same layout, and index tensors of the row's length would sit beside the attention's activations."""
+    first = offset % group_size or group_size  # group boundaries at positions = offset (mod G), inside (0, T)
+    cuts = [0, *range(first, seq_len, group_size), seq_len]
+    starts, lengths = [], []
+    for row in range(batch):
+        starts += [row * seq_len + a for a in cuts[:-1]]
+        lengths += [b - a for a, b in zip(cuts[:-1], cuts[1:])]
     return starts, lengths
 
 

@@ -8,7 +8,7 @@ import torch
 from reference import s2_attention_masked_ref, s2_attention_ref
 
 from longlora.s2attn import s2_attention
-from longlora.s2groups import document_layout, groups, plan_batches, split_shared
+from longlora.s2groups import document_layout, groups, plan_batches, regular_groups, split_shared
 
 
 def _packed(lengths, heads=9, kv_heads=3, dim=8, seed=0, dtype=torch.float32, requires_grad=False):
@@ -189,3 +189,42 @@ def test_cuda_packed_row_matches_reference(window):
     want = torch.autograd.grad(ref, ref_leaves, grad.double())
     for name, a, b in zip("qkv", got, want):
         _assert_close(a.cpu(), b, 1e-3, f"d{name}")
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("seq_len", [1, 5, 64, 100, 257])
+@pytest.mark.parametrize("group", [2, 7, 16, 64, 300])
+def test_regular_groups_equal_the_per_token_layout(batch, seq_len, group):
+    # the arithmetic shortcut for rows without a mask equals groups() over document_layout, both halves
+    doc, pos = document_layout(batch, seq_len, None, None, "cpu")
+    for offset in (0, group // 2):
+        expected = [x.tolist() for x in groups(doc, pos, group, offset)]
+        assert list(regular_groups(batch, seq_len, group, offset)) == expected
+
+
+def test_a_plain_row_builds_no_per_token_index_tensors():
+    # every layer of a step runs this: with no mask the layout is arithmetic, groups of G/2 tokens and more
+    # are attended in place and the output needs no reordering, so nothing of the row's length but the
+    # activations themselves is allocated (a 24k row at G = T/4, so that the shifted edge groups are large)
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    t = 24576
+
+    class Watch(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.index_ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for x in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(x, torch.Tensor) and not x.is_floating_point() and x.numel() >= t:
+                    self.index_ops.append(str(func))
+            return out
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 4, t, 8, generator=g, requires_grad=True)
+    k, v = (torch.randn(1, 2, t, 8, generator=g, requires_grad=True) for _ in range(2))
+    with Watch() as watch:
+        s2_attention(q, k, v, t // 4).sum().backward()
+    assert watch.index_ops == []
