@@ -356,7 +356,7 @@ def s2_attention(
     split = heads // 2 if shift else heads
     ranges = [(lo, hi, off) for lo, hi, off in ((0, split, 0), (split, heads, group_size // 2)) if lo < hi]
     if attention_mask is None and cu_seqlens is None:  # one document per row, no padding
-        own = [list(regular_groups(batch, seq_len, group_size, off)) for _, _, off in ranges]
+        own = [regular_groups(batch, seq_len, group_size, off) for _, _, off in ranges]
     else:
         doc, pos = document_layout(batch, seq_len, attention_mask, cu_seqlens, query.device)
         if not bool((doc >= 0).any()):

@@ -13,7 +13,6 @@ from longlora.cpu_memory import compact_cpu_memory
 # a step's pattern: activation-sized blocks interleaved with small long-lived ones, then the blocks freed
 CHILD = textwrap.dedent(
     """
-    import sys
     import torch
     from longlora.cpu_memory import compact_cpu_memory
 
@@ -22,10 +21,9 @@ CHILD = textwrap.dedent(
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
 
-    if sys.argv[1] == "compact":
-        assert compact_cpu_memory()
+    assert compact_cpu_memory()
     x = torch.empty(16 << 20, dtype=torch.uint8).fill_(1)
-    del x  # glibc raises its mmap threshold to 16 MB here
+    del x  # without the setting, glibc would raise its mmap threshold to 16 MB here
     base = rss_mb()
     blocks, kept = [], []
     for _ in range(20):
@@ -37,8 +35,8 @@ CHILD = textwrap.dedent(
 )
 
 
-def _held_mb(mode: str) -> int:
-    out = subprocess.run([sys.executable, "-c", CHILD, mode], capture_output=True, text=True, check=True)
+def _held_mb() -> int:
+    out = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, check=True)
     return int(out.stdout.split()[-1])
 
 
@@ -52,7 +50,7 @@ def test_freed_activation_blocks_return_to_the_system():
     # Without the setting, whether glibc keeps the blocks depends on its threshold history in the process
     # (kept: 200 MB held when the threshold has grown, as in a training step; returned when it has not):
     # not asserted. With it, they are returned whatever came before.
-    assert _held_mb("compact") < 20
+    assert _held_mb() < 20
 
 
 def test_off_linux_or_without_glibc_it_reports_that_it_did_nothing(monkeypatch):
