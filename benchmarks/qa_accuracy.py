@@ -27,6 +27,12 @@ pipeline answers are reused only when they were given with the engine's current 
 
 A config is ``strategy[:budget[:passage_tokens[:repetition_penalty[:no_repeat_ngram]]]][@prompt_style]``;
 budget ``full`` means the whole context window; prompt styles are ``longlora.qa.PROMPT_STYLES``.
+Strategy ``whole[/STYLE]`` is ``retrieve`` with the profile's whole-document mode: a document that fits
+the window goes in whole, in STYLE (default the paper's template); ``--fitting-only`` keeps the
+questions on such documents (to compare whole-document answers with retrieval on the same questions)::
+
+    python benchmarks/qa_accuracy.py --model out/smollm2-16k/merged --fitting-only --modes pipeline \
+        --configs whole:256:64:1.0:4@brief whole/brief:256:64:1.0:4@brief retrieve:256:64:1.0:4@brief
 """
 
 from __future__ import annotations
@@ -85,16 +91,22 @@ class Config:
     repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
     prompt_style: str = "paper"
+    whole_style: str | None = None  # "whole[/STYLE]": a document that fits the window goes in whole
 
     @classmethod
     def parse(cls, text: str) -> Config:
         text, _, style = text.partition("@")
         parts = text.split(":")
+        strategy, whole_style = parts[0], None
+        if strategy.split("/")[0] == "whole":
+            whole_style = strategy.partition("/")[2] or "paper"
+            strategy = "retrieve"
         try:
             budget = None if len(parts) < 2 or parts[1] == "full" else int(parts[1])
             return cls(
                 prompt_style=style or "paper",
-                strategy=parts[0],
+                whole_style=whole_style,
+                strategy=strategy,
                 budget=budget,
                 passage_tokens=int(parts[2]) if len(parts) > 2 else 256,
                 repetition_penalty=float(parts[3]) if len(parts) > 3 else 1.0,
@@ -108,7 +120,10 @@ class Config:
     @property
     def name(self) -> str:
         budget = "full" if self.budget is None else str(self.budget)
-        name = f"{self.strategy}:{budget}"
+        strategy = self.strategy
+        if self.whole_style is not None:
+            strategy = "whole" + ("" if self.whole_style == "paper" else f"/{self.whole_style}")
+        name = f"{strategy}:{budget}"
         if self.strategy == "retrieve":
             name += f":{self.passage_tokens}"
         if self.repetition_penalty != 1.0 or self.no_repeat_ngram_size:
@@ -234,6 +249,11 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, default=Path("outputs/qa_accuracy.jsonl"), help="per-answer results"
     )
     parser.add_argument("--fresh", action="store_true", help="ignore results already in --out")
+    parser.add_argument(
+        "--fitting-only",
+        action="store_true",
+        help="only questions whose document fits the model's window whole (with the paper's template)",
+    )
     args = parser.parse_args(argv)
 
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -263,6 +283,12 @@ def main(argv: list[str] | None = None) -> int:
     for item in items:
         if item["doc"] not in sessions:
             sessions[item["doc"]] = engine.open_document(resolve(item["doc"], args.fixtures))
+    if args.fitting_only:
+        engine.profile = dataclasses.replace(base_profile, whole_document=True, whole_document_style="paper")
+        fitting = {d for d, s in sessions.items() if s.num_tokens <= engine.document_budget(s, "")}
+        items = [i for i in items if i["doc"] in fitting]
+        sessions = {d: s for d, s in sessions.items() if d in fitting}
+        print(f"--fitting-only: {len(items)} questions on {len(sessions)} documents", file=sys.stderr)
     print(
         f"model {args.model}: window {engine.context_length}; documents: "
         + ", ".join(f"{d} {s.num_tokens:,} tok" for d, s in sessions.items()),
@@ -280,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
                 repetition_penalty=config.repetition_penalty,
                 no_repeat_ngram_size=config.no_repeat_ngram_size,
                 prompt_style=config.prompt_style,
+                whole_document=config.whole_style is not None,
+                whole_document_style=config.whole_style or "paper",
             )
             if mode == "windows" and config.strategy != "retrieve":
                 continue

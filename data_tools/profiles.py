@@ -51,6 +51,9 @@ class ModelProfile:
     passage_tokens: retrieval passage size. prompt_style: "paper" (the paper's B.6 wording) or
     "brief" (see ``longlora.qa.prompt.PROMPT_STYLES``). repetition_penalty / no_repeat_ngram_size:
     applied to the answer's own tokens only (never to the document, which the answer may copy from).
+    whole_document: a document that fits the whole context window goes in whole, in
+    ``whole_document_style`` (the paper's demo: full attention over all of it), whatever
+    ``document_budget`` says; longer documents are fitted by the settings above.
     """
 
     document_budget: int | None = None
@@ -58,6 +61,8 @@ class ModelProfile:
     prompt_style: str = "paper"
     repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
+    whole_document: bool = False
+    whole_document_style: str = "paper"
 
 
 # The config key that carries the profile name through save / merge / Position Interpolation.
@@ -76,6 +81,13 @@ PROFILES: dict[str, ModelProfile] = {
         document_budget=256, passage_tokens=64, prompt_style="brief", no_repeat_ngram_size=4
     ),
 }
+# The profile of a model extended by LongLoRA from a base with a profile of its own (written into the
+# merged model's config by ``python -m longlora.recipe``): what the extended model answers best with,
+# measured on the development QA set (benchmarks/qa_accuracy.py --fitting-only; docs/recipe.md).
+EXTENDED_PROFILES: dict[str, str] = {DEFAULT_MODEL_NAME: f"{DEFAULT_MODEL_NAME}-LongLoRA"}
+PROFILES[EXTENDED_PROFILES[DEFAULT_MODEL_NAME]] = ModelProfile(
+    document_budget=256, passage_tokens=64, prompt_style="brief", no_repeat_ngram_size=4, whole_document=True
+)
 # Config values that identify a known base architecture (unchanged by merging or by PI).
 FINGERPRINTS: dict[str, dict[str, object]] = {
     DEFAULT_MODEL_NAME: dict(
@@ -108,6 +120,11 @@ def profile_name_for_config(config) -> str:
 def profile_for_config(config) -> ModelProfile:
     """The :class:`ModelProfile` a model with this config uses."""
     return PROFILES[profile_name_for_config(config)]
+
+
+def extended_profile_name(base_profile: str) -> str | None:
+    """The profile of a LongLoRA extension of a model with ``base_profile`` (None: keep the base's)."""
+    return EXTENDED_PROFILES.get(base_profile)
 
 
 def record_profile(config, name: str | None = None) -> str:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from data_tools.profiles import record_profile
+from data_tools.profiles import PROFILES, record_profile
 from longlora.models import (
     RUN_ARGS_FILE,
     ModelLoadError,
@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
         "times the largest |logit|: 3.5e-4, 0.088 and 0.031 relative for fp32, bf16, fp16)",
     )
     p.add_argument("--probe-tokens", type=int, default=64, help="length of the probe input of the self-check")
+    p.add_argument(
+        "--profile",
+        default=None,
+        help="serving profile to record in the merged config (a name in data_tools.profiles.PROFILES, e.g. "
+        "the extended profile python -m longlora.recipe chooses); default: the base's",
+    )
     return p
 
 
@@ -158,9 +164,12 @@ def merge(
     tolerance: float | None = None,
     probe_tokens: int = 64,
     trust_remote_code: bool = False,
+    profile: str | None = None,
     say=print,
 ) -> dict:
-    """Merge ``adapter`` into its base, save to ``output``, verify; return the report dict."""
+    """Merge ``adapter`` into its base, save to ``output``, verify; return the report dict.
+
+    ``profile``: the serving profile recorded in the merged config (None: the base's)."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -176,6 +185,10 @@ def merge(
         raise ValueError("--output must differ from --adapter; write the merged model to a new folder")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise ValueError(f"--output {out} is not empty; pass --overwrite or choose another folder")
+    if profile is not None and profile not in PROFILES:
+        raise ValueError(
+            f"--profile {profile!r} is not a known profile; choose one of {', '.join(sorted(PROFILES))}"
+        )
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(canonical_dtype(dtype), torch_device)
     method = read_run_args(src).get("args", {}).get("method")
@@ -214,6 +227,7 @@ def merge(
     if hasattr(cfg, "quantization_config"):
         delattr(cfg, "quantization_config")
     cfg.use_cache = True
+    record_profile(cfg, profile)  # None keeps the base's serving profile, whatever the folder
     _save_atomically(merged, tokenizer, out, overwrite)
 
     reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch_dtype).to(torch_device)
@@ -283,7 +297,6 @@ def _save_atomically(model, tokenizer, out: Path, overwrite: bool) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
-        record_profile(model.config)  # a merged model keeps its base's serving profile, whatever its folder
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
@@ -316,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
             tolerance=a.tolerance,
             probe_tokens=a.probe_tokens,
             trust_remote_code=a.trust_remote_code,
+            profile=a.profile,
         )
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -218,6 +218,32 @@ def test_whole_document_when_it_fits(engine):
     assert report.summary().startswith("The whole document is in the prompt")
 
 
+def test_whole_document_profile_puts_a_fitting_document_in_whole_in_the_paper_template():
+    """A profile with whole_document ignores its small retrieval budget for a document that fits the
+    window (the paper's demo: the whole document, the paper's template), and falls back to the
+    budget and the brief wording for one that does not."""
+    profile_kw = dict(prompt_style="brief", whole_document=True, whole_document_style="paper")
+    engine = make_engine(context=512, budget=32, passage=16, profile_kw=profile_kw)
+    short = paged_document([filler(3, seed=1), filler(3, seed=2)])
+    session = engine.open_document(short, material_type="paper")
+    assert 32 < session.num_tokens < 400
+    prompt, report = engine.build_prompt(session, "Anything?")
+    text = engine.tokenizer.decode(prompt)
+    assert report.fits_whole and report.kept_tokens == session.num_tokens and report.pages_used == [1, 2]
+    assert short.text in text and prompt_prefix("paper") in text  # the paper's template
+    assert engine.card(session).fits
+    # a document longer than the window: retrieval within the 32-token budget, brief wording
+    long = paged_document([filler(40, seed=s) for s in range(3)])
+    session = engine.open_document(long, material_type="paper")
+    prompt, report = engine.build_prompt(session, "Anything?")
+    assert not report.fits_whole and report.kept_tokens <= 32
+    assert prompt_prefix("paper") not in engine.tokenizer.decode(prompt)
+    # the same short document without whole_document stays within the budget
+    plain = make_engine(context=512, budget=32, passage=16, profile_kw={"prompt_style": "brief"})
+    prompt, report = plain.build_prompt(plain.open_document(short, material_type="paper"), "Anything?")
+    assert not report.fits_whole and report.kept_tokens <= 32
+
+
 # ----------------------------------------------------------------------------- generation
 
 

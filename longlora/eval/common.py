@@ -148,7 +148,10 @@ def model_label(args: argparse.Namespace) -> str:
     if args.adapter:
         name += f"+{Path(str(args.adapter)).name}"
     if args.context_length:
-        name += f" (PI {args.context_length})"
+        scheme = {"linear": "PI", "yarn": "YaRN"}.get(
+            getattr(args, "rope_type", None) or "linear", args.rope_type
+        )
+        name += f" ({scheme} {args.context_length})"
     if args.attention == "s2":
         name += " [S2]"
     return name

@@ -193,26 +193,40 @@ class QAEngine:
         return list(self.tokenizer(text, add_special_tokens=add)["input_ids"])
 
     def prompt_frame(self, session, question, history=None, max_new_tokens=None):
-        """(head ids, tail ids, document budget); drops the oldest history turns if they do not fit."""
+        """(head ids, tail ids, document budget); drops the oldest history turns if they do not fit.
+
+        A profile with ``whole_document`` puts a document that fits the window in whole, in its
+        ``whole_document_style``; otherwise the profile's ``prompt_style`` and ``document_budget`` apply.
+        """
         max_new = self.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
-        pairs = normalize_history(history)
-        while True:
-            head, tail = prompt_parts(
-                self.tokenizer, question, session.material_type, pairs, style=self.profile.prompt_style
+        profile = self.profile
+        if profile.whole_document:
+            head_ids, tail_ids, room = self._frame(
+                question, session, history, max_new, profile.whole_document_style
             )
-            head_ids, tail_ids = self._encode(head, first=True), self._encode(tail, first=False)
-            room = self.context_length - len(head_ids) - len(tail_ids) - max_new
-            if room >= MIN_DOCUMENT_BUDGET or not pairs:
-                break
-            pairs = pairs[1:]
+            if session.num_tokens <= room:
+                return head_ids, tail_ids, room
+        head_ids, tail_ids, room = self._frame(question, session, history, max_new, profile.prompt_style)
         if room < MIN_DOCUMENT_BUDGET:
             raise ValueError(
                 f"the question and answer reserve leave no room for the document: context {self.context_length} "
                 f"tokens, prompt {len(head_ids) + len(tail_ids)}, answer reserve {max_new}; ask a shorter "
                 "question or lower max_new_tokens"
             )
-        limit = self.profile.document_budget
+        limit = profile.document_budget
         return head_ids, tail_ids, room if limit is None else min(room, limit)
+
+    def _frame(self, question, session, history, max_new: int, style: str):
+        """(head ids, tail ids, room for the document) in ``style``, dropping the oldest history turns
+        until at least ``MIN_DOCUMENT_BUDGET`` tokens are left (or no turn is left to drop)."""
+        pairs = normalize_history(history)
+        while True:
+            head, tail = prompt_parts(self.tokenizer, question, session.material_type, pairs, style=style)
+            head_ids, tail_ids = self._encode(head, first=True), self._encode(tail, first=False)
+            room = self.context_length - len(head_ids) - len(tail_ids) - max_new
+            if room >= MIN_DOCUMENT_BUDGET or not pairs:
+                return head_ids, tail_ids, room
+            pairs = pairs[1:]
 
     def document_budget(self, session: DocumentSession, question: str = "", history=None) -> int:
         """Tokens of document that fit with this question (what a card reports for an empty question)."""
