@@ -10,6 +10,9 @@ Usage (CPU)::
 
     python benchmarks/qa_latency.py                         # fp32 and bf16, 2k and 6k tokens
     python benchmarks/qa_latency.py --dtypes bfloat16 --lengths 2048
+    # an extended 16k model on a 16k-token document (time to first token of the whole-document prompt)
+    python benchmarks/qa_latency.py --model out/smollm2-16k/merged --dtypes bfloat16 --lengths 15872 \
+        --doc data/books/heldout/austen-prideprejudice.txt --output results/qa-latency-16k.json
 """
 
 from __future__ import annotations
@@ -56,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], help="dtypes to compare")
     parser.add_argument("--lengths", nargs="+", type=int, default=[2048, 6144], help="document tokens")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit")
+    parser.add_argument(
+        "--output", type=Path, default=None, help="also write the rows as JSON (with provenance)"
+    )
     args = parser.parse_args(argv)
 
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -99,6 +105,23 @@ def main(argv: list[str] | None = None) -> int:
             f"{follow['ttft'] / first['ttft']:.3f} | {first['prefill_tps']:.0f} | "
             f"{(first['decode_tps'] + follow['decode_tps']) / 2:.1f} |"
         )
+    if args.output:
+        import json
+
+        from data_tools.files import atomic_write_text
+        from longlora.provenance import run_record
+
+        payload = {
+            "kind": "qa-latency",
+            "provenance": run_record(),
+            "model": args.model,
+            "document": str(args.doc),
+            "rows": [
+                {"dtype": d, "document_tokens": n, "first": first, "follow_up": follow}
+                for d, n, first, follow in rows
+            ],
+        }
+        atomic_write_text(args.output, json.dumps(payload, indent=2) + "\n")
     if len(args.dtypes) == 2:
         print()
         for length in args.lengths:

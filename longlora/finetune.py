@@ -63,9 +63,9 @@ from longlora.checkpoints import (
     truncate_log,
 )
 from longlora.config import FinetuneConfig, build_parser, parse_args  # noqa: F401  (the command's API)
+from longlora.cpu_memory import compact_cpu_memory
 from longlora.launch import MIXED_PRECISION, deepspeed_plugin, fresh_accelerator_state, resolve_dtype
 from longlora.loss import training_loss
-from longlora.cpu_memory import compact_cpu_memory
 from longlora.offload import check_offload_device, offload_activations
 
 # ----------------------------------------------------------------------------- schedule

@@ -8,7 +8,6 @@ eval -> one QA answer. Plus, per family: S2-Attn really runs in training and sta
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
