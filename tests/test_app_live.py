@@ -190,3 +190,38 @@ def test_browser_upload_ask_stream_stop(served_real):
             assert _last_answer(page) == stopped  # nothing is added after the stop
         finally:
             browser.close()
+
+
+# The extended model of the recipe (python -m longlora.recipe --output-dir out/smollm2-16k) served by the
+# app, when it has been built: LONGLORA_EXTENDED_MODEL=out/smollm2-16k/merged python -m pytest -m real_model
+EXTENDED = os.environ.get("LONGLORA_EXTENDED_MODEL")
+
+
+@pytest.mark.skipif(not EXTENDED, reason="set LONGLORA_EXTENDED_MODEL to the recipe's merged model folder")
+def test_app_serves_the_recipe_model_whole_document(tmp_path, monkeypatch):
+    """python app.py --model out/smollm2-16k/merged: the 16k window from its config, the extended profile
+    it records, and a 12k-token paper answered from the whole document (the paper's demo)."""
+    from gradio_client import Client, handle_file
+    from transformers import AutoConfig
+
+    from data_tools.profiles import PROFILE_CONFIG_KEY, PROFILES
+    from webapp.loading import BackgroundEngine
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    config = AutoConfig.from_pretrained(EXTENDED)
+    args = app.parse_args(["--model", EXTENDED, "--max-new-tokens", str(MAX_NEW_TOKENS)])
+    engine = BackgroundEngine.from_args(args, max_new_tokens=MAX_NEW_TOKENS)
+    engine.wait_ready(timeout=600)
+    assert engine.context_length == config.max_position_embeddings >= 16384
+    assert engine.profile == PROFILES[getattr(config, PROFILE_CONFIG_KEY)] and engine.profile.whole_document
+    demo = app.build_demo(engine, max_new_tokens=MAX_NEW_TOKENS)
+    url = launch_with_retry(demo)
+    try:
+        client = Client(url, verbose=False, httpx_kwargs={"timeout": 600})
+        card = client.predict(handle_file(str(FIXTURES / "rcpp-jss-2011.pdf")), api_name="/upload")
+        assert "rcpp-jss-2011.pdf" in card and "fits whole" in card.lower()
+        answer = client.predict("Who wrote this paper?", api_name="/ask")
+        assert answer.strip()
+        assert client.predict(api_name="/sources") == []  # the whole document was read: no passages picked
+    finally:
+        demo.close()
