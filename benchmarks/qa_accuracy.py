@@ -251,8 +251,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true", help="ignore results already in --out")
     parser.add_argument(
         "--fitting-only",
-        action="store_true",
-        help="only questions whose document fits the model's window whole (with the paper's template)",
+        nargs="?",
+        type=int,
+        const=0,
+        default=None,
+        metavar="WINDOW",
+        help="only questions whose document fits whole (with the paper's template) in the model's window, "
+        "or in a WINDOW-token window (to ask a shorter-window model the same questions)",
     )
     args = parser.parse_args(argv)
 
@@ -283,9 +288,10 @@ def main(argv: list[str] | None = None) -> int:
     for item in items:
         if item["doc"] not in sessions:
             sessions[item["doc"]] = engine.open_document(resolve(item["doc"], args.fixtures))
-    if args.fitting_only:
+    if args.fitting_only is not None:
         engine.profile = dataclasses.replace(base_profile, whole_document=True, whole_document_style="paper")
-        fitting = {d for d, s in sessions.items() if s.num_tokens <= engine.document_budget(s, "")}
+        extra = args.fitting_only - engine.context_length if args.fitting_only else 0
+        fitting = {d for d, s in sessions.items() if s.num_tokens <= engine.document_budget(s, "") + extra}
         items = [i for i in items if i["doc"] in fitting]
         sessions = {d: s for d, s in sessions.items() if d in fitting}
         print(f"--fitting-only: {len(items)} questions on {len(sessions)} documents", file=sys.stderr)
@@ -343,7 +349,13 @@ def main(argv: list[str] | None = None) -> int:
                 mark = "+" if row["correct"] else ("~" if row["degenerate"] else "-")
                 print(f"{name:40s} {mark} {item['id']:22s} {final.text[:80]!r}", file=sys.stderr)
 
-    print_table(items, runs, rows_by_run)
+    table = print_table(items, runs, rows_by_run)
+    # provenance beside the per-answer rows: the command, commit, machine and date of this run, and its table
+    from data_tools.files import atomic_write_text
+    from longlora.provenance import run_record
+
+    meta = {"kind": "qa-accuracy", "provenance": run_record(), "rows": str(args.out), "table": table}
+    atomic_write_text(Path(f"{args.out}.meta.json"), json.dumps(meta, indent=2) + "\n")
     return 0
 
 
@@ -366,17 +378,19 @@ def parse_run(text: str) -> tuple[str, Config]:
     return mode, Config.parse(config)
 
 
-def print_table(items: list[dict], runs, rows_by_run: dict[str, list[dict]]) -> None:
+def print_table(items: list[dict], runs, rows_by_run: dict[str, list[dict]]) -> str:
     """Markdown table: accuracy per run, per split and per document type, and share of the ceiling."""
     by_id = {i["id"]: i for i in items}
     types = [t for t in TYPES if any(doc_type(i) == t for i in items)]
     splits = [s for s in ("dev", "holdout") if any(i.get("split") == s for i in items)]
-    print(
+    lines = []
+    out = lines.append
+    out(
         "\n| mode | config | accuracy | "
         + " | ".join(splits + types)
         + " | of ceiling | degenerate | prompt tokens |"
     )
-    print("| --- " * (6 + len(splits) + len(types)) + "|")
+    out("| --- " * (6 + len(splits) + len(types)) + "|")
     for mode, config in runs:
         rows = [r for r in rows_by_run.get(run_name(mode, config.name), []) if r["id"] in by_id]
         if not rows:
@@ -398,12 +412,14 @@ def print_table(items: list[dict], runs, rows_by_run: dict[str, list[dict]]) -> 
             share = f"{100 * acc / sum(r['correct'] for r in ceiling):.0f}%"
         degenerate = sum(r["degenerate"] for r in rows)
         prompt = sum(r["prompt_tokens"] for r in rows) / len(rows)
-        print(
+        out(
             f"| {mode} | `{config.name}` | {acc}/{len(rows)} ({100 * acc / len(rows):.0f}%) | "
             + " | ".join(cells)
             + f" | {share} | {degenerate} | {prompt:,.0f} |"
         )
-
+    text = "\n".join(lines)
+    print(text)
+    return text
 
 if __name__ == "__main__":
     sys.exit(main())
