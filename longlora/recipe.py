@@ -519,9 +519,11 @@ def main(argv: list[str] | None = None) -> int:
 
     record_path = s.out / RECORD_FILE
     record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    provenance = run_record(["-m", "longlora.recipe", *argv])
+    record.setdefault("runs", []).append(provenance)  # every invocation (a rerun resumes or adds stages)
     record.update(
         kind="recipe",
-        provenance=run_record(["-m", "longlora.recipe", *argv]),
+        provenance=provenance,
         config=dataclasses.asdict(s.cfg),
         context_length=s.context_length,
         estimate_s=None if total is None else round(total),
