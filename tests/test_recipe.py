@@ -177,7 +177,8 @@ def test_rerun_resumes_and_skips_finished_stages(recipe_run):
 
 
 def test_app_serves_the_extended_model_with_its_window_and_profile(recipe_run, tmp_path, monkeypatch):
-    """python app.py --model OUT/merged: the 2k window and the recorded profile, whole-document answers."""
+    """python app.py --model OUT/merged: the 2k window and the profile recorded in its config (retrieval
+    into a small prompt: what the real extended model answers best with, docs/recipe.md)."""
     from gradio_client import Client, handle_file
     from test_app import launch_with_retry
 
@@ -191,7 +192,8 @@ def test_app_serves_the_extended_model_with_its_window_and_profile(recipe_run, t
     engine = BackgroundEngine.from_args(args, max_new_tokens=16)
     engine.wait_ready(timeout=300)
     assert engine.context_length == 2048
-    assert engine.profile == PROFILES["SmolLM2-135M-Instruct-LongLoRA"] and engine.profile.whole_document
+    assert engine.profile == PROFILES["SmolLM2-135M-Instruct-LongLoRA"]
+    assert not engine.profile.whole_document
     demo = app.build_demo(engine, max_new_tokens=16)
     url = launch_with_retry(demo)
     try:
@@ -201,10 +203,12 @@ def test_app_serves_the_extended_model_with_its_window_and_profile(recipe_run, t
         assert "notes.txt" in card
         answer = client.predict("What colour is the grass?", api_name="/ask")
         assert isinstance(answer, str)
-        # the whole document went in (the paper's demo), although the retrieval budget is 256 tokens
+        # the document fits the 2k window, but the profile retrieves passages into its 256-token budget
+        assert client.predict(api_name="/sources")  # the passages the answer was given, with pages
         session = engine.open_document(doc)
-        assert session.num_tokens > PROFILES["SmolLM2-135M-Instruct-LongLoRA"].document_budget
+        budget = PROFILES["SmolLM2-135M-Instruct-LongLoRA"].document_budget
+        assert budget < session.num_tokens < engine.context_length
         prompt, report = engine.build_prompt(session, "What colour is the grass?")
-        assert report.fits_whole and report.kept_tokens == session.num_tokens
+        assert not report.fits_whole and report.kept_tokens <= budget
     finally:
         demo.close()
