@@ -10,6 +10,7 @@ app can show it unchanged.
     │   └── UnsupportedFileTypeError, EmptyDocumentError
     ├── DataError                   training / evaluation data: token files, records, folders
     ├── ModelLoadError              a model, tokenizer or adapter cannot be loaded as asked
+    │   └── TokenizerLoadError      (data_tools.tokenizer) a tokenizer spec names nothing loadable
     └── DependencyError             an optional package the chosen option needs is not installed
 
 This module is torch-free and sits at the bottom of the dependency graph (``app -> longlora ->

@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_tools.errors import DependencyError, InputError
+from data_tools.errors import InputError
 from data_tools.files import atomic_write_text
 from data_tools.profiles import record_profile
 from longlora.checkpoints import (
@@ -176,7 +176,9 @@ def setup(cfg: FinetuneConfig) -> Run:
     if cfg.offload_activations:
         check_offload_device("cuda" if torch.cuda.is_available() else "cpu")
     if cfg.compact_cpu_memory and not compact_cpu_memory():
-        print("--compact-cpu-memory: this C library has no such setting (glibc only); ignored", file=sys.stderr)
+        print(
+            "--compact-cpu-memory: this C library has no such setting (glibc only); ignored", file=sys.stderr
+        )
 
     config, model_path = _load_base_config(cfg)
     original = original_context_length(config)
@@ -490,15 +492,13 @@ def _versions() -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from longlora import lora
-
     try:
         cfg = parse_args(argv)
         train(cfg)
     except RunComplete as done:
         print(str(done), file=sys.stderr)
         return 0
-    except (ValueError, DependencyError, lora.DependencyError) as err:
+    except ValueError as err:  # every InputError (DependencyError too) is a ValueError
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from data_tools.files import atomic_write_text
 from data_tools.profiles import PROFILES, record_profile
 from longlora.models import (
     RUN_ARGS_FILE,
@@ -252,7 +253,7 @@ def merge(
         "tied_embeddings": has_tied_embeddings(reloaded),
         "ok": all(c["ok"] for c in checks.values()),
     }
-    _write_json_atomically(out / REPORT_FILE, report)
+    atomic_write_text(out / REPORT_FILE, json.dumps(report, indent=2) + "\n")
     say(
         f"merged model saved to {out}: max |logit diff| vs base+adapter ({report['dtype']}) = "
         f"{report['max_abs_diff_merged']:.3g} in memory, {report['max_abs_diff_reloaded']:.3g} after reload "
@@ -307,13 +308,6 @@ def _save_atomically(model, tokenizer, out: Path, overwrite: bool) -> None:
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _write_json_atomically(path: Path, payload: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:

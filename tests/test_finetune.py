@@ -366,7 +366,9 @@ def test_compact_cpu_memory_is_set_before_the_model_loads(base_dir, text_file, t
     events = []
     monkeypatch.setattr(finetune, "compact_cpu_memory", lambda: events.append("compact") or True)
     load = finetune._load_trainable_model
-    monkeypatch.setattr(finetune, "_load_trainable_model", lambda *a, **k: events.append("load") or load(*a, **k))
+    monkeypatch.setattr(
+        finetune, "_load_trainable_model", lambda *a, **k: events.append("load") or load(*a, **k)
+    )
     assert run(base_dir, text_file, tmp_path / "run", "--max-steps", "1", "--compact-cpu-memory") == 0
     assert events == ["compact", "load"]
     record = json.loads((tmp_path / "run" / "longlora_args.json").read_text())

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 
@@ -48,17 +47,11 @@ def _length_axis(ax, lengths: set[int]) -> None:
 
 def _save(fig, path: str | os.PathLike) -> Path:
     """Save atomically: a reader never sees a half-written PNG."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    from data_tools.files import atomic_path
+
+    with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def plot_perplexity(payloads: list[dict], path: str | os.PathLike, title: str | None = None) -> Path:
