@@ -59,7 +59,7 @@ from longlora.retrieval import (
 
 from .cache import PromptCaches
 from .cli import main
-from .engine import MIN_DOCUMENT_BUDGET, QAEngine, model_spec_is_dir, profile_for
+from .engine import MIN_DOCUMENT_BUDGET, QAEngine, profile_for
 from .prompt import PROMPT_STYLES, normalize_history, prompt_parts
 from .protocol import QAEngineLike
 from .reports import AnswerUpdate, DocumentCard, FitReport, Source
@@ -92,7 +92,6 @@ __all__ = [
     "guess_material_type",
     "main",
     "material_phrase",
-    "model_spec_is_dir",
     "normalize_history",
     "profile_for",
     "profile_for_config",

@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import torch
 
@@ -35,10 +34,6 @@ MIN_DOCUMENT_BUDGET = 16
 
 def _print_status(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def model_spec_is_dir(spec) -> bool:
-    return isinstance(spec, (str, Path)) and Path(str(spec)).expanduser().is_dir()
 
 
 def profile_for(model) -> ModelProfile:
