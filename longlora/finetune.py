@@ -129,7 +129,7 @@ def _load_base_config(cfg: FinetuneConfig):
 # ----------------------------------------------------------------------------- training
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Run:
     """Everything ``setup`` prepares for ``fit`` and ``save``."""
 
@@ -230,19 +230,19 @@ def setup(cfg: FinetuneConfig) -> Run:
     log_path = Path(cfg.log_file) if cfg.log_file else out / LOG_FILE
     loss = training_loss(cfg.chunked_loss, accelerator.num_processes, accelerator.print)
     run = Run(
-        cfg,
-        accelerator,
-        model,
-        tokenizer,
-        optimizer,
-        params,
-        dataset,
-        pad_id,
-        out,
-        log_path,
-        0,
-        resolved,
-        loss,
+        cfg=cfg,
+        accelerator=accelerator,
+        model=model,
+        tokenizer=tokenizer,
+        optimizer=optimizer,
+        params=params,
+        dataset=dataset,
+        pad_id=pad_id,
+        out=out,
+        log_path=log_path,
+        start_step=0,
+        resolved=resolved,
+        loss=loss,
     )
     _restore(run, resume_from)
     return run
