@@ -7,6 +7,8 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
+from .errors import WriteError
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[str]:
@@ -19,14 +21,27 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[str]:
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=suffix)
     os.close(fd)
+    existed = os.path.exists(path)
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError) and not isinstance(err, WriteError):
+            raise write_error(path, err, kept=existed) from err
         raise
+
+
+def write_error(path: str | os.PathLike, err: Exception, kept: bool) -> WriteError:
+    """The :class:`WriteError` for a failed write of ``path``: the file, the system's reason, the fix."""
+    reason = getattr(err, "strerror", None) or str(err)
+    left = "its previous version is unchanged" if kept else "nothing was written there"
+    return WriteError(
+        f"cannot write {os.fspath(path)}: {reason}; {left}. Free space on that disk (or choose an output "
+        "folder on another one) and run the command again"
+    )
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:

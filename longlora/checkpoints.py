@@ -20,9 +20,15 @@ import json
 import shutil
 from pathlib import Path
 
-from data_tools.errors import InputError
+from safetensors import SafetensorError
+
+from data_tools.errors import InputError, WriteError
 from data_tools.files import atomic_write_text
 from longlora.models import RUN_ARGS_FILE as ARGS_FILE  # one name for the run record
+
+# What a failed write of weights raises: an OSError from Python and torch, a SafetensorError from the
+# safetensors writer (its message keeps the OS error: "I/O error: No space left on device (os error 28)").
+WRITE_FAILURES = (OSError, SafetensorError)
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -169,11 +175,27 @@ def keep_trainable_only(models, weights, output_dir) -> None:
 def save_checkpoint(accelerator, out: Path, step: int) -> None:
     root = out / CHECKPOINTS
     target = root / f"step-{step}"
-    accelerator.save_state(str(target))
-    accelerator.wait_for_everyone()  # every rank's files are complete before the manifest lists them
-    if accelerator.is_main_process:
-        state = {"step": step, "files": checkpoint_manifest(target)}
-        atomic_write_text(target / STATE_FILE, json.dumps(state, indent=1))
+    try:
+        accelerator.save_state(str(target))
+        accelerator.wait_for_everyone()  # every rank's files are complete before the manifest lists them
+        if accelerator.is_main_process:
+            state = {"step": step, "files": checkpoint_manifest(target)}
+            atomic_write_text(target / STATE_FILE, json.dumps(state, indent=1))
+    except (
+        WRITE_FAILURES
+    ) as err:  # a full disk: drop the partial folder, keep the previous checkpoint in charge
+        shutil.rmtree(target, ignore_errors=True)
+        previous = latest_checkpoint(out)
+        kept = (
+            f"{previous.name} is kept and --resume continues from it"
+            if previous
+            else "no checkpoint is kept yet"
+        )
+        raise WriteError(
+            f"cannot write the checkpoint of step {step} in {root}: {getattr(err, 'strerror', None) or err}; "
+            f"{kept}. Free space "
+            "on that disk (or pass another --output-dir) and run the same command with --resume"
+        ) from err
         for old in root.glob("step-*"):
             if old != target:
                 shutil.rmtree(old, ignore_errors=True)

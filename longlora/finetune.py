@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_tools.errors import InputError
+from data_tools.errors import InputError, WriteError
 from data_tools.files import atomic_write_text
 from data_tools.profiles import record_profile
 from longlora.checkpoints import (
@@ -56,9 +56,11 @@ from longlora.checkpoints import (
     CHECKPOINTS,
     LOG_FILE,
     STATE_FILE,
+    WRITE_FAILURES,
     RunComplete,
     check_output_dir,
     keep_trainable_only,
+    latest_checkpoint,
     save_checkpoint,
     truncate_log,
 )
@@ -434,7 +436,16 @@ def save(run: Run, step: int, loss: float) -> dict:
     unwrapped = acc.unwrap_model(run.model)
     run.resolved.update(steps=step, final_loss=loss)
     if acc.is_main_process:
-        _save_output(unwrapped, state, run.tokenizer, cfg, out)
+        try:
+            _save_output(unwrapped, state, run.tokenizer, cfg, out)
+        except WRITE_FAILURES as err:  # a full disk: the checkpoints stay, so nothing trained is lost
+            kept = latest_checkpoint(out)
+            raise WriteError(
+                f"cannot write the trained {'model' if cfg.method == 'full' else 'adapter'} to {out}: "
+                f"{getattr(err, 'strerror', None) or err}; "
+                + (f"checkpoint {kept.name} is kept. " if kept else "")
+                + "Free space on that disk and run the same command with --resume"
+            ) from err
         _write_run_record(run, status="complete")
         shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
         acc.print(f"saved {'model' if cfg.method == 'full' else 'adapter'} to {out}")

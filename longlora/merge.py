@@ -32,8 +32,9 @@ from pathlib import Path
 
 import torch
 
-from data_tools.files import atomic_write_text
+from data_tools.files import atomic_write_text, write_error
 from data_tools.profiles import PROFILES, record_profile
+from longlora.checkpoints import WRITE_FAILURES
 from longlora.models import (
     RUN_ARGS_FILE,
     ModelLoadError,
@@ -298,9 +299,12 @@ def _save_atomically(model, tokenizer, out: Path, overwrite: bool) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+        try:
+            model.save_pretrained(tmp, safe_serialization=True)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+        except WRITE_FAILURES as err:  # a full disk: the half-written folder goes, --output stays as it was
+            raise write_error(out, err, kept=out.exists()) from err
         if out.exists():
             if not overwrite and any(out.iterdir()):
                 raise ValueError(f"--output {out} is not empty; pass --overwrite")
