@@ -421,5 +421,6 @@ def print_table(items: list[dict], runs, rows_by_run: dict[str, list[dict]]) -> 
     print(text)
     return text
 
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -51,7 +51,8 @@ import torch
 from data_tools.errors import InputError, WriteError
 from data_tools.files import atomic_write_text
 from data_tools.profiles import record_profile
-from longlora.checkpoints import (
+from longlora.loss import training_loss
+from longlora.training.checkpoints import (
     ARGS_FILE,
     CHECKPOINTS,
     LOG_FILE,
@@ -64,11 +65,10 @@ from longlora.checkpoints import (
     save_checkpoint,
     truncate_log,
 )
-from longlora.config import FinetuneConfig, build_parser, parse_args  # noqa: F401  (the command's API)
-from longlora.cpu_memory import compact_cpu_memory
-from longlora.launch import MIXED_PRECISION, deepspeed_plugin, fresh_accelerator_state, resolve_dtype
-from longlora.loss import training_loss
-from longlora.offload import check_offload_device, offload_activations
+from longlora.training.config import FinetuneConfig, build_parser, parse_args  # noqa: F401  (the command's API)
+from longlora.training.cpu_memory import compact_cpu_memory
+from longlora.training.launch import MIXED_PRECISION, deepspeed_plugin, fresh_accelerator_state, resolve_dtype
+from longlora.training.offload import check_offload_device, offload_activations
 
 # ----------------------------------------------------------------------------- schedule
 

@@ -34,9 +34,9 @@ import torch
 
 from data_tools.files import atomic_write_text, write_error
 from data_tools.profiles import PROFILES, record_profile
-from longlora.checkpoints import WRITE_FAILURES
 from longlora.models import (
     RUN_ARGS_FILE,
+    WRITE_FAILURES,
     ModelLoadError,
     adapter_base,
     add_model_arguments,

@@ -160,8 +160,8 @@ def test_finetune_on_a_full_disk_keeps_the_previous_checkpoint_and_resumes(tmp_p
     checkpoint, and says to free space and --resume; the resumed run finishes all its steps."""
     from conftest import make_char_tokenizer, tiny_model
 
-    from longlora import checkpoints
     from longlora.finetune import main
+    from longlora.training import checkpoints
 
     base = tmp_path / "base"
     tiny_model("llama").save_pretrained(base)

@@ -15,8 +15,8 @@ from conftest import (
 from safetensors.torch import load_file
 
 from longlora import finetune
-from longlora.config import FinetuneConfig
 from longlora.finetune import main, parse_args
+from longlora.training.config import FinetuneConfig
 
 
 @pytest.fixture(scope="module")
@@ -348,7 +348,8 @@ def test_flag_help_shows_every_default_from_the_config():
 
 
 def test_dtype_and_lengths_follow_the_shared_model_surface():
-    from longlora import launch, models
+    from longlora import models
+    from longlora.training import launch
 
     def cfg(*extra):
         return parse_args(["--data", "x.txt", "--output-dir", "o", *extra])

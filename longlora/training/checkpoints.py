@@ -20,15 +20,10 @@ import json
 import shutil
 from pathlib import Path
 
-from safetensors import SafetensorError
-
 from data_tools.errors import InputError, WriteError
 from data_tools.files import atomic_write_text
 from longlora.models import RUN_ARGS_FILE as ARGS_FILE  # one name for the run record
-
-# What a failed write of weights raises: an OSError from Python and torch, a SafetensorError from the
-# safetensors writer (its message keeps the OS error: "I/O error: No space left on device (os error 28)").
-WRITE_FAILURES = (OSError, SafetensorError)
+from longlora.models import WRITE_FAILURES
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
