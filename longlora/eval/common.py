@@ -248,6 +248,29 @@ def greedy_answer(model, tokenizer, input_ids: list[int], max_new_tokens: int, d
     return tokenizer.decode(out[0, n:], skip_special_tokens=True)
 
 
+def add_chat_template_argument(group) -> None:
+    """``--chat-template auto|on|off`` for the commands that prompt a model (passkey, RULER)."""
+    group.add_argument(
+        "--chat-template",
+        default="auto",
+        choices=("auto", "on", "off"),
+        help="wrap each prompt as a user turn (on) or not (off); auto: on when the tokenizer has a chat template",
+    )
+
+
+def use_chat_template(choice: str, tokenizer) -> bool:
+    """The ``--chat-template`` rule: on, off, or (auto) on when the tokenizer has a template; ``on`` for a
+    tokenizer without one is an ``InputError``."""
+    from data_tools.errors import InputError
+
+    has = bool(getattr(tokenizer, "chat_template", None))
+    if choice == "on" and not has:
+        raise InputError(
+            "--chat-template on, but this tokenizer has no chat template; use --chat-template off"
+        )
+    return choice == "on" or (choice == "auto" and has)
+
+
 def add_output_arguments(parser: argparse.ArgumentParser, *, output: str, plot: str):
     """The ``output`` flag group every eval command has: ``--output`` (JSON), ``--plot`` (PNG) and
     ``--no-progress``; returns the group so a command can add its own."""
