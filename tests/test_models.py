@@ -280,10 +280,8 @@ def test_yarn_recipe_checkpoint_loads_with_its_window_baked(tmp_path):
 
 def test_error_classes_are_the_projects():
     from data_tools import errors
-    from longlora import lora
 
     assert models.ModelLoadError is errors.ModelLoadError
-    assert lora.DependencyError is errors.DependencyError
     assert issubclass(models.ModelLoadError, errors.InputError)
 
 

@@ -14,7 +14,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from longlora.models import parse_length  # noqa: F401  (re-exported: eval code imports it from here)
+from longlora.models import parse_length
 
 ATTENTION_CHOICES = ("auto", "sdpa", "eager", "flash", "s2")
 # "auto" (None) lets transformers pick: SDPA where the architecture supports it, eager where it does not
