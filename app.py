@@ -41,11 +41,8 @@ from typing import Any
 import gradio as gr
 
 from data_tools.prompts import QUESTIONS_FOR, guess_material_type
-
-# Names re-exported for callers of app (tests, scripts): the state, Markdown and layout helpers.
-from webapp.cards import EMPTY_CARD, card_markdown, pending_card_markdown, status_markdown  # noqa: F401
-from webapp.chat import (  # noqa: F401
-    EXAMPLE_LABELS,
+from webapp.cards import EMPTY_CARD, card_markdown, pending_card_markdown, status_markdown
+from webapp.chat import (
     ChatState,
     Turn,
     chat_messages,
@@ -57,10 +54,10 @@ from webapp.chat import (  # noqa: F401
     last_sources,
     release_state,
 )
-from webapp.files import PdfCopy, discard_upload  # noqa: F401
-from webapp.layout import CSS, MATERIAL_CHOICES, STRATEGY_HELP, build_layout  # noqa: F401
-from webapp.pages import page_image, page_picker, refresh_pages, show_page, wire_pages  # noqa: F401
-from webapp.server import DEFAULT_CONCURRENCY, LIGHT, build_parser, launch, parse_args  # noqa: F401
+from webapp.files import PdfCopy, discard_upload
+from webapp.layout import build_layout
+from webapp.pages import refresh_pages, wire_pages
+from webapp.server import DEFAULT_CONCURRENCY, LIGHT, launch, parse_args
 
 
 def _state(state: ChatState | None) -> ChatState:
