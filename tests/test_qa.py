@@ -10,18 +10,12 @@ from conftest import make_char_tokenizer, tiny_model
 
 from data_tools import load_text
 from data_tools.document import Document, PageSpan
-from data_tools.prompts import build_instruction, prompt_prefix
-from longlora.qa import (
-    GAP_MARKER,
-    AnswerUpdate,
-    ModelProfile,
-    QAEngine,
-    banned_ngram_tokens,
-    fit_document,
-    guess_material_type,
-    normalize_history,
-    prompt_parts,
-)
+from data_tools.profiles import ModelProfile
+from data_tools.prompts import build_instruction, guess_material_type, prompt_prefix
+from longlora.qa import AnswerUpdate, QAEngine
+from longlora.qa.prompt import normalize_history, prompt_parts
+from longlora.qa.sampling import banned_ngram_tokens
+from longlora.retrieval import GAP_MARKER, fit_document
 from webapp.cards import card_markdown
 from webapp.loading import BackgroundEngine
 
