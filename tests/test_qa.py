@@ -581,3 +581,18 @@ def test_bundled_model_constants_live_once(tmp_path, monkeypatch):
         == models.default_model_dir()
         == tmp_path / "models" / "SmolLM2-135M-Instruct"
     )
+
+
+def test_prompt_styles_have_one_home_and_wrap_the_document_alike():
+    """data_tools.prompts holds every prompt wording; the engine's turns are built from it, document first."""
+    from data_tools.prompts import PROMPT_STYLES
+    from longlora.qa.prompt import first_turn
+
+    assert set(PROMPT_STYLES) == {"paper", "brief"}
+    for style in PROMPT_STYLES:
+        turn = first_turn(" Who wrote it? ", "book", style)
+        head, tail = turn.split("\u0000LONGLORA_CONTENT\u0000")
+        assert head == prompt_prefix("book", style) and tail.endswith("Who wrote it?") and "a book" in head
+    assert prompt_prefix("paper") == prompt_prefix("paper", "paper")  # the paper's template by default
+    with pytest.raises(ValueError, match="unknown prompt style 'long'; choose one of paper, brief"):
+        prompt_prefix("paper", "long")
