@@ -81,10 +81,6 @@ def _require_model(engine) -> None:
         raise gr.Error(status_markdown(engine), title="Model unavailable")
 
 
-def _guess_material_type(document) -> str:
-    return guess_material_type(document)  # the engine's own rule, for a document opened before the model
-
-
 def _open_session(engine, state: ChatState, strategy: str, material_type: str | None = None) -> str:
     """Open the engine session for the state's document and return the card markdown.
 
@@ -122,11 +118,12 @@ def upload_document(engine, file_path: str | None, state: ChatState | None, stra
     finally:
         discard_upload(file_path)
     release_state(state)  # an answer still streaming about the old document stops
-    new = ChatState(document=document, pdf=pdf)
+    # The material type is guessed once, here (data_tools.prompts' rule, the engine's too), whether or not
+    # the model is ready; the session is opened with it now or when the model is ready (poll_status).
+    new = ChatState(document=document, pdf=pdf, material_type=guess_material_type(document))
     if engine.state == "ready":
-        card = _open_session(engine, new, strategy)
+        card = _open_session(engine, new, strategy, new.material_type)
     else:
-        new.material_type = _guess_material_type(document)
         card = pending_card_markdown(document)
     return card, new
 

@@ -150,8 +150,9 @@ def guess_material_type(document):
 
 @pytest.fixture(autouse=True)
 def _no_real_guess(monkeypatch):
-    # Documents uploaded while the model loads are guessed by longlora.qa; keep these tests model-free.
-    monkeypatch.setattr(app, "_guess_material_type", guess_material_type)
+    # The app guesses a new document's material type once, on upload (data_tools.prompts' rule); these
+    # tests use a fixed rule so that their small documents read as a paper (PDF) or a book (text).
+    monkeypatch.setattr(app, "guess_material_type", guess_material_type)
 
 
 @pytest.fixture
@@ -194,6 +195,20 @@ def test_upload_pdf_card_and_guess(engine):
     material, chat, *buttons = app.after_upload(state)
     assert material["value"] == "paper" and chat == []
     assert [b["visible"] for b in buttons] == example_visibility("paper") == [True, True, True, False, False]
+
+
+def test_upload_guesses_the_material_type_once_and_opens_the_session_with_it(engine, monkeypatch):
+    """One guess per upload, by the app, whether the model is ready or not; the engine is told, not asked."""
+    calls, seen = [], []
+    monkeypatch.setattr(app, "guess_material_type", lambda doc: calls.append(doc.name) or "book")
+    open_document = engine.open_document
+    monkeypatch.setattr(
+        engine,
+        "open_document",
+        lambda doc, material_type=None: seen.append(material_type) or open_document(doc, material_type),
+    )
+    _, state = _upload(engine, PAPER)
+    assert calls == ["zoo-faq.pdf"] and seen == ["book"] and state.session.material_type == "book"
 
 
 def test_new_upload_starts_new_conversation(engine, txt_file):
