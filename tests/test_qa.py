@@ -177,17 +177,6 @@ def test_truncate_end_and_middle_keep_the_right_tokens():
     assert spans == [(0, 100)] and out == ids  # fits whole: no retrieval needed
 
 
-def test_retrieve_keeps_relevant_passages_in_document_order():
-    ids = list(range(100))
-    passages = [(i, i + 10) for i in range(0, 100, 10)]
-    scores = [0, 5, 0, 0, 9, 0, 0, 1, 0, 0]
-    spans, out = fit_document(ids, 31, "retrieve", passages=passages, scores=scores, gap_ids=[-1])
-    # best first: 4, then 1 (+1 gap marker = 21); 7 would need 10 + another gap = 32 > 31, skipped;
-    # passage 0 is adjacent to 1 (no new gap) and exactly fills the budget.
-    assert spans == [(0, 20), (40, 50)]
-    assert out == list(range(0, 20)) + [-1] + list(range(40, 50))
-
-
 def test_retrieve_finds_the_needle_and_reports_its_page():
     engine = make_engine(budget=60, passage=24)
     pages = [filler(8, seed=s) for s in range(8)]
