@@ -41,11 +41,8 @@ from typing import Any
 import gradio as gr
 
 from data_tools.prompts import QUESTIONS_FOR, guess_material_type
-
-# Names re-exported for callers of app (tests, scripts): the state, Markdown and layout helpers.
-from webapp.cards import EMPTY_CARD, card_markdown, pending_card_markdown, status_markdown  # noqa: F401
-from webapp.chat import (  # noqa: F401
-    EXAMPLE_LABELS,
+from webapp.cards import EMPTY_CARD, card_markdown, pending_card_markdown, status_markdown
+from webapp.chat import (
     ChatState,
     Turn,
     chat_messages,
@@ -57,10 +54,10 @@ from webapp.chat import (  # noqa: F401
     last_sources,
     release_state,
 )
-from webapp.files import PdfCopy, discard_upload  # noqa: F401
-from webapp.layout import CSS, MATERIAL_CHOICES, STRATEGY_HELP, build_layout  # noqa: F401
-from webapp.pages import page_image, page_picker, refresh_pages, show_page, wire_pages  # noqa: F401
-from webapp.server import DEFAULT_CONCURRENCY, LIGHT, build_parser, launch, parse_args  # noqa: F401
+from webapp.files import PdfCopy, discard_upload
+from webapp.layout import build_layout
+from webapp.pages import refresh_pages, wire_pages
+from webapp.server import DEFAULT_CONCURRENCY, LIGHT, launch, parse_args
 
 
 def _state(state: ChatState | None) -> ChatState:
@@ -82,10 +79,6 @@ def _require_model(engine) -> None:
         )
     if engine.state == "error":
         raise gr.Error(status_markdown(engine), title="Model unavailable")
-
-
-def _guess_material_type(document) -> str:
-    return guess_material_type(document)  # the engine's own rule, for a document opened before the model
 
 
 def _open_session(engine, state: ChatState, strategy: str, material_type: str | None = None) -> str:
@@ -125,11 +118,12 @@ def upload_document(engine, file_path: str | None, state: ChatState | None, stra
     finally:
         discard_upload(file_path)
     release_state(state)  # an answer still streaming about the old document stops
-    new = ChatState(document=document, pdf=pdf)
+    # The material type is guessed once, here (data_tools.prompts' rule, the engine's too), whether or not
+    # the model is ready; the session is opened with it now or when the model is ready (poll_status).
+    new = ChatState(document=document, pdf=pdf, material_type=guess_material_type(document))
     if engine.state == "ready":
-        card = _open_session(engine, new, strategy)
+        card = _open_session(engine, new, strategy, new.material_type)
     else:
-        new.material_type = _guess_material_type(document)
         card = pending_card_markdown(document)
     return card, new
 

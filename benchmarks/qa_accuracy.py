@@ -26,7 +26,7 @@ pipeline answers are reused only when they were given with the engine's current 
     python benchmarks/qa_accuracy.py --model ./merged-32k --configs retrieve:full --modes pipeline
 
 A config is ``strategy[:budget[:passage_tokens[:repetition_penalty[:no_repeat_ngram]]]][@prompt_style]``;
-budget ``full`` means the whole context window; prompt styles are ``longlora.qa.PROMPT_STYLES``.
+budget ``full`` means the whole context window; prompt styles are ``data_tools.prompts.PROMPT_STYLES``.
 Strategy ``whole[/STYLE]`` is ``retrieve`` with the profile's whole-document mode: a document that fits
 the window goes in whole, in STYLE (default the paper's template); ``--fitting-only`` keeps the
 questions on such documents (to compare whole-document answers with retrieval on the same questions)::
@@ -420,6 +420,7 @@ def print_table(items: list[dict], runs, rows_by_run: dict[str, list[dict]]) -> 
     text = "\n".join(lines)
     print(text)
     return text
+
 
 if __name__ == "__main__":
     sys.exit(main())

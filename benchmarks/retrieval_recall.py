@@ -132,6 +132,45 @@ def check(records: list[dict], texts: dict[str, str | None], label: str = "the e
     return problems
 
 
+# ----------------------------------------------------------------------------- the earlier retrieval
+# Fixed consecutive passages ranked by BM25, kept while they fit: the engine's retrieval before
+# ``PassageIndex``, kept here as the baseline the windows were measured against.
+
+
+def terms(text: str) -> list[str]:
+    """Lower-cased word terms without stopwords, with a light suffix strip (plural 's'): the analyzer of
+    the ``fixed`` method (``fixed-stem`` uses the engine's Snowball stems)."""
+    from longlora.retrieval import _WORD, STOPWORDS
+
+    out = []
+    for word in _WORD.findall(text.lower()):
+        if word in STOPWORDS:
+            continue
+        if len(word) > 4 and word.endswith("s") and not word.endswith("ss"):
+            word = word[:-1]
+        out.append(word)
+    return out
+
+
+def select_passages(
+    scores: list[float], lengths: list[int], budget: int, *, separator_len: int = 0
+) -> list[int]:
+    """Indices of the highest-scoring passages whose lengths fit ``budget``, in document order.
+
+    Passages are taken best first (ties: earlier first); one that does not fit is skipped and smaller
+    ones may still fill the rest. ``separator_len`` tokens are charged between passages that are not
+    adjacent in the document.
+    """
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    chosen: list[int] = []
+    for i in order:
+        picked = sorted(chosen + [i])
+        gaps = separator_len * sum(1 for a, b in zip(picked, picked[1:]) if b != a + 1)
+        if sum(lengths[c] for c in picked) + gaps <= budget:
+            chosen.append(i)
+    return sorted(chosen)
+
+
 def select(
     method: str, doc, question: str, budget: int, size: int, gap_len: int, front: int | None = None
 ) -> list[tuple[int, int]]:
@@ -140,14 +179,13 @@ def select(
 
     if method in ("fixed", "fixed-stem"):
         passages, index = doc.fixed(size, stem=method == "fixed-stem")
-        spans, _ = fit_document(
-            doc.ids,
-            budget,
-            "retrieve",
-            passages=passages,
-            scores=index.scores(question),
-            gap_ids=[0] * gap_len,
-        )
+        scores = index.scores(question)
+        lengths = [e - s for s, e in passages]
+
+        def retrieve(room: int) -> list[tuple[int, int]]:
+            return [passages[i] for i in select_passages(scores, lengths, room, separator_len=gap_len)]
+
+        spans, _ = fit_document(doc.ids, budget, "retrieve", retrieve=retrieve, gap_ids=[0] * gap_len)
         return spans
     index = doc.windows(size, front=front if method == "windows-front" else 0)
     return index.select(question, budget, separator_len=gap_len)
@@ -167,7 +205,7 @@ class _Doc:
         return self.text[self.offsets[s][0] : self.offsets[e - 1][1]] if e > s else ""
 
     def fixed(self, size: int, *, stem: bool):
-        from longlora.retrieval import BM25Index, split_passages, stem_terms, terms
+        from longlora.retrieval import BM25Index, split_passages, stem_terms
 
         key = ("fixed", size, stem)
         if key not in self._cache:

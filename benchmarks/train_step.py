@@ -106,11 +106,11 @@ def measure(spec: dict) -> dict:
 
     from longlora.lora import trainable_parameters
     from longlora.loss import causal_lm_loss
-    from longlora.offload import offload_activations
+    from longlora.training.offload import offload_activations
 
     torch.manual_seed(0)
     if spec.get("compact_memory"):  # as longlora.finetune --compact-cpu-memory does, before the weights load
-        from longlora.cpu_memory import compact_cpu_memory
+        from longlora.training.cpu_memory import compact_cpu_memory
 
         compact_cpu_memory()
     device = torch.device(spec["device"])

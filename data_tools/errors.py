@@ -10,7 +10,9 @@ app can show it unchanged.
     │   └── UnsupportedFileTypeError, EmptyDocumentError
     ├── DataError                   training / evaluation data: token files, records, folders
     ├── ModelLoadError              a model, tokenizer or adapter cannot be loaded as asked
-    └── DependencyError             an optional package the chosen option needs is not installed
+    │   └── TokenizerLoadError      (data_tools.tokenizer) a tokenizer spec names nothing loadable
+    ├── DependencyError             an optional package the chosen option needs is not installed
+    └── WriteError                  an output cannot be written (full disk, no permission); also an OSError
 
 This module is torch-free and sits at the bottom of the dependency graph (``app -> longlora ->
 data_tools``), so both packages raise the same classes.
@@ -57,3 +59,9 @@ class ModelLoadError(InputError):
 
 class DependencyError(InputError):
     """An optional package that the chosen option needs is not installed (the message says how)."""
+
+
+class WriteError(InputError, OSError):
+    """An output file or folder cannot be written (a full disk, a file-size limit, no permission). The
+    message names the file, the system's reason and the fix; the file's previous version, if any, is left
+    as it was. Also an ``OSError``, so code that catches write failures as such still does."""

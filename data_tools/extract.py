@@ -27,10 +27,11 @@ import argparse
 import json
 import os
 import sys
+from contextlib import ExitStack
 
 from .document import KINDS_BY_SUFFIX, Document, load_document
-from .errors import DocumentError
-from .files import atomic_write_text, expand_inputs
+from .errors import DocumentError, WriteError
+from .files import atomic_path, expand_inputs
 
 
 def page_map(doc: Document) -> dict:
@@ -46,14 +47,18 @@ def page_map(doc: Document) -> dict:
 
 
 def write_extraction(doc: Document, text_path: str) -> list[str]:
-    """Write ``text_path`` (and ``<stem>.pages.json`` beside it for PDFs) atomically; returns the paths."""
-    atomic_write_text(text_path, doc.text + "\n")
-    written = [text_path]
+    """Write ``text_path`` (and ``<stem>.pages.json`` beside it for PDFs) atomically, as a pair: both are
+    written in full before either replaces its old version, so a failed write (a full disk) never leaves a
+    new text beside an old page map. Returns the paths."""
+    files = {text_path: doc.text + "\n"}
     if doc.kind == "pdf":
-        map_path = os.path.splitext(text_path)[0] + ".pages.json"
-        atomic_write_text(map_path, json.dumps(page_map(doc), indent=1) + "\n")
-        written.append(map_path)
-    return written
+        files[os.path.splitext(text_path)[0] + ".pages.json"] = json.dumps(page_map(doc), indent=1) + "\n"
+    with ExitStack() as stack:
+        for path, text in files.items():
+            tmp = stack.enter_context(atomic_path(path))
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(text)
+    return list(files)
 
 
 def _output_path(src: str, root: str | None, out_dir: str) -> str:
@@ -113,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
 
-    failed, pages, words, garbled = [], 0, 0, 0
+    failed, pages, words, garbled, done = [], 0, 0, 0, 0
     for src, root in jobs:
         try:
             doc = load_document(
@@ -132,7 +137,12 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(doc.text + "\n")
             continue
         target = args.output if single_target else _output_path(src, root, args.output)
-        written = write_extraction(doc, target)
+        try:
+            written = write_extraction(doc, target)
+        except WriteError as e:  # a full disk fails every file after this one too: stop here
+            print(f"error: {e} (the {done} file(s) extracted before it are complete)", file=sys.stderr)
+            return 2
+        done += 1
         if not args.quiet:
             extra = f", {doc.num_pages} pages" if doc.num_pages else ""
             note = f" ({'; '.join(doc.notes)})" if doc.notes else ""

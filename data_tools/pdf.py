@@ -185,8 +185,22 @@ def fix_pdfium_quirks(text: str) -> str:
 
 
 # PDFium is not thread-safe; the app reads uploads and renders pages from a thread pool. Every PDFium call
-# of the project (reading here, page images in webapp.pages) holds this lock.
+# of the project (reading and page images, both here) holds this lock.
 PDFIUM_LOCK = threading.RLock()
+
+
+def render_pdf_page(path: str | os.PathLike, page: int, *, scale: float = 1.0):
+    """Page ``page`` (1-based) of the PDF at ``path`` as an RGB ``PIL.Image`` at ``scale`` x 72 dpi, under
+    the one PDFium lock (the app renders the pages its answers cite from gradio's thread pool)."""
+    import pypdfium2 as pdfium
+
+    with PDFIUM_LOCK:
+        pdf = pdfium.PdfDocument(os.fspath(path))
+        try:
+            # convert() copies the pixels out of PDFium's bitmap before the document is closed
+            return pdf[page - 1].render(scale=scale).to_pil().convert("RGB")
+        finally:
+            pdf.close()
 
 
 def read_pdf_pages(path: str | os.PathLike, password: str | None = None, *, ocr: bool = False) -> PdfPages:

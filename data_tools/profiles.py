@@ -49,7 +49,7 @@ class ModelProfile:
 
     document_budget: most document tokens to put in the prompt (None: the whole context window).
     passage_tokens: retrieval passage size. prompt_style: "paper" (the paper's B.6 wording) or
-    "brief" (see ``longlora.qa.prompt.PROMPT_STYLES``). repetition_penalty / no_repeat_ngram_size:
+    "brief" (see ``data_tools.prompts.PROMPT_STYLES``). repetition_penalty / no_repeat_ngram_size:
     applied to the answer's own tokens only (never to the document, which the answer may copy from).
     whole_document: a document that fits the whole context window goes in whole, in
     ``whole_document_style`` (the paper's demo: full attention over all of it), whatever

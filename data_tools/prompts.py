@@ -39,6 +39,18 @@ PROMPT_PREFIX = (
 )
 MATERIAL_END = "Now the material ends."
 PROMPT_SUFFIX = "\n" + MATERIAL_END + " {question}"
+# Prompt wordings around the document, by style: "paper" is the paper's B.6 template above; "brief"
+# keeps its shape (material first, question last, so the document prefix is cacheable) in words small
+# models follow without echoing "Now the material ends.". A model's profile (data_tools.profiles) picks
+# one. Each is (prefix, suffix): the prefix formats {material_phrase} and {material_noun}, the suffix
+# {question}.
+PROMPT_STYLES: dict[str, tuple[str, str]] = {
+    "paper": (PROMPT_PREFIX, PROMPT_SUFFIX),
+    "brief": (
+        "Read {material_phrase} below and answer the question after it.\n\n",
+        "\n\nQuestion: {question}\nAnswer in one short sentence.",
+    ),
+}
 # The original LongLoRA SFT wrapping, used when the tokenizer has no chat template.
 PLAIN_TEMPLATE = ("[INST]", "[/INST]")
 
@@ -77,16 +89,25 @@ def material_phrase(material_type: str) -> str:
         ) from None
 
 
-def prompt_prefix(material_type: str) -> str:
+def _style(style: str) -> tuple[str, str]:
+    try:
+        return PROMPT_STYLES[style]
+    except KeyError:
+        raise ValueError(
+            f"unknown prompt style {style!r}; choose one of {', '.join(PROMPT_STYLES)}"
+        ) from None
+
+
+def prompt_prefix(material_type: str, style: str = "paper") -> str:
     """The part of the prompt before the document content."""
-    return PROMPT_PREFIX.format(
+    return _style(style)[0].format(
         material_phrase=material_phrase(material_type), material_noun=MATERIAL_NOUNS[material_type]
     )
 
 
-def prompt_suffix(question: str) -> str:
+def prompt_suffix(question: str, style: str = "paper") -> str:
     """The part of the prompt after the document content."""
-    return PROMPT_SUFFIX.format(question=question.strip())
+    return _style(style)[1].format(question=question.strip())
 
 
 def build_instruction(content: str, question: str, material_type: str = "paper") -> str:

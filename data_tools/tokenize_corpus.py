@@ -21,7 +21,7 @@ import sys
 from collections.abc import Iterator
 
 from .errors import DataError, DocumentError
-from .reader import RECORD_SUFFIXES, find_sources, read_texts  # noqa: F401  (RECORD_SUFFIXES: old import)
+from .reader import find_sources, read_texts
 from .tokenfile import DTYPES, TokenFileError, TokenWriter, open_token_file
 
 PIECE_CHARS = 1 << 20  # tokenize long documents in ~1M-character pieces

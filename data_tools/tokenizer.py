@@ -19,13 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import ModelLoadError
 from .profiles import DEFAULT_GGUF, DEFAULT_MODEL_NAME, GGUF_PACKAGE, default_model_dir
 
 __all__ = ["DEFAULT_GGUF", "DEFAULT_MODEL_NAME", "TextTokenizer", "TokenizerLoadError", "load_tokenizer"]
 
 
-class TokenizerLoadError(ValueError):
-    """The tokenizer spec does not name a loadable tokenizer."""
+class TokenizerLoadError(ModelLoadError):
+    """The tokenizer spec does not name a loadable tokenizer (a :class:`ModelLoadError`, so an
+    ``InputError``: callers catch it with the rest of the bad-input errors)."""
 
 
 @dataclass

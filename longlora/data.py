@@ -36,14 +36,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_tools.errors import DataError  # noqa: F401  (longlora.data.DataError: the old name)
+from data_tools.errors import DataError
 from data_tools.prompts import MATERIAL_END, wrap_plain
-from data_tools.reader import DOCUMENT_SUFFIXES, find_sources, is_glob, read_texts
+from data_tools.reader import find_sources, is_glob, read_texts
 from data_tools.tokenfile import ChainedTokens
 
 IGNORE_INDEX = -100
 PACK_MODES = ("document", "eos")
-TEXT_SUFFIXES = DOCUMENT_SUFFIXES  # the old name
 
 
 # ----------------------------------------------------------------------------- pre-training stream

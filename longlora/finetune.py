@@ -48,25 +48,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_tools.errors import DependencyError, InputError
+from data_tools.errors import InputError, WriteError
 from data_tools.files import atomic_write_text
 from data_tools.profiles import record_profile
-from longlora.checkpoints import (
+from longlora.loss import training_loss
+from longlora.training.checkpoints import (
     ARGS_FILE,
     CHECKPOINTS,
     LOG_FILE,
     STATE_FILE,
+    WRITE_FAILURES,
     RunComplete,
     check_output_dir,
     keep_trainable_only,
+    latest_checkpoint,
     save_checkpoint,
     truncate_log,
 )
-from longlora.config import FinetuneConfig, build_parser, parse_args  # noqa: F401  (the command's API)
-from longlora.cpu_memory import compact_cpu_memory
-from longlora.launch import MIXED_PRECISION, deepspeed_plugin, fresh_accelerator_state, resolve_dtype
-from longlora.loss import training_loss
-from longlora.offload import check_offload_device, offload_activations
+from longlora.training.config import FinetuneConfig, build_parser, parse_args  # noqa: F401  (the command's API)
+from longlora.training.cpu_memory import compact_cpu_memory
+from longlora.training.launch import MIXED_PRECISION, deepspeed_plugin, fresh_accelerator_state, resolve_dtype
+from longlora.training.offload import check_offload_device, offload_activations
 
 # ----------------------------------------------------------------------------- schedule
 
@@ -129,7 +131,7 @@ def _load_base_config(cfg: FinetuneConfig):
 # ----------------------------------------------------------------------------- training
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Run:
     """Everything ``setup`` prepares for ``fit`` and ``save``."""
 
@@ -176,7 +178,9 @@ def setup(cfg: FinetuneConfig) -> Run:
     if cfg.offload_activations:
         check_offload_device("cuda" if torch.cuda.is_available() else "cpu")
     if cfg.compact_cpu_memory and not compact_cpu_memory():
-        print("--compact-cpu-memory: this C library has no such setting (glibc only); ignored", file=sys.stderr)
+        print(
+            "--compact-cpu-memory: this C library has no such setting (glibc only); ignored", file=sys.stderr
+        )
 
     config, model_path = _load_base_config(cfg)
     original = original_context_length(config)
@@ -228,19 +232,19 @@ def setup(cfg: FinetuneConfig) -> Run:
     log_path = Path(cfg.log_file) if cfg.log_file else out / LOG_FILE
     loss = training_loss(cfg.chunked_loss, accelerator.num_processes, accelerator.print)
     run = Run(
-        cfg,
-        accelerator,
-        model,
-        tokenizer,
-        optimizer,
-        params,
-        dataset,
-        pad_id,
-        out,
-        log_path,
-        0,
-        resolved,
-        loss,
+        cfg=cfg,
+        accelerator=accelerator,
+        model=model,
+        tokenizer=tokenizer,
+        optimizer=optimizer,
+        params=params,
+        dataset=dataset,
+        pad_id=pad_id,
+        out=out,
+        log_path=log_path,
+        start_step=0,
+        resolved=resolved,
+        loss=loss,
     )
     _restore(run, resume_from)
     return run
@@ -432,7 +436,16 @@ def save(run: Run, step: int, loss: float) -> dict:
     unwrapped = acc.unwrap_model(run.model)
     run.resolved.update(steps=step, final_loss=loss)
     if acc.is_main_process:
-        _save_output(unwrapped, state, run.tokenizer, cfg, out)
+        try:
+            _save_output(unwrapped, state, run.tokenizer, cfg, out)
+        except WRITE_FAILURES as err:  # a full disk: the checkpoints stay, so nothing trained is lost
+            kept = latest_checkpoint(out)
+            raise WriteError(
+                f"cannot write the trained {'model' if cfg.method == 'full' else 'adapter'} to {out}: "
+                f"{getattr(err, 'strerror', None) or err}; "
+                + (f"checkpoint {kept.name} is kept. " if kept else "")
+                + "Free space on that disk and run the same command with --resume"
+            ) from err
         _write_run_record(run, status="complete")
         shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
         acc.print(f"saved {'model' if cfg.method == 'full' else 'adapter'} to {out}")
@@ -490,15 +503,13 @@ def _versions() -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from longlora import lora
-
     try:
         cfg = parse_args(argv)
         train(cfg)
     except RunComplete as done:
         print(str(done), file=sys.stderr)
         return 0
-    except (ValueError, DependencyError, lora.DependencyError) as err:
+    except ValueError as err:  # every InputError (DependencyError too) is a ValueError
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -90,7 +90,6 @@ def lora_config(model, method: str = "lora+", *, r: int = 8, alpha: int = 16, dr
     )
 
 
-# The project's error class for a missing optional package (``longlora.lora.DependencyError`` still works).
 from data_tools.errors import DependencyError  # noqa: E402
 
 

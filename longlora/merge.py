@@ -32,9 +32,11 @@ from pathlib import Path
 
 import torch
 
+from data_tools.files import atomic_write_text, write_error
 from data_tools.profiles import PROFILES, record_profile
 from longlora.models import (
     RUN_ARGS_FILE,
+    WRITE_FAILURES,
     ModelLoadError,
     adapter_base,
     add_model_arguments,
@@ -252,7 +254,7 @@ def merge(
         "tied_embeddings": has_tied_embeddings(reloaded),
         "ok": all(c["ok"] for c in checks.values()),
     }
-    _write_json_atomically(out / REPORT_FILE, report)
+    atomic_write_text(out / REPORT_FILE, json.dumps(report, indent=2) + "\n")
     say(
         f"merged model saved to {out}: max |logit diff| vs base+adapter ({report['dtype']}) = "
         f"{report['max_abs_diff_merged']:.3g} in memory, {report['max_abs_diff_reloaded']:.3g} after reload "
@@ -297,9 +299,12 @@ def _save_atomically(model, tokenizer, out: Path, overwrite: bool) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+        try:
+            model.save_pretrained(tmp, safe_serialization=True)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+        except WRITE_FAILURES as err:  # a full disk: the half-written folder goes, --output stays as it was
+            raise write_error(out, err, kept=out.exists()) from err
         if out.exists():
             if not overwrite and any(out.iterdir()):
                 raise ValueError(f"--output {out} is not empty; pass --overwrite")
@@ -307,13 +312,6 @@ def _save_atomically(model, tokenizer, out: Path, overwrite: bool) -> None:
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _write_json_atomically(path: Path, payload: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 # The project's error classes (old import paths keep working: ``longlora.models.ModelLoadError``).
 from data_tools.errors import DependencyError, ModelLoadError  # noqa: F401
@@ -59,6 +60,9 @@ DEFAULT_SPEC = "default"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Written by longlora.finetune beside every adapter / full model: the settings it was trained with.
 RUN_ARGS_FILE = "longlora_args.json"
+# What a failed write of weights raises: an OSError from Python and torch, a SafetensorError from the
+# safetensors writer (its message keeps the OS error: "I/O error: No space left on device (os error 28)").
+WRITE_FAILURES = (OSError, SafetensorError)
 ADAPTER_CONFIG = "adapter_config.json"
 DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")
 """``--dtype`` values of every command; ``auto`` is decided by :func:`resolve_dtype` alone."""

@@ -165,7 +165,7 @@ def check_held_out(train: list[str], evaluation: list[str]) -> None:
 class Settings:
     """What the plan needs from the command line and the finetune config."""
 
-    cfg: object  # longlora.config.FinetuneConfig
+    cfg: object  # longlora.training.config.FinetuneConfig
     base: str
     context_length: int
     original_length: int
@@ -456,9 +456,9 @@ def settings(args, finetune_args: list[str]) -> Settings:
     from transformers import AutoConfig
 
     from data_tools.profiles import extended_profile_name, profile_name_for_config
-    from longlora.config import parse_args as parse_finetune
     from longlora.models import parse_length, resolve_dtype, resolve_model_path
     from longlora.position import context_window, original_context_length
+    from longlora.training.config import parse_args as parse_finetune
 
     cfg = parse_finetune(finetune_args + ["--output-dir", str(Path(args.output_dir) / "adapter")])
     config = AutoConfig.from_pretrained(resolve_model_path(cfg.model))

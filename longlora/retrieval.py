@@ -1,24 +1,19 @@
-"""What part of a long document goes into the prompt: truncation, or BM25-ranked passages.
+"""What part of a long document goes into the prompt: the whole of it, a truncation, or retrieved passages.
 
-``fit_document`` picks token spans of a tokenized document that fit a token budget with one of three
-strategies: ``truncate-end`` (the beginning), ``truncate-middle`` (beginning and end) or ``retrieve``:
-the token sequence is cut into passages of about ``size`` tokens (preferring to cut where a sentence
-or line starts), scored against the question with Okapi BM25 (Robertson & Zaragoza, 2009; the
-``bm25s`` library with a Snowball English stemmer), and the best ones that fit are kept in document
-order, so the model reads them as they appear in the document. Pure functions, no torch.
-
-    >>> spans = split_passages(offsets, text, size=256)          # [(tok_start, tok_end), ...]
-    >>> index = BM25Index([text[a:b] for a, b in char_spans])      # once per document
-    >>> kept, ids = fit_document(doc_ids, 1024, "retrieve", passages=spans, scores=index.scores(q))
+``fit_document`` is the one dispatch over the strategies: a document that fits the token budget goes in
+whole; otherwise ``truncate-end`` keeps the beginning, ``truncate-middle`` the beginning and end, and
+``retrieve`` the spans a ``PassageIndex`` selects. Pure functions, no torch.
 
 ``PassageIndex`` is the retrieval measured best on ``benchmarks/qa_dev_set.jsonl``
 (``benchmarks/retrieval_recall.py``): windows of ``size`` tokens that overlap by half (each made of
 two neighbouring sentence-aligned halves, so a boundary never splits a sentence of up to 0.7 of half
-a window), and the document's opening (title, authors, journal, date) for bibliographic questions:
+a window), scored against the question with Okapi BM25 (Robertson & Zaragoza, 2009; the ``bm25s``
+library with a Snowball English stemmer), the best that fit kept in document order, and the document's
+opening (title, authors, journal, date) for bibliographic questions:
 
     >>> index = PassageIndex(offsets, text, size=64)              # once per document
-    >>> spans = index.select(question, budget=256, separator_len=len(gap_ids))
-    >>> ids = join_spans(doc_ids, spans, gap_ids)
+    >>> spans, ids = fit_document(doc_ids, 256, "retrieve", gap_ids=gap_ids,
+    ...     retrieve=lambda budget: index.select(question, budget, separator_len=len(gap_ids)))
 """
 
 from __future__ import annotations
@@ -46,18 +41,6 @@ FRONT_TOKENS = 96  # document opening given with bibliographic questions (benchm
 
 _WORD = re.compile(r"[a-z0-9]+(?:[.'][a-z0-9]+)*")
 _SENTENCE_START = re.compile(r"(?:\n\s*|[.!?][\"')\]]*\s+)(?=\S)")
-
-
-def terms(text: str) -> list[str]:
-    """Lower-cased word terms without stopwords, with a light suffix strip (plural 's')."""
-    out = []
-    for word in _WORD.findall(text.lower()):
-        if word in STOPWORDS:
-            continue
-        if len(word) > 4 and word.endswith("s") and not word.endswith("ss"):
-            word = word[:-1]
-        out.append(word)
-    return out
 
 
 @lru_cache(maxsize=1)
@@ -151,47 +134,19 @@ class BM25Index:
         return [float(x) for x in self._bm25.get_scores(query_terms)]
 
 
-def bm25_scores(query: str, passages: Sequence[str], *, k1: float = 1.2, b: float = 0.75) -> list[float]:
-    """Okapi BM25 score of each passage for the query (one-off; see BM25Index to reuse the counts)."""
-    return BM25Index(passages, k1=k1, b=b).scores(query)
-
-
-def select_passages(
-    scores: Sequence[float], lengths: Sequence[int], budget: int, *, separator_len: int = 0
-) -> list[int]:
-    """Indices of the highest-scoring passages whose lengths fit ``budget``, in document order.
-
-    Passages are taken best first (ties: earlier first); one that does not fit is skipped and smaller
-    ones may still fill the rest. ``separator_len`` tokens are charged between passages that are not
-    adjacent in the document (the engine marks the gap).
-    """
-    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
-    chosen: list[int] = []
-    for i in order:
-        if (
-            lengths[i] + _gap_cost(sorted(chosen + [i]), separator_len) + sum(lengths[c] for c in chosen)
-            <= budget
-        ):
-            chosen.append(i)
-    return sorted(chosen)
-
-
-def _gap_cost(indices: Sequence[int], separator_len: int) -> int:
-    return separator_len * sum(1 for a, b in zip(indices, indices[1:]) if b != a + 1)
-
-
 def fit_document(
     ids: Sequence[int],
     budget: int,
     strategy: str,
     *,
-    passages: Sequence[tuple[int, int]] | None = None,
-    scores: Sequence[float] | None = None,
+    retrieve: Callable[[int], list[tuple[int, int]]] | None = None,
     gap_ids: Sequence[int] = (),
 ) -> tuple[list[tuple[int, int]], list[int]]:
     """Choose token spans of ``ids`` that fit ``budget`` tokens (gap markers included) -> (spans, ids).
 
-    retrieve needs ``passages`` (token spans) and their ``scores``.
+    The one place a strategy is dispatched: a document that fits goes in whole; otherwise
+    ``truncate-end`` keeps its beginning, ``truncate-middle`` its beginning and end, and ``retrieve``
+    keeps the spans ``retrieve(budget)`` returns (the engine's ``PassageIndex`` selection).
     """
     n = len(ids)
     if strategy not in STRATEGIES:
@@ -205,11 +160,9 @@ def fit_document(
         head = (room + 1) // 2
         spans = [(0, head), (n - (room - head), n)] if room - head > 0 else [(0, head)]
     else:
-        if passages is None or scores is None:
-            raise ValueError("retrieve needs passages and their scores")
-        lengths = [e - s for s, e in passages]
-        chosen = select_passages(scores, lengths, budget, separator_len=len(gap_ids))
-        spans = merge_spans([passages[i] for i in chosen])
+        if retrieve is None:
+            raise ValueError("the retrieve strategy needs a retrieve(budget) -> spans function")
+        spans = merge_spans(retrieve(budget))
     return spans, join_spans(ids, spans, gap_ids)
 
 

@@ -43,9 +43,6 @@ import torch.nn.functional as F
 
 from longlora.s2groups import Batch, document_layout, groups, plan_batches, regular_groups, split_shared
 
-# the layout helpers under their former private names (tests and older callers import them from here)
-_document_layout, _groups = document_layout, groups
-
 __all__ = [
     "ATTN_NAME",
     "s2_attention",

@@ -20,10 +20,15 @@ import pytest
 from conftest import FIXTURES, make_char_tokenizer, tiny_model  # noqa: E402
 
 import app
+from data_tools.prompts import QUESTIONS_FOR
 from longlora.qa import AnswerUpdate, DocumentCard, FitReport, QAEngine, QAEngineLike, Source
 from longlora.qa.protocol import PROTOCOL_ATTRIBUTES, PROTOCOL_METHODS
+from webapp.cards import EMPTY_CARD, status_markdown
+from webapp.chat import EXAMPLE_LABELS, ChatState, example_visibility, release_state
 from webapp.layout import PAGE_PICK_HELP
 from webapp.loading import BackgroundEngine
+from webapp.pages import page_image, page_picker, show_page
+from webapp.server import launch, parse_args
 
 PAPER = FIXTURES / "zoo-faq.pdf"
 
@@ -145,8 +150,9 @@ def guess_material_type(document):
 
 @pytest.fixture(autouse=True)
 def _no_real_guess(monkeypatch):
-    # Documents uploaded while the model loads are guessed by longlora.qa; keep these tests model-free.
-    monkeypatch.setattr(app, "_guess_material_type", guess_material_type)
+    # The app guesses a new document's material type once, on upload (data_tools.prompts' rule); these
+    # tests use a fixed rule so that their small documents read as a paper (PDF) or a book (text).
+    monkeypatch.setattr(app, "guess_material_type", guess_material_type)
 
 
 @pytest.fixture
@@ -188,9 +194,21 @@ def test_upload_pdf_card_and_guess(engine):
     assert state.material_type == "paper" and state.session is not None and state.turns == []
     material, chat, *buttons = app.after_upload(state)
     assert material["value"] == "paper" and chat == []
-    assert (
-        [b["visible"] for b in buttons] == app.example_visibility("paper") == [True, True, True, False, False]
+    assert [b["visible"] for b in buttons] == example_visibility("paper") == [True, True, True, False, False]
+
+
+def test_upload_guesses_the_material_type_once_and_opens_the_session_with_it(engine, monkeypatch):
+    """One guess per upload, by the app, whether the model is ready or not; the engine is told, not asked."""
+    calls, seen = [], []
+    monkeypatch.setattr(app, "guess_material_type", lambda doc: calls.append(doc.name) or "book")
+    open_document = engine.open_document
+    monkeypatch.setattr(
+        engine,
+        "open_document",
+        lambda doc, material_type=None: seen.append(material_type) or open_document(doc, material_type),
     )
+    _, state = _upload(engine, PAPER)
+    assert calls == ["zoo-faq.pdf"] and seen == ["book"] and state.session.material_type == "book"
 
 
 def test_new_upload_starts_new_conversation(engine, txt_file):
@@ -294,7 +312,7 @@ def test_strategy_change_refreshes_card(engine):
     _, state = _upload(engine, PAPER, strategy="retrieve")
     card = app.refresh_card(engine, state, "truncate-middle")
     assert "(`truncate-middle`)" in card
-    assert app.refresh_card(engine, None, "retrieve") == app.EMPTY_CARD
+    assert app.refresh_card(engine, None, "retrieve") == EMPTY_CARD
 
 
 # --------------------------------------------------------------------------------------------------
@@ -366,7 +384,7 @@ def test_real_engine_card_and_cli_carry_the_warning(tmp_path, tiny_model_dir, ca
 
 def test_loading_model_shows_state_and_document_opens_when_ready(txt_file):
     engine = FakeEngine(state="loading")
-    assert "Loading the model" in app.status_markdown(engine) and "Converting" in app.status_markdown(engine)
+    assert "Loading the model" in status_markdown(engine) and "Converting" in status_markdown(engine)
     card, state = _upload(engine, txt_file)
     assert "notes.txt" in card and "counted when the model is ready" in card and state.session is None
     assert state.material_type == "book"
@@ -387,7 +405,7 @@ def test_loading_model_shows_state_and_document_opens_when_ready(txt_file):
 def test_failed_model_load_is_reported(txt_file):
     engine = FakeEngine(state="error")
     engine.status_message = "no model folder at ./missing; pass --model default"
-    status = app.status_markdown(engine)
+    status = status_markdown(engine)
     assert "failed to load" in status and "./missing" in status
     _, state = _upload(engine, txt_file)
     with pytest.raises(gr.Error, match="failed to load.*missing"):
@@ -481,7 +499,7 @@ def test_example_questions_follow_material_type(engine, txt_file):
     _, state = _upload(engine, txt_file)
     chat, state = app.start_example_turn(engine, "characters", state)
     assert chat[-1]["content"] == "Please describe the relationships among the main characters in the book."
-    assert set(app.EXAMPLE_LABELS) == set(app.QUESTIONS_FOR["paper"] + app.QUESTIONS_FOR["book"])
+    assert set(EXAMPLE_LABELS) == set(QUESTIONS_FOR["paper"] + QUESTIONS_FOR["book"])
 
 
 def test_stop_stops_generation(engine):
@@ -525,7 +543,7 @@ def test_clear_forgets_document_and_conversation(engine):
     _, state = _upload(engine, PAPER)
     _ask_ui(engine, state, "What is zoo?")
     file_value, card, chat, question, material, new, *buttons = app.clear(state)
-    assert file_value is None and card == app.EMPTY_CARD and chat == [] and question == ""
+    assert file_value is None and card == EMPTY_CARD and chat == [] and question == ""
     assert new.document is None and new.turns == [] and state.stop_event.is_set()
     assert engine.closed == [state.session]
     with pytest.raises(gr.Error, match="Upload"):
@@ -597,7 +615,7 @@ def test_nothing_loads_a_model_at_import():
 
 
 def test_parse_args_defaults_and_errors(capsys):
-    args = app.parse_args([])
+    args = parse_args([])
     assert (args.model, args.host, args.port, args.share, args.load_in_4bit) == (
         "default",
         "127.0.0.1",
@@ -606,7 +624,7 @@ def test_parse_args_defaults_and_errors(capsys):
         False,
     )
     assert (args.context_length, args.max_new_tokens, args.concurrency) == (None, 512, 1)
-    args = app.parse_args(
+    args = parse_args(
         [
             "--model",
             "./merged",
@@ -635,12 +653,12 @@ def test_parse_args_defaults_and_errors(capsys):
         (["--max-new-tokens", "-1"], "--max-new-tokens must be positive"),
     ):
         with pytest.raises(SystemExit):
-            app.parse_args(bad)
+            parse_args(bad)
         assert message in capsys.readouterr().err
 
 
 def test_model_flags_are_the_shared_ones():
-    args = app.parse_args(["--dtype", "float32", "--adapter", "out/adapter", "--context-length", "16k"])
+    args = parse_args(["--dtype", "float32", "--adapter", "out/adapter", "--context-length", "16k"])
     assert (args.dtype, args.adapter, args.context_length, args.device) == (
         "fp32",
         "out/adapter",
@@ -663,7 +681,7 @@ def launch_with_retry(demo, attempts: int = 3) -> str:
     localhost (one HEAD request with a 3 s timeout) can time out; launching again then works."""
     for attempt in range(attempts):
         try:
-            _, url, _ = app.launch(demo, port=None, prevent_thread_lock=True, quiet=True)
+            _, url, _ = launch(demo, port=None, prevent_thread_lock=True, quiet=True)
             return url
         except ValueError as exc:
             demo.close()
@@ -787,12 +805,12 @@ def test_show_page_renders_the_asked_page(engine, tmp_path, monkeypatch):
     _, state = _upload(engine, uploaded)
     assert not uploaded.exists()
     for number, width in enumerate(PAGE_WIDTHS, start=1):
-        shown = app.show_page(number, state)
+        shown = show_page(number, state)
         assert _is_page(shown["value"], width), (number, shown["value"].size)
         assert shown["visible"] and shown["label"].startswith(f"faq.pdf: page {number} of 3")
-    assert "not readable" in app.show_page(2, state)["label"]  # the garbled page: the model skips it
-    assert "not readable" not in app.show_page(3, state)["label"]
-    assert _is_page(app.page_image(3.0, state), PAGE_WIDTHS[2])  # /page: gr.Number may send floats
+    assert "not readable" in show_page(2, state)["label"]  # the garbled page: the model skips it
+    assert "not readable" not in show_page(3, state)["label"]
+    assert _is_page(page_image(3.0, state), PAGE_WIDTHS[2])  # /page: gr.Number may send floats
 
 
 def test_show_page_refuses_clearly(engine, tmp_path, txt_file):
@@ -804,14 +822,14 @@ def test_show_page_refuses_clearly(engine, tmp_path, txt_file):
         (None, "Pick a page number from 1 to 3; got None."),
     ]:
         with pytest.raises(gr.Error, match=re.escape(message)) as info:
-            app.show_page(page, state)
+            show_page(page, state)
         assert info.value.visible and info.value.print_exception is False
     _, text_state = _upload(engine, txt_file)
     with pytest.raises(gr.Error, match="notes.txt is a plain-text document: it has no pages to show"):
-        app.show_page(1, text_state)
-    for empty in (None, app.ChatState()):
+        show_page(1, text_state)
+    for empty in (None, ChatState()):
         with pytest.raises(gr.Error, match="Upload a PDF first"):
-            app.show_page(1, empty)
+            show_page(1, empty)
 
 
 def test_private_pdf_copy_lives_as_long_as_the_document(engine, tmp_path, txt_file):
@@ -829,10 +847,10 @@ def test_private_pdf_copy_lives_as_long_as_the_document(engine, tmp_path, txt_fi
     assert not copy.parent.exists()
     _, state = _upload(engine, path)
     copy = Path(state.pdf.path)
-    app.release_state(state)  # so does the end of the browser session (gr.State's delete_callback)
+    release_state(state)  # so does the end of the browser session (gr.State's delete_callback)
     assert not copy.parent.exists()
     with pytest.raises(gr.Error, match="faq.pdf is no longer kept by the app; upload it again"):
-        app.show_page(1, app.ChatState(document=state.document))
+        show_page(1, ChatState(document=state.document))
     _, text_state = _upload(engine, txt_file)
     assert text_state.pdf is None  # plain text has no pages to keep
 
@@ -840,24 +858,24 @@ def test_private_pdf_copy_lives_as_long_as_the_document(engine, tmp_path, txt_fi
 def test_cited_pages_are_listed_after_each_answer(txt_file):
     small = FakeEngine(context_length=1000)  # the PDF does not fit: answers cite pages 1, 2 and 5
     _, state = _upload(small, PAPER)
-    picker, image = app.page_picker(state)
+    picker, image = page_picker(state)
     assert picker["choices"] == [] and picker["interactive"] is False and image["visible"] is False
     assert picker["info"] == PAGE_PICK_HELP["none"]
     frames, state = _ask_ui(small, state, "What is zoo?")
     assert "1. (p. 1, 2) Zoo is a package." in frames[-1][-1]["content"]
-    picker, image = app.page_picker(state)
+    picker, image = page_picker(state)
     assert picker["choices"] == [("Page 1 (source 1)", 1), ("Page 2 (source 1)", 2), ("Page 5 (source 2)", 5)]
     assert picker["interactive"] is True and picker["value"] is None and image == gr.skip()
     from pypdf import PdfReader
 
     box = PdfReader(str(PAPER)).pages[4].mediabox  # page 5's size, read without PDFium
-    assert _is_page(app.show_page(5, state)["value"], float(box.width), float(box.height))
+    assert _is_page(show_page(5, state)["value"], float(box.width), float(box.height))
     chat, state = app.clear_chat(state)  # the conversation is gone: so are its pages
-    picker, image = app.page_picker(state)
+    picker, image = page_picker(state)
     assert picker["choices"] == [] and image["visible"] is False
     _, text_state = _upload(small, txt_file)
     _ask_ui(small, text_state, "Who is Darcy?")
-    picker, _ = app.page_picker(text_state)
+    picker, _ = page_picker(text_state)
     assert picker["choices"] == [] and picker["info"] == PAGE_PICK_HELP["text"]
 
 

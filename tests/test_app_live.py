@@ -18,6 +18,8 @@ from conftest import FIXTURES  # noqa: E402
 from test_app import launch_with_retry
 
 import app
+from webapp.cards import status_markdown
+from webapp.server import parse_args
 
 PAPER = FIXTURES / "zoo-faq.pdf"
 CHROMIUM = "/usr/bin/chromium"
@@ -44,7 +46,7 @@ def served_real(tmp_path_factory):
     os.environ["GRADIO_TEMP_DIR"] = str(upload_root)
     engine = BackgroundEngine.from_spec("default", max_new_tokens=MAX_NEW_TOKENS)
     demo = app.build_demo(engine, max_new_tokens=MAX_NEW_TOKENS)
-    assert app.status_markdown(engine).startswith(("**Loading the model...**", "**Model ready:**"))
+    assert status_markdown(engine).startswith(("**Loading the model...**", "**Model ready:**"))
     # The app serves while the model loads (the small-engine tests check that); here the model is
     # loaded first so that loading does not compete with gradio's 3-second localhost self-check.
     engine.wait_ready(timeout=600)
@@ -210,7 +212,7 @@ def test_app_serves_the_recipe_model(tmp_path, monkeypatch):
 
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
     config = AutoConfig.from_pretrained(EXTENDED)
-    args = app.parse_args(["--model", EXTENDED, "--max-new-tokens", str(MAX_NEW_TOKENS)])
+    args = parse_args(["--model", EXTENDED, "--max-new-tokens", str(MAX_NEW_TOKENS)])
     engine = BackgroundEngine.from_args(args, max_new_tokens=MAX_NEW_TOKENS)
     engine.wait_ready(timeout=600)
     assert engine.context_length == config.max_position_embeddings >= 16384

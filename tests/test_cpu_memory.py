@@ -8,13 +8,13 @@ import textwrap
 
 import pytest
 
-from longlora.cpu_memory import compact_cpu_memory
+from longlora.training.cpu_memory import compact_cpu_memory
 
 # a step's pattern: activation-sized blocks interleaved with small long-lived ones, then the blocks freed
 CHILD = textwrap.dedent(
     """
     import torch
-    from longlora.cpu_memory import compact_cpu_memory
+    from longlora.training.cpu_memory import compact_cpu_memory
 
     def rss_mb():
         for line in open("/proc/self/status"):
@@ -41,7 +41,9 @@ def _held_mb() -> int:
 
 
 def _glibc() -> bool:
-    probe = "from longlora.cpu_memory import compact_cpu_memory as c; raise SystemExit(0 if c() else 1)"
+    probe = (
+        "from longlora.training.cpu_memory import compact_cpu_memory as c; raise SystemExit(0 if c() else 1)"
+    )
     return subprocess.run([sys.executable, "-c", probe]).returncode == 0
 
 

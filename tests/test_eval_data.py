@@ -9,8 +9,9 @@ import pytest
 from conftest import FIXTURES as _FIXTURES  # noqa: E402
 from conftest import make_char_tokenizer
 
+from data_tools.errors import DataError
 from longlora.eval.common import check_addressable, parse_lengths
-from longlora.eval.data import EvalDataError, load_eval_tokens
+from longlora.eval.data import load_eval_tokens
 from longlora.eval.plot import main as plot_main
 
 FIXTURES = str(_FIXTURES)
@@ -71,7 +72,7 @@ def test_token_files_sidecar_raw_and_vocabulary_checks(tmp_path):
     write_token_file(tmp_path / "t32.bin", [[1, 70000, 3], [4, 5]], vocab_size=100000, tokenizer="big")
     data = load_eval_tokens([tmp_path / "t32.bin"])
     assert data.tokens.tolist() == [1, 70000, 3, 4, 5] and data.tokens.dtype == np.int64
-    with pytest.raises(EvalDataError, match=r"id 70000, beyond the model's vocabulary of 49152.*\(big\)"):
+    with pytest.raises(DataError, match=r"id 70000, beyond the model's vocabulary of 49152.*\(big\)"):
         load_eval_tokens([tmp_path / "t32.bin"], vocab_size=49152)
     raw = tmp_path / "pg19.bin"
     raw.write_bytes(np.arange(10, dtype="<u2").tobytes())
@@ -79,25 +80,25 @@ def test_token_files_sidecar_raw_and_vocabulary_checks(tmp_path):
     assert load_eval_tokens([raw], token_dtype="uint32").tokens.tolist() == [
         int(v) for v in np.arange(10, dtype="<u2").view("<u4")
     ]
-    with pytest.raises(EvalDataError, match=r"cannot read token file .*--dtype uint16 or uint32"):
+    with pytest.raises(DataError, match=r"cannot read token file .*--dtype uint16 or uint32"):
         load_eval_tokens([raw])
 
 
 def test_missing_unsupported_and_empty_inputs_are_explained(tok, tmp_path):
     from data_tools import EmptyDocumentError
 
-    with pytest.raises(EvalDataError, match="no such file or folder"):
+    with pytest.raises(DataError, match="no such file or folder"):
         load_eval_tokens([tmp_path / "nope.txt"], tok)
     (tmp_path / "data.csv").write_text("a,b")
-    with pytest.raises(EvalDataError, match=r"unsupported file type \.csv"):
+    with pytest.raises(DataError, match=r"unsupported file type \.csv"):
         load_eval_tokens([tmp_path / "data.csv"], tok)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(EvalDataError, match=r"folder holds no \.pdf, \.txt.* files"):
+    with pytest.raises(DataError, match=r"folder holds no \.pdf, \.txt.* files"):
         load_eval_tokens([tmp_path / "empty"], tok)
     (tmp_path / "blank.txt").write_text("   \n")
-    with pytest.raises((EmptyDocumentError, EvalDataError), match="(?i)empty"):
+    with pytest.raises((EmptyDocumentError, DataError), match="(?i)empty"):
         load_eval_tokens([tmp_path / "blank.txt"], tok)
-    with pytest.raises(EvalDataError, match="a tokenizer is needed"):
+    with pytest.raises(DataError, match="a tokenizer is needed"):
         load_eval_tokens([f"{FIXTURES}/austen-emma.txt"])
 
 

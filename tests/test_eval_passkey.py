@@ -170,3 +170,21 @@ def test_real_model_retrieves_a_key_at_512_tokens():
     trial = run_trial(model, tok, 512, 0.5, 0, chat_template=False, max_new_tokens=16)
     assert trial["correct"], trial["answer"]
     assert trial["answer"].strip().startswith(str(trial["key"]))
+
+
+def test_one_chat_template_rule_for_passkey_and_ruler():
+    """--chat-template is one flag with one rule (longlora.eval.common), whichever command reads it."""
+    from types import SimpleNamespace
+
+    from data_tools.errors import InputError
+    from longlora.eval import passkey, ruler
+    from longlora.eval.common import use_chat_template
+
+    with_template, without = SimpleNamespace(chat_template="{{ x }}"), SimpleNamespace(chat_template=None)
+    assert [use_chat_template(c, with_template) for c in ("auto", "on", "off")] == [True, True, False]
+    assert [use_chat_template(c, without) for c in ("auto", "off")] == [False, False]
+    with pytest.raises(InputError, match="no chat template; use --chat-template off"):
+        use_chat_template("on", without)
+    for command in (passkey, ruler):
+        action = next(a for a in command.build_parser()._actions if a.dest == "chat_template")
+        assert action.default == "auto" and list(action.choices) == ["auto", "on", "off"]

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from conftest import FIXTURES, make_char_tokenizer, tiny_model
 
+from data_tools.errors import DataError
 from longlora.eval import perplexity as ppl_mod
-from longlora.eval.data import EvalDataError
 from longlora.eval.perplexity import (
     evaluate_perplexity,
     longlora_windows,
@@ -130,10 +130,10 @@ def test_prediction_nll_matches_full_logits_for_untied_heads():
 
 def test_too_short_data_and_bad_stride_are_explained(tokens):
     with pytest.raises(
-        EvalDataError, match=r"157 tokens, too few for --seq-len 200.*at least seq-len \+ 1 = 201"
+        DataError, match=r"157 tokens, too few for --seq-len 200.*at least seq-len \+ 1 = 201"
     ):
         sliding_windows(157, 200)
-    with pytest.raises(EvalDataError, match=r"longlora protocol.*seq-len \+ window-step \+ 1 = 385"):
+    with pytest.raises(DataError, match=r"longlora protocol.*seq-len \+ window-step \+ 1 = 385"):
         longlora_windows(300, 128, 256)
     with pytest.raises(ValueError, match="--stride must be between 1 and --seq-len 16"):
         sliding_windows(100, 16, 17)

@@ -11,7 +11,11 @@ from longlora.eval.plot import PLOTTERS, main, plot_results
 
 
 def test_each_kind_has_its_own_plotter():
-    assert PLOTTERS == {"perplexity": plot.plot_perplexity, "passkey": plot.plot_passkey, "ruler": plot.plot_ruler}
+    assert PLOTTERS == {
+        "perplexity": plot.plot_perplexity,
+        "passkey": plot.plot_passkey,
+        "ruler": plot.plot_ruler,
+    }
 
 
 def test_ruler_results_plot_with_the_ruler_plotter(tmp_path):

@@ -34,8 +34,10 @@ def sft_records(tmp_path_factory):
     path = tmp_path_factory.mktemp("sft") / "qa.jsonl"
     story = "Emma Woodhouse, handsome, clever, and rich, lived in Highbury. " * 4
     records = [
-        {"instruction": f"Below is a book. Memorize it.\n{story}\nNow the material ends. Who lived in Highbury?\n",
-         "output": "Emma Woodhouse."},
+        {
+            "instruction": f"Below is a book. Memorize it.\n{story}\nNow the material ends. Who lived in Highbury?\n",
+            "output": "Emma Woodhouse.",
+        },
         {"instruction": "Name a colour. ", "output": "Blue."},
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -62,8 +64,21 @@ def test_family_end_to_end(name, tmp_path, book, sft_records, capsys):
 
     sft = tmp_path / "sft"
     # Character tokens: a chat template's own text (Qwen 2.5's default system prompt) takes ~100 of them.
-    assert _finetune("--model", base, "--mode", "sft", "--data", sft_records, "--output-dir", sft,
-                     "--context-length", 2 * CONTEXT) == 0
+    assert (
+        _finetune(
+            "--model",
+            base,
+            "--mode",
+            "sft",
+            "--data",
+            sft_records,
+            "--output-dir",
+            sft,
+            "--context-length",
+            2 * CONTEXT,
+        )
+        == 0
+    )
     stats = json.loads((sft / "longlora_args.json").read_text())["resolved"]["sft_stats"]
     assert stats["total"] == 2 and not stats["dropped"], stats
 
@@ -80,8 +95,21 @@ def test_family_end_to_end(name, tmp_path, book, sft_records, capsys):
 
     out = tmp_path / "ppl.json"
     merged = tmp_path / "merged-fp32"
-    rc = perplexity.main(["--model", str(merged), "--data", str(book), "--seq-len", str(CONTEXT),
-                          "--output", str(out), "--no-progress", "--max-tokens", str(4 * CONTEXT)])
+    rc = perplexity.main(
+        [
+            "--model",
+            str(merged),
+            "--data",
+            str(book),
+            "--seq-len",
+            str(CONTEXT),
+            "--output",
+            str(out),
+            "--no-progress",
+            "--max-tokens",
+            str(4 * CONTEXT),
+        ]
+    )
     assert rc == 0
     ppl = json.loads(out.read_text())
     assert all(torch.isfinite(torch.tensor(float(v))) for v in _numbers(ppl["results"]))
@@ -89,8 +117,22 @@ def test_family_end_to_end(name, tmp_path, book, sft_records, capsys):
     from longlora import qa
 
     capsys.readouterr()
-    rc = qa.main(["--doc", str(book), "--question", "Who is handsome?", "--model", str(merged),
-                  "--max-new-tokens", "3", "--dtype", "fp32", "--context-length", str(4 * CONTEXT)])
+    rc = qa.main(
+        [
+            "--doc",
+            str(book),
+            "--question",
+            "Who is handsome?",
+            "--model",
+            str(merged),
+            "--max-new-tokens",
+            "3",
+            "--dtype",
+            "fp32",
+            "--context-length",
+            str(4 * CONTEXT),
+        ]
+    )
     assert rc == 0
     assert "tokens" in capsys.readouterr().err
 
@@ -147,7 +189,9 @@ def test_s2_applies_gemma2_attention_logit_softcapping():
         uncapped = model(ids).logits
         for m in attentions:
             m.attn_logit_softcapping = config.attn_logit_softcapping
-    assert not torch.allclose(eager, uncapped, atol=1e-3), "the cap must matter for this test to mean anything"
+    assert not torch.allclose(eager, uncapped, atol=1e-3), (
+        "the cap must matter for this test to mean anything"
+    )
     enable_s2_attention(model, group_size=GROUP)
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, eager, atol=1e-4, rtol=1e-4)  # eval: full attention

@@ -15,8 +15,8 @@ from conftest import (
 from safetensors.torch import load_file
 
 from longlora import finetune
-from longlora.config import FinetuneConfig
 from longlora.finetune import main, parse_args
+from longlora.training.config import FinetuneConfig
 
 
 @pytest.fixture(scope="module")
@@ -348,7 +348,8 @@ def test_flag_help_shows_every_default_from_the_config():
 
 
 def test_dtype_and_lengths_follow_the_shared_model_surface():
-    from longlora import launch, models
+    from longlora import models
+    from longlora.training import launch
 
     def cfg(*extra):
         return parse_args(["--data", "x.txt", "--output-dir", "o", *extra])
@@ -366,8 +367,49 @@ def test_compact_cpu_memory_is_set_before_the_model_loads(base_dir, text_file, t
     events = []
     monkeypatch.setattr(finetune, "compact_cpu_memory", lambda: events.append("compact") or True)
     load = finetune._load_trainable_model
-    monkeypatch.setattr(finetune, "_load_trainable_model", lambda *a, **k: events.append("load") or load(*a, **k))
+    monkeypatch.setattr(
+        finetune, "_load_trainable_model", lambda *a, **k: events.append("load") or load(*a, **k)
+    )
     assert run(base_dir, text_file, tmp_path / "run", "--max-steps", "1", "--compact-cpu-memory") == 0
     assert events == ["compact", "load"]
     record = json.loads((tmp_path / "run" / "longlora_args.json").read_text())
     assert record["args"]["compact_cpu_memory"] is True
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
+def test_resume_refuses_a_damaged_checkpoint_naming_the_file(
+    base_dir, text_file, tmp_path, monkeypatch, capsys, damage
+):
+    """A checkpoint cut short, changed or missing a file after it was saved is refused with the file
+    named and the fix, instead of being loaded; the same checkpoint intact resumes."""
+    common = ("--context-length", "256", "--max-steps", "4", "--save-steps", "2")
+
+    def crash(step):
+        if step == 3:
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(finetune, "_after_step", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run(base_dir, text_file, tmp_path / "run", *common)
+    monkeypatch.undo()
+    ckpt = tmp_path / "run" / "checkpoints" / "step-2"
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert state["step"] == 2 and state["files"]  # every file listed with its size and hash
+    name = max(state["files"], key=lambda n: state["files"][n]["bytes"])  # the weights or optimizer state
+    target = ckpt / name
+    original = target.read_bytes()
+    if damage == "truncate":
+        target.write_bytes(original[: len(original) // 2])
+    elif damage == "flip":
+        target.write_bytes(original[:-1] + bytes([original[-1] ^ 0xFF]))
+    else:
+        target.unlink()
+    capsys.readouterr()
+    assert run(base_dir, text_file, tmp_path / "run", *common, "--resume") == 2
+    err = capsys.readouterr().err
+    assert f"checkpoint {ckpt}: {name}" in err and "damaged" in err and "--overwrite-output-dir" in err
+    assert [r["step"] for r in log_of(tmp_path / "run")] == [1, 2, 3]  # nothing was trained or truncated
+
+    target.write_bytes(original)  # restored from a copy: it resumes
+    assert run(base_dir, text_file, tmp_path / "run", *common, "--resume") == 0
+    assert [r["step"] for r in log_of(tmp_path / "run")] == [1, 2, 3, 4]

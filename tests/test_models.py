@@ -280,8 +280,16 @@ def test_yarn_recipe_checkpoint_loads_with_its_window_baked(tmp_path):
 
 def test_error_classes_are_the_projects():
     from data_tools import errors
-    from longlora import lora
 
     assert models.ModelLoadError is errors.ModelLoadError
-    assert lora.DependencyError is errors.DependencyError
     assert issubclass(models.ModelLoadError, errors.InputError)
+
+
+def test_a_tokenizer_that_cannot_load_is_a_model_load_error(tmp_path):
+    """TokenizerLoadError sits in the one hierarchy: the app and the commands catch it as bad input."""
+    from data_tools import errors
+    from data_tools.tokenizer import TokenizerLoadError, load_tokenizer
+
+    assert issubclass(TokenizerLoadError, errors.ModelLoadError)
+    with pytest.raises(errors.InputError, match="no such tokenizer"):
+        load_tokenizer(str(tmp_path / "missing"))

@@ -10,7 +10,7 @@ from conftest import tiny_model
 from data_tools.errors import InputError
 from longlora.lora import prepare_model, trainable_parameters
 from longlora.loss import causal_lm_loss
-from longlora.offload import offload_activations
+from longlora.training.offload import offload_activations
 
 
 def test_asking_for_offloading_off_cuda_is_a_clear_error():

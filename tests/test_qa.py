@@ -10,18 +10,12 @@ from conftest import make_char_tokenizer, tiny_model
 
 from data_tools import load_text
 from data_tools.document import Document, PageSpan
-from data_tools.prompts import build_instruction, prompt_prefix
-from longlora.qa import (
-    GAP_MARKER,
-    AnswerUpdate,
-    ModelProfile,
-    QAEngine,
-    banned_ngram_tokens,
-    fit_document,
-    guess_material_type,
-    normalize_history,
-    prompt_parts,
-)
+from data_tools.profiles import ModelProfile
+from data_tools.prompts import build_instruction, guess_material_type, prompt_prefix, prompt_suffix
+from longlora.qa import AnswerUpdate, QAEngine
+from longlora.qa.prompt import normalize_history, prompt_parts
+from longlora.qa.sampling import banned_ngram_tokens
+from longlora.retrieval import GAP_MARKER, fit_document
 from webapp.cards import card_markdown
 from webapp.loading import BackgroundEngine
 
@@ -181,17 +175,6 @@ def test_truncate_end_and_middle_keep_the_right_tokens():
     assert spans == [(0, 4), (96, 100)] and out == [0, 1, 2, 3, -1, -1, 96, 97, 98, 99]
     spans, out = fit_document(ids, 200, "retrieve")
     assert spans == [(0, 100)] and out == ids  # fits whole: no retrieval needed
-
-
-def test_retrieve_keeps_relevant_passages_in_document_order():
-    ids = list(range(100))
-    passages = [(i, i + 10) for i in range(0, 100, 10)]
-    scores = [0, 5, 0, 0, 9, 0, 0, 1, 0, 0]
-    spans, out = fit_document(ids, 31, "retrieve", passages=passages, scores=scores, gap_ids=[-1])
-    # best first: 4, then 1 (+1 gap marker = 21); 7 would need 10 + another gap = 32 > 31, skipped;
-    # passage 0 is adjacent to 1 (no new gap) and exactly fills the budget.
-    assert spans == [(0, 20), (40, 50)]
-    assert out == list(range(0, 20)) + [-1] + list(range(40, 50))
 
 
 def test_retrieve_finds_the_needle_and_reports_its_page():
@@ -587,3 +570,19 @@ def test_bundled_model_constants_live_once(tmp_path, monkeypatch):
         == models.default_model_dir()
         == tmp_path / "models" / "SmolLM2-135M-Instruct"
     )
+
+
+def test_prompt_styles_have_one_home_and_wrap_the_document_alike():
+    """data_tools.prompts holds every prompt wording; the engine's turns are built from it, document first."""
+    from data_tools.prompts import PROMPT_STYLES
+    from longlora.qa.prompt import first_turn
+
+    assert set(PROMPT_STYLES) == {"paper", "brief"}
+    for style in PROMPT_STYLES:
+        turn = first_turn(" Who wrote it? ", "book", style)
+        head, tail = turn.split("\u0000LONGLORA_CONTENT\u0000")
+        assert head == prompt_prefix("book", style) and tail == prompt_suffix("Who wrote it?", style)
+        assert "a book" in head and "Who wrote it?" in tail
+    assert prompt_prefix("paper") == prompt_prefix("paper", "paper")  # the paper's template by default
+    with pytest.raises(ValueError, match="unknown prompt style 'long'; choose one of paper, brief"):
+        prompt_prefix("paper", "long")

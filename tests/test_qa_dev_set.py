@@ -82,3 +82,22 @@ def test_evidence_occurs_once_in_pdftotext_output(doc):
     text = run.stdout.decode("utf-8", "replace")
     counts = {r["id"]: rr.count_evidence(text, r["evidence"]) for r in _records_of(doc)}
     assert counts == {i: 1 for i in counts}
+
+
+# The earlier retrieval (fixed passages), kept in the benchmark as the baseline of PassageIndex.
+
+
+def test_fixed_method_terms_drop_stopwords_and_plural_s():
+    assert rr.terms("What are the limitations of the Rcpp packages?") == ["limitation", "rcpp", "package"]
+    assert rr.terms("version 1.0.8 and R-Forge") == ["version", "1.0.8", "r", "forge"]
+
+
+def test_fixed_method_select_passages_respects_budget_and_document_order():
+    scores = [0.1, 3.0, 0.0, 2.0, 5.0]
+    lengths = [10, 10, 10, 10, 30]
+    assert rr.select_passages(scores, lengths, 40) == [1, 4]  # 4 (30) + 1 (10)
+    assert rr.select_passages(scores, lengths, 29) == [1, 3]  # 4 does not fit; 1 + 3 = 20, a third is 30
+    chosen = rr.select_passages(scores, lengths, 29, separator_len=5)
+    total = sum(lengths[i] for i in chosen) + 5 * sum(1 for a, b in zip(chosen, chosen[1:]) if b != a + 1)
+    assert total <= 29 and chosen == sorted(chosen)
+    assert rr.select_passages(scores, lengths, 5) == []

@@ -185,10 +185,11 @@ def test_app_serves_the_extended_model_with_its_window_and_profile(recipe_run, t
     import app
     from data_tools.profiles import PROFILES
     from webapp.loading import BackgroundEngine
+    from webapp.server import parse_args
 
     out, _, _ = recipe_run
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
-    args = app.parse_args(["--model", str(out / "merged"), "--max-new-tokens", "16", "--dtype", "fp32"])
+    args = parse_args(["--model", str(out / "merged"), "--max-new-tokens", "16", "--dtype", "fp32"])
     engine = BackgroundEngine.from_args(args, max_new_tokens=16)
     engine.wait_ready(timeout=300)
     assert engine.context_length == 2048

@@ -10,13 +10,12 @@ from reference import naive_roll_s2, s2_attention_ref, s2_groups_ref
 
 import longlora  # noqa: F401  (registers the backend)
 from longlora.s2attn import (
-    _document_layout,
-    _groups,
     disable_s2_attention,
     enable_s2_attention,
     group_size_for,
     s2_attention,
 )
+from longlora.s2groups import document_layout, groups
 
 
 def _qkv(batch, heads, kv_heads, seq_len, dim=8, seed=0, requires_grad=False, dtype=torch.float32):
@@ -92,9 +91,9 @@ def test_mixed_precision_autocast_trains_like_the_reference():
 
 def test_group_ranges_follow_the_definition():
     # G=8 over T=21: unshifted [0,8) [8,16) [16,21); shifted [0,4) [4,12) [12,20) [20,21)
-    doc, pos = _document_layout(1, 21, None, None, "cpu")
+    doc, pos = document_layout(1, 21, None, None, "cpu")
     for offset, shifted in ((0, False), (4, True)):
-        starts, lengths = _groups(doc, pos, 8, offset)
+        starts, lengths = groups(doc, pos, 8, offset)
         got = [list(range(s, s + n)) for s, n in zip(starts.tolist(), lengths.tolist())]
         assert got == [list(r) for r in s2_groups_ref(21, 8, shifted)]
 

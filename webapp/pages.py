@@ -12,7 +12,7 @@ import os
 import gradio as gr
 
 from data_tools.errors import DocumentError
-from data_tools.pdf import PDFIUM_LOCK
+from data_tools.pdf import render_pdf_page
 
 from .chat import ChatState, last_sources
 from .layout import PAGE_PICK_HELP
@@ -20,9 +20,6 @@ from .server import LIGHT
 
 # 1.5 x 72 dpi = 108 dpi: body text is readable in the page panel and a letter page is ~920 x 1190 px.
 RENDER_SCALE = 1.5
-
-# PDFium is not thread-safe, and gradio runs handlers in a thread pool: renders share the reader's lock.
-_PDFIUM = PDFIUM_LOCK
 
 
 def cited_pages(sources) -> list[tuple[str, int]]:
@@ -70,19 +67,6 @@ def check_page(document, pdf, page) -> int:
     return number
 
 
-def render_page(pdf_path: str, page: int, scale: float = RENDER_SCALE):
-    """Page ``page`` (1-based) of the PDF at ``pdf_path`` as an RGB ``PIL.Image``."""
-    import pypdfium2 as pdfium
-
-    with _PDFIUM:
-        pdf = pdfium.PdfDocument(pdf_path)
-        try:
-            # convert() copies the pixels out of PDFium's bitmap before the document is closed
-            return pdf[page - 1].render(scale=scale).to_pil().convert("RGB")
-        finally:
-            pdf.close()
-
-
 # --------------------------------------------------------------------------------------------------
 # Handlers and their wiring (``app.build_demo`` calls ``wire_pages`` and chains ``refresh_pages``)
 # --------------------------------------------------------------------------------------------------
@@ -112,7 +96,7 @@ def page_image(page, state: ChatState | None):
         number = check_page(document, state.pdf if state is not None else None, page)
     except DocumentError as exc:  # the user's choice, not a failure: no server-side traceback
         raise gr.Error(str(exc), title="Cannot show this page", print_exception=False) from exc
-    return render_page(state.pdf.path, number)
+    return render_pdf_page(state.pdf.path, number, scale=RENDER_SCALE)
 
 
 def show_page(page, state: ChatState | None):

@@ -11,11 +11,10 @@ import json
 import math
 import os
 import platform
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from longlora.models import parse_length  # noqa: F401  (re-exported: eval code imports it from here)
+from longlora.models import parse_length
 
 ATTENTION_CHOICES = ("auto", "sdpa", "eager", "flash", "s2")
 # "auto" (None) lets transformers pick: SDPA where the architecture supports it, eager where it does not
@@ -194,19 +193,11 @@ def _jsonable(value):
 
 
 def write_json(path: str | os.PathLike, payload: dict) -> Path:
-    """Write ``payload`` as JSON atomically (temp file in the same dir, then ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``payload`` as JSON atomically (``data_tools.files.atomic_write_text``)."""
+    from data_tools.files import atomic_write_text
+
+    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+    return Path(path)
 
 
 def emit_results(payload: dict, args: argparse.Namespace, table: str, plot=None) -> int:
@@ -255,6 +246,29 @@ def greedy_answer(model, tokenizer, input_ids: list[int], max_new_tokens: int, d
             stopping_criteria=StoppingCriteriaList([Done()]),
         )
     return tokenizer.decode(out[0, n:], skip_special_tokens=True)
+
+
+def add_chat_template_argument(group) -> None:
+    """``--chat-template auto|on|off`` for the commands that prompt a model (passkey, RULER)."""
+    group.add_argument(
+        "--chat-template",
+        default="auto",
+        choices=("auto", "on", "off"),
+        help="wrap each prompt as a user turn (on) or not (off); auto: on when the tokenizer has a chat template",
+    )
+
+
+def use_chat_template(choice: str, tokenizer) -> bool:
+    """The ``--chat-template`` rule: on, off, or (auto) on when the tokenizer has a template; ``on`` for a
+    tokenizer without one is an ``InputError``."""
+    from data_tools.errors import InputError
+
+    has = bool(getattr(tokenizer, "chat_template", None))
+    if choice == "on" and not has:
+        raise InputError(
+            "--chat-template on, but this tokenizer has no chat template; use --chat-template off"
+        )
+    return choice == "on" or (choice == "auto" and has)
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, *, output: str, plot: str):

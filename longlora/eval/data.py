@@ -22,10 +22,7 @@ import numpy as np
 from data_tools.errors import DataError
 from data_tools.reader import DOCUMENT_SUFFIXES, RECORD_SUFFIXES, TOKEN_SUFFIXES, find_sources, read_texts
 
-TEXT_SUFFIXES = DOCUMENT_SUFFIXES  # the old name
 SUPPORTED = DOCUMENT_SUFFIXES + RECORD_SUFFIXES + TOKEN_SUFFIXES
-
-EvalDataError = DataError  # the old name: evaluation data is missing, unreadable or too short
 
 
 @dataclass
@@ -56,11 +53,11 @@ def load_eval_tokens(
     """Read every path into one token stream of at most ``max_tokens`` ids.
 
     ``tokenizer`` is needed for text inputs; ``vocab_size`` (the model's) guards token files
-    written with another tokenizer. Raises :class:`EvalDataError` (or a ``data_tools``
+    written with another tokenizer. Raises :class:`DataError` (or a ``data_tools``
     ``DocumentError`` for unreadable documents) with the file and the fix in the message.
     """
     if max_tokens is not None and max_tokens <= 1:
-        raise EvalDataError(f"--max-tokens must be at least 2, got {max_tokens}")
+        raise DataError(f"--max-tokens must be at least 2, got {max_tokens}")
     eos = getattr(tokenizer, "eos_token_id", None) if tokenizer is not None else None
     chunks: list[np.ndarray] = []
     sources: list[dict] = []
@@ -77,7 +74,7 @@ def load_eval_tokens(
             kind = "tokens"
         else:
             if tokenizer is None:
-                raise EvalDataError(f"{path}: a tokenizer is needed to evaluate text files")
+                raise DataError(f"{path}: a tokenizer is needed to evaluate text files")
             texts = [text for _, text in read_texts(source) if text.strip()]
             ids = _tokenize_documents(texts, tokenizer, eos, budget)
             kind = "records" if source.kind == "records" else "text"
@@ -91,7 +88,7 @@ def load_eval_tokens(
         total += len(ids)
     tokens = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
     if len(tokens) == 0:
-        raise EvalDataError(
+        raise DataError(
             f"no tokens in {', '.join(str(p) for p in paths)}: the data is empty; give a text with content"
         )
     return EvalData(tokens=tokens, sources=sources, truncated=truncated)
@@ -128,7 +125,7 @@ def _read_token_file(
         hint = (
             "" if token_dtype else " (a raw .bin without a .bin.json sidecar needs --dtype uint16 or uint32)"
         )
-        raise EvalDataError(f"cannot read token file {path}: {err}{hint}") from err
+        raise DataError(f"cannot read token file {path}: {err}{hint}") from err
     n = len(tf) if budget is None else min(len(tf), budget)
     if vocab_size is not None:
         tf.check_vocabulary(vocab_size, scan=n)

@@ -41,6 +41,7 @@ import time
 from dataclasses import dataclass
 
 from longlora.eval.common import (
+    add_chat_template_argument,
     add_model_arguments,
     add_output_arguments,
     check_addressable,
@@ -49,6 +50,7 @@ from longlora.eval.common import (
     load_eval_model,
     model_config_record,
     parse_lengths,
+    use_chat_template,
 )
 
 TASK = (
@@ -252,13 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[0, 1, 2],
         help="one trial per seed in each cell; the seed fixes the key (default: 0 1 2)",
     )
-    grid.add_argument(
-        "--chat-template",
-        default="auto",
-        choices=("auto", "on", "off"),
-        help="wrap the prompt as a user turn (instruct models) or not (base models); "
-        "auto: on when the tokenizer has a chat template",
-    )
+    add_chat_template_argument(grid)
     grid.add_argument(
         "--max-new-tokens", type=int, default=16, help="answer tokens to generate (default: 16)"
     )
@@ -286,11 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     depths = sorted(set(args.depths))
     try:
         model, tokenizer = load_eval_model(args)
-        chat = args.chat_template == "on" or (args.chat_template == "auto" and bool(tokenizer.chat_template))
-        if args.chat_template == "on" and not tokenizer.chat_template:
-            raise ValueError(
-                "--chat-template on, but this tokenizer has no chat template; use --chat-template off"
-            )
+        chat = use_chat_template(args.chat_template, tokenizer)
         for length in lengths:
             check_addressable(model.config, length, what="--lengths", context_length=args.context_length)
         # Build every prompt first: a length too short for the prompt fails before any generation.

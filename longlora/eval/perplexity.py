@@ -48,6 +48,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from data_tools.errors import DataError
 from longlora.eval.common import (
     add_model_arguments,
     add_output_arguments,
@@ -57,7 +58,7 @@ from longlora.eval.common import (
     model_config_record,
     parse_lengths,
 )
-from longlora.eval.data import EvalDataError, load_eval_tokens
+from longlora.eval.data import load_eval_tokens
 
 PROTOCOLS = ("sliding", "longlora")
 LOGITS_CHUNK = 1024  # positions per lm_head chunk
@@ -108,7 +109,7 @@ def sliding_windows(num_tokens: int, seq_len: int, stride: int | float | None = 
     if seq_len < 1 or not 1 <= stride <= seq_len:
         raise ValueError(f"--stride must be between 1 and --seq-len {seq_len}, got {stride}")
     if num_tokens < seq_len + 1:
-        raise EvalDataError(
+        raise DataError(
             f"the data has {num_tokens} tokens, too few for --seq-len {seq_len}: the sliding-window "
             f"protocol needs at least seq-len + 1 = {seq_len + 1} tokens"
         )
@@ -130,7 +131,7 @@ def longlora_windows(num_tokens: int, seq_len: int, step: int = 256) -> list[Win
         raise ValueError(f"--window-step must be positive, got {step}")
     starts = list(range(0, num_tokens - seq_len, step))
     if len(starts) < 2:
-        raise EvalDataError(
+        raise DataError(
             f"the data has {num_tokens} tokens, too few for --seq-len {seq_len} with the longlora protocol: "
             f"it needs at least seq-len + window-step + 1 = {seq_len + step + 1} tokens"
         )
@@ -369,12 +370,12 @@ def main(argv: list[str] | None = None) -> int:
                     stride=args.stride,
                     window_step=args.window_step,
                 )
-            except EvalDataError as err:
+            except DataError as err:
                 cut = f" (cut to --max-tokens {max_tokens})" if data.truncated else ""
-                raise EvalDataError(
+                raise DataError(
                     f"{err}{cut}; give a longer text, raise --max-tokens, or lower --seq-len"
                 ) from None
-    except ValueError as err:  # includes EvalDataError, data_tools DocumentError, ModelLoadError
+    except ValueError as err:  # includes DataError, data_tools DocumentError, ModelLoadError
         print(f"error: {err}", file=sys.stderr)
         return 2
 

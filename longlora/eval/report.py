@@ -24,7 +24,7 @@ from pathlib import Path
 
 from data_tools.errors import DataError
 from data_tools.files import atomic_write_text
-from longlora.eval.plot import _length_axis, _length_label, _pyplot, _save, read_result_json
+from longlora.eval.plot import _length_axis, _length_label, _pyplot, _save, plot_ruler, read_result_json
 
 KINDS = ("perplexity", "passkey", "ruler")
 # metric of each kind: (row name, better when, plot y label)
@@ -125,51 +125,6 @@ def plot_metric(payloads: list[dict], path: str | os.PathLike, kind: str) -> Pat
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel(ylabel)
     ax.set_title(f"{name} vs context length ({better} is better)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
-
-
-def plot_ruler(payloads: list[dict], path: str | os.PathLike) -> Path:
-    """Task x length accuracy heatmap per ruler result, plus the average vs length for all of them."""
-    plt = _pyplot()
-    n = len(payloads)
-    tasks_max = max(len(p["scores"]) for p in payloads)
-    fig, axes = plt.subplots(
-        1, n + 1, figsize=(5.2 * (n + 1), 0.32 * tasks_max + 2.2), squeeze=False, layout="constrained"
-    )
-    for i, p in enumerate(payloads):
-        tasks = list(p["scores"])
-        lengths = sorted({int(k) for row in p["scores"].values() for k in row})
-        grid = [[p["scores"][t].get(str(x), float("nan")) for x in lengths] for t in tasks]
-        ax = axes[0][i]
-        image = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
-        ax.set_xticks(range(len(lengths)), [_length_label(x) for x in lengths])
-        ax.set_yticks(range(len(tasks)), tasks)
-        ax.set_xlabel("length (tokens, prompt + answer)")
-        ax.set_title(p["config"]["label"])
-        for r, row in enumerate(grid):
-            for c, value in enumerate(row):
-                if value == value:  # not NaN
-                    ax.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=7)
-        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="accuracy")
-    ax = axes[0][n]
-    ticks: set[int] = set()
-    for p in payloads:
-        rows = sorted(p["by_length"], key=lambda r: r["length"])
-        xs = [r["length"] for r in rows]
-        ticks.update(xs)
-        eff = (p.get("effective_context") or {}).get("length")
-        label = p["config"]["label"] + f" (effective {_length_label(eff) if eff else 'none'})"
-        ax.plot(xs, [r["average"] for r in rows], marker="o", label=label)
-    if ticks:
-        _length_axis(ax, ticks)
-    ax.set_ylim(-0.05, 1.05)
-    ax.set_xlabel("length (tokens, prompt + answer)")
-    ax.set_ylabel("average accuracy over tasks")
-    ax.set_title("RULER average vs length")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     out = _save(fig, path)

@@ -43,6 +43,7 @@ from pathlib import Path
 
 from data_tools.errors import DataError, InputError
 from longlora.eval.common import (
+    add_chat_template_argument,
     add_model_arguments,
     add_output_arguments,
     check_addressable,
@@ -51,6 +52,7 @@ from longlora.eval.common import (
     load_eval_model,
     model_config_record,
     parse_lengths,
+    use_chat_template,
     write_json,
 )
 from longlora.eval.ruler_haystack import Haystack
@@ -218,13 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="answer tokens for every task (default: each task's own, 30-64)",
     )
     grid.add_argument("--seed", type=int, default=0, help="fixes every sample (default: 0)")
-    grid.add_argument(
-        "--chat-template",
-        default="auto",
-        choices=("auto", "on", "off"),
-        help="wrap each prompt as a user turn (on) or not (off); auto: on when the "
-        "tokenizer has a chat template",
-    )
+    add_chat_template_argument(grid)
     grid.add_argument(
         "--haystack",
         nargs="+",
@@ -301,11 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         haystack = load_haystack(args)
         model, tokenizer = load_eval_model(args)
-        if args.chat_template == "on" and not tokenizer.chat_template:
-            raise InputError(
-                "--chat-template on, but this tokenizer has no chat template; use --chat-template off"
-            )
-        chat = args.chat_template == "on" or (args.chat_template == "auto" and bool(tokenizer.chat_template))
+        chat = use_chat_template(args.chat_template, tokenizer)
         for n in lengths:
             check_addressable(model.config, n, what="--lengths", context_length=args.context_length)
         for t in tasks:  # a length too short for a task fails before any generation

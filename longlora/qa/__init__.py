@@ -39,65 +39,21 @@ Usage (CPU, bundled SmolLM2-135M-Instruct)::
     python -m longlora.qa --doc paper.pdf --model ./merged-32k --strategy truncate-middle --max-new-tokens 256
 """
 
-from data_tools.profiles import DEFAULT_PROFILE, PROFILES, ModelProfile, profile_for_config
-from data_tools.prompts import (
-    MATERIAL_TYPES,
-    PLAIN_TEMPLATE,
-    guess_material_type,
-    material_phrase,
-    prompt_prefix,
-    prompt_suffix,
-)
-from longlora.retrieval import (
-    GAP_MARKER,
-    STRATEGIES,
-    BM25Index,
-    PassageIndex,
-    fit_document,
-    split_passages,
-)
-
-from .cache import PromptCaches
+# The engine's public surface; everything else is imported from the module that owns it (prompt styles
+# from ``longlora.qa.prompt``, profiles from ``data_tools.profiles``, retrieval from ``longlora.retrieval``).
 from .cli import main
-from .engine import MIN_DOCUMENT_BUDGET, QAEngine, model_spec_is_dir, profile_for
-from .prompt import PROMPT_STYLES, normalize_history, prompt_parts
+from .engine import QAEngine
 from .protocol import QAEngineLike
 from .reports import AnswerUpdate, DocumentCard, FitReport, Source
-from .sampling import Sampling, banned_ngram_tokens
 from .session import DocumentSession
 
 __all__ = [
-    "DEFAULT_PROFILE",
-    "GAP_MARKER",
-    "MATERIAL_TYPES",
-    "MIN_DOCUMENT_BUDGET",
-    "PLAIN_TEMPLATE",
-    "PROFILES",
-    "PROMPT_STYLES",
-    "STRATEGIES",
     "AnswerUpdate",
-    "BM25Index",
     "DocumentCard",
     "DocumentSession",
     "FitReport",
-    "ModelProfile",
-    "PassageIndex",
-    "PromptCaches",
     "QAEngine",
     "QAEngineLike",
-    "Sampling",
     "Source",
-    "banned_ngram_tokens",
-    "fit_document",
-    "guess_material_type",
     "main",
-    "material_phrase",
-    "model_spec_is_dir",
-    "normalize_history",
-    "profile_for",
-    "profile_for_config",
-    "prompt_parts",
-    "prompt_prefix",
-    "prompt_suffix",
-    "split_passages",
 ]

@@ -15,14 +15,13 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import torch
 
 from data_tools.profiles import ModelProfile, profile_for_config
 from data_tools.prompts import MATERIAL_TYPES, guess_material_type
 from longlora.position import context_window
-from longlora.retrieval import GAP_MARKER, STRATEGIES, fit_document, join_spans
+from longlora.retrieval import GAP_MARKER, STRATEGIES, fit_document
 
 from .cache import PromptCaches
 from .prompt import normalize_history, prompt_parts
@@ -35,10 +34,6 @@ MIN_DOCUMENT_BUDGET = 16
 
 def _print_status(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def model_spec_is_dir(spec) -> bool:
-    return isinstance(spec, (str, Path)) and Path(str(spec)).expanduser().is_dir()
 
 
 def profile_for(model) -> ModelProfile:
@@ -244,12 +239,14 @@ class QAEngine:
         """The full prompt ids for a question and the report of what was kept (with its sources)."""
         head_ids, tail_ids, budget = self.prompt_frame(session, question, history, max_new_tokens)
         ids = session.ids
-        windows = scores = None
-        if strategy == "retrieve" and len(ids) > budget:
-            spans, windows, scores = self._retrieve(session, question, budget)
-            content = join_spans(ids, spans, self._gap_ids)
-        else:
-            spans, content = fit_document(ids, budget, strategy, gap_ids=self._gap_ids)
+        found: dict = {}  # the windows and scores behind the retrieved spans, for the sources
+
+        def retrieve(room: int) -> list[tuple[int, int]]:
+            spans, found["windows"], found["scores"] = self._retrieve(session, question, room)
+            return spans
+
+        spans, content = fit_document(ids, budget, strategy, retrieve=retrieve, gap_ids=self._gap_ids)
+        windows, scores = found.get("windows"), found.get("scores")
         prompt = head_ids + content + tail_ids
         report = FitReport(
             strategy=strategy,

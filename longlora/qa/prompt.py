@@ -7,18 +7,8 @@ prefix with the previous prompt (the engine reuses its KV cache).
 
 from __future__ import annotations
 
-from data_tools.prompts import material_phrase, prompt_prefix, prompt_suffix, wrap_plain
+from data_tools.prompts import PROMPT_STYLES, prompt_prefix, prompt_suffix, wrap_plain
 
-# Prompt wordings: "paper" is the paper's B.6 template (data_tools.prompts); the others keep its shape
-# (material first, question last, so the document prefix is cacheable) in words small models follow
-# without echoing "Now the material ends.". Chosen per model by its profile (data_tools.profiles).
-PROMPT_STYLES: dict[str, tuple[str, str] | None] = {
-    "paper": None,
-    "brief": (
-        "Read {material} below and answer the question after it.\n\n",
-        "\n\nQuestion: {question}\nAnswer in one short sentence.",
-    ),
-}
 _CONTENT = "\u0000LONGLORA_CONTENT\u0000"  # placeholder, split out of the rendered chat template
 
 
@@ -42,14 +32,7 @@ def normalize_history(history) -> list[tuple[str, str]]:
 
 def first_turn(question: str, material_type: str, style: str) -> str:
     """The first user turn with the content placeholder where the document goes."""
-    if style == "paper":
-        return prompt_prefix(material_type) + _CONTENT + prompt_suffix(question)
-    prefix, suffix = PROMPT_STYLES[style]
-    return (
-        prefix.format(material=material_phrase(material_type))
-        + _CONTENT
-        + suffix.format(question=question.strip())
-    )
+    return prompt_prefix(material_type, style) + _CONTENT + prompt_suffix(question, style)
 
 
 def prompt_parts(

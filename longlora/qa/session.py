@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from longlora.retrieval import BM25Index, PassageIndex, split_passages
+from longlora.retrieval import PassageIndex
 
 Span = tuple[int, int]
 
@@ -45,7 +45,6 @@ class DocumentSession:
     offsets: list[Span]
     engine: object = field(repr=False)
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    _passages: dict[int, tuple[list[Span], BM25Index]] = field(default_factory=dict, repr=False)
     _indexes: dict[int, PassageIndex] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -59,19 +58,6 @@ class DocumentSession:
             if size not in self._indexes:
                 self._indexes[size] = PassageIndex(self.offsets, self.document.text, size)
             return self._indexes[size]
-
-    def passages(self, size: int) -> tuple[list[Span], BM25Index]:
-        """Token spans of consecutive ~``size``-token passages and their BM25 index (once per size).
-
-        The engine's earlier retrieval, kept for callers that score fixed passages themselves.
-        """
-        with self._lock:
-            if size not in self._passages:
-                text = self.document.text
-                spans = split_passages(self.offsets, text, size)
-                index = BM25Index([text[a:b] for a, b in (self.char_span(s, e) for s, e in spans)])
-                self._passages[size] = (spans, index)
-            return self._passages[size]
 
     def char_span(self, start: int, end: int) -> Span:
         """Character span in the document text of the tokens [start, end)."""

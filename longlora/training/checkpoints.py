@@ -5,21 +5,72 @@ A run writes ``train_log.jsonl`` and ``longlora_args.json`` (the run record, ``s
 the adapter (or full model) at the end, when the checkpoints are deleted. So a folder tells what happened:
 a checkpoint -> resume from it; only the run's own files -> killed before its first checkpoint, start at
 step 0; a record with status "complete" and weights -> finished, nothing to resume.
+
+A checkpoint counts only once its ``trainer_state.json`` is written, last, after every other file: a run
+killed or out of disk space while saving leaves the previous checkpoint in charge. That file also lists
+every file of the checkpoint with its size and SHA-256, and ``--resume`` checks them before loading, so a
+checkpoint truncated or damaged afterwards (a copy cut short, a bad disk) is refused with the file named
+instead of being loaded into a run that trains on from garbage.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
 
-from data_tools.errors import InputError
+from data_tools.errors import InputError, WriteError
 from data_tools.files import atomic_write_text
 from longlora.models import RUN_ARGS_FILE as ARGS_FILE  # one name for the run record
+from longlora.models import WRITE_FAILURES
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 LOG_FILE = "train_log.jsonl"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checkpoint_manifest(folder: Path) -> dict[str, dict]:
+    """Every file of a checkpoint folder but its state file: relative path -> bytes and SHA-256."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != STATE_FILE)
+    return {
+        p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files
+    }
+
+
+def verify_checkpoint(folder: Path) -> None:
+    """Raise ``InputError`` naming the first file of ``folder`` that is missing, cut short or changed
+    since it was saved (checkpoints written before manifests existed are trusted as they are)."""
+    try:
+        state = json.loads((folder / STATE_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputError(f"{folder / STATE_FILE} is unreadable ({err}); {_damaged_fix(folder)}") from err
+    for name, want in (state.get("files") or {}).items():
+        path = folder / name
+        if not path.is_file():
+            problem = "is missing"
+        elif path.stat().st_size != want["bytes"]:
+            problem = f"has {path.stat().st_size:,} bytes, {want['bytes']:,} when it was saved"
+        elif _sha256(path) != want["sha256"]:
+            problem = "has changed since it was saved (SHA-256 differs)"
+        else:
+            continue
+        raise InputError(f"checkpoint {folder}: {name} {problem}; {_damaged_fix(folder)}")
+
+
+def _damaged_fix(folder: Path) -> str:
+    return (
+        f"the checkpoint is damaged and only the newest is kept: restore {folder.name} from a copy, or delete "
+        f"{folder.parent} to train again from step 0 (or pass --overwrite-output-dir without --resume)"
+    )
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
@@ -67,6 +118,7 @@ def check_output_dir(cfg) -> Path | None:
     if cfg.resume:
         ckpt = latest_checkpoint(out)
         if ckpt is not None:
+            verify_checkpoint(ckpt)
             return ckpt
         done = _finished_run(out)
         if done is not None:
@@ -118,9 +170,27 @@ def keep_trainable_only(models, weights, output_dir) -> None:
 def save_checkpoint(accelerator, out: Path, step: int) -> None:
     root = out / CHECKPOINTS
     target = root / f"step-{step}"
-    accelerator.save_state(str(target))
-    if accelerator.is_main_process:
-        atomic_write_text(target / STATE_FILE, json.dumps({"step": step}))
+    try:
+        accelerator.save_state(str(target))
+        accelerator.wait_for_everyone()  # every rank's files are complete before the manifest lists them
+        if accelerator.is_main_process:
+            state = {"step": step, "files": checkpoint_manifest(target)}
+            atomic_write_text(target / STATE_FILE, json.dumps(state, indent=1))
+    except (
+        WRITE_FAILURES
+    ) as err:  # a full disk: drop the partial folder, keep the previous checkpoint in charge
+        shutil.rmtree(target, ignore_errors=True)
+        previous = latest_checkpoint(out)
+        kept = (
+            f"{previous.name} is kept and --resume continues from it"
+            if previous
+            else "no checkpoint is kept yet"
+        )
+        raise WriteError(
+            f"cannot write the checkpoint of step {step} in {root}: {getattr(err, 'strerror', None) or err}; "
+            f"{kept}. Free space "
+            "on that disk (or pass another --output-dir) and run the same command with --resume"
+        ) from err
         for old in root.glob("step-*"):
             if old != target:
                 shutil.rmtree(old, ignore_errors=True)
