@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import os
 import shlex
@@ -50,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_tools.errors import InputError
-from data_tools.files import atomic_write_text
+from data_tools.files import atomic_write_text, sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "configs" / "smollm2-135m-16k-laptop.yaml"
@@ -137,19 +136,11 @@ def _files(paths: list[str]) -> list[Path]:
     return [source.path for source in find_sources(paths, flag="--data")]
 
 
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def check_held_out(train: list[str], evaluation: list[str]) -> None:
     """Refuse evaluation text that is also training text (the same file, by content)."""
     train_files = _files(train)
-    seen = {_digest(p): p for p in train_files}
-    shared = [(p, seen[d]) for p in _files(evaluation) if (d := _digest(p)) in seen]
+    seen = {sha256_file(p): p for p in train_files}
+    shared = [(p, seen[d]) for p in _files(evaluation) if (d := sha256_file(p)) in seen]
     if shared:
         pairs = "; ".join(f"{e} = {t}" for e, t in shared)
         raise InputError(

@@ -84,6 +84,17 @@ def test_atomic_write_text_round_trips_unicode(tmp_path):
 # ----------------------------------------------------------------------------- a full disk
 
 
+def tiny_base_and_text(tmp_path, text: str) -> tuple[Path, Path]:
+    """A tiny random Llama with a character tokenizer in tmp_path/base, and training text in text.txt."""
+    from conftest import make_char_tokenizer, tiny_model
+
+    base, data = tmp_path / "base", tmp_path / "text.txt"
+    tiny_model("llama").save_pretrained(base)
+    make_char_tokenizer().save_pretrained(base)
+    data.write_text(text)
+    return base, data
+
+
 def run_with_file_size_limit(limit: int, argv: list[str], cwd) -> subprocess.CompletedProcess:
     """Run ``argv`` where no file may grow past ``limit`` bytes (RLIMIT_FSIZE, SIGXFSZ ignored): every
     write beyond it fails with EFBIG, as a write to a full disk fails with ENOSPC."""
@@ -158,16 +169,12 @@ def test_extract_replaces_a_text_and_its_page_map_together(tmp_path, monkeypatch
 def test_finetune_on_a_full_disk_keeps_the_previous_checkpoint_and_resumes(tmp_path, monkeypatch, capsys):
     """A checkpoint that cannot be written (a full disk) leaves no partial folder, keeps the previous
     checkpoint, and says to free space and --resume; the resumed run finishes all its steps."""
-    from conftest import make_char_tokenizer, tiny_model
-
     from longlora.finetune import main
     from longlora.training import checkpoints
 
-    base = tmp_path / "base"
-    tiny_model("llama").save_pretrained(base)
-    make_char_tokenizer().save_pretrained(base)
-    data = tmp_path / "text.txt"
-    data.write_text("Emma Woodhouse, handsome, clever, and rich, with a comfortable home. " * 300)
+    base, data = tiny_base_and_text(
+        tmp_path, "Emma Woodhouse, handsome, clever, and rich, with a comfortable home. " * 300
+    )
     out = tmp_path / "run"
     argv = ["--model", str(base), "--data", str(data), "--output-dir", str(out), "--dtype", "fp32"]
     argv += ["--context-length", "256", "--max-steps", "5", "--save-steps", "2", "--warmup-steps", "0"]
@@ -198,13 +205,7 @@ def test_finetune_on_a_full_disk_keeps_the_previous_checkpoint_and_resumes(tmp_p
 def test_finetune_whose_first_checkpoint_cannot_be_written_says_so(tmp_path):
     """The real writers (accelerate, torch, safetensors) under a file-size limit: a clear error, no
     partial checkpoint folder, no traceback."""
-    from conftest import make_char_tokenizer, tiny_model
-
-    base = tmp_path / "base"
-    tiny_model("llama").save_pretrained(base)
-    make_char_tokenizer().save_pretrained(base)
-    data = tmp_path / "text.txt"
-    data.write_text("Emma Woodhouse, handsome, clever, and rich. " * 200)
+    base, data = tiny_base_and_text(tmp_path, "Emma Woodhouse, handsome, clever, and rich. " * 200)
     out = tmp_path / "run"
     argv = [sys.executable, "-m", "longlora.finetune", "--model", str(base), "--data", str(data)]
     argv += ["--output-dir", str(out), "--dtype", "fp32", "--max-steps", "3", "--save-steps", "2"]
@@ -219,15 +220,9 @@ def test_finetune_whose_first_checkpoint_cannot_be_written_says_so(tmp_path):
 
 @pytest.mark.skipif(os.name != "posix", reason="RLIMIT_FSIZE is POSIX")
 def test_merge_on_a_full_disk_leaves_the_output_as_it_was(tmp_path):
-    from conftest import make_char_tokenizer, tiny_model
-
     from longlora.finetune import main as finetune_main
 
-    base = tmp_path / "base"
-    tiny_model("llama").save_pretrained(base)
-    make_char_tokenizer().save_pretrained(base)
-    data = tmp_path / "text.txt"
-    data.write_text("Emma Woodhouse, handsome, clever, and rich. " * 200)
+    base, data = tiny_base_and_text(tmp_path, "Emma Woodhouse, handsome, clever, and rich. " * 200)
     adapter = tmp_path / "adapter"
     argv = ["--model", str(base), "--data", str(data), "--output-dir", str(adapter), "--dtype", "fp32"]
     assert finetune_main(argv + ["--max-steps", "1", "--gradient-accumulation-steps", "1"]) == 0

@@ -44,6 +44,16 @@ def log_of(out):
     return [json.loads(line) for line in (Path(out) / "train_log.jsonl").read_text().splitlines()]
 
 
+def crash_at_step(monkeypatch, step: int) -> None:
+    """The run is killed right after optimizer step ``step`` (until ``monkeypatch.undo()``)."""
+
+    def crash(done):
+        if done == step:
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(finetune, "_after_step", crash)
+
+
 def test_pretrain_lora_plus_s2_writes_a_complete_adapter(base_dir, text_file, tmp_path):
     out = tmp_path / "run"
     assert run(base_dir, text_file, out, "--context-length", "512", "--max-steps", "6") == 0
@@ -89,11 +99,7 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(base_dir, text_file, 
     )
     assert run(base_dir, text_file, tmp_path / "straight", *common) == 0
 
-    def crash(step):
-        if step == 3:
-            raise KeyboardInterrupt("killed")
-
-    monkeypatch.setattr(finetune, "_after_step", crash)
+    crash_at_step(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         run(base_dir, text_file, tmp_path / "crashed", *common)
     assert (tmp_path / "crashed" / "checkpoints" / "step-2").is_dir()
@@ -305,10 +311,7 @@ def test_resume_before_the_first_checkpoint_starts_from_step_zero(
 ):
     common = ("--context-length", "256", "--max-steps", "3", "--save-steps", "2")
 
-    def crash(step):
-        raise KeyboardInterrupt("killed")
-
-    monkeypatch.setattr(finetune, "_after_step", crash)
+    crash_at_step(monkeypatch, 1)
     with pytest.raises(KeyboardInterrupt):
         run(base_dir, text_file, tmp_path / "killed", *common)
     monkeypatch.undo()
@@ -384,11 +387,7 @@ def test_resume_refuses_a_damaged_checkpoint_naming_the_file(
     named and the fix, instead of being loaded; the same checkpoint intact resumes."""
     common = ("--context-length", "256", "--max-steps", "4", "--save-steps", "2")
 
-    def crash(step):
-        if step == 3:
-            raise KeyboardInterrupt("killed")
-
-    monkeypatch.setattr(finetune, "_after_step", crash)
+    crash_at_step(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         run(base_dir, text_file, tmp_path / "run", *common)
     monkeypatch.undo()

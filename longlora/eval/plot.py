@@ -54,6 +54,14 @@ def _save(fig, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+def _annotate_cells(ax, grid: list[list[float]], fontsize: int) -> None:
+    """Write each heatmap cell's value in it (NaN cells, lengths a run did not measure, stay blank)."""
+    for r, row in enumerate(grid):
+        for c, value in enumerate(row):
+            if value == value:  # not NaN
+                ax.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=fontsize)
+
+
 def plot_perplexity(payloads: list[dict], path: str | os.PathLike, title: str | None = None) -> Path:
     """One line of perplexity against context length per result payload."""
     plt = _pyplot()
@@ -97,10 +105,7 @@ def plot_passkey(payloads: list[dict], path: str | os.PathLike, title: str | Non
         ax.set_xlabel("length (tokens, prompt + answer)")
         ax.set_ylabel("key depth")
         ax.set_title(_label(payload, i))
-        for r, row in enumerate(grid):
-            for c, value in enumerate(row):
-                if value == value:  # not NaN
-                    ax.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=8)
+        _annotate_cells(ax, grid, fontsize=8)
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     ax = axes[0][n]
     ticks: set[int] = set()
@@ -140,10 +145,7 @@ def plot_ruler(payloads: list[dict], path: str | os.PathLike, title: str | None 
         ax.set_yticks(range(len(tasks)), tasks)
         ax.set_xlabel("length (tokens, prompt + answer)")
         ax.set_title(p["config"]["label"])
-        for r, row in enumerate(grid):
-            for c, value in enumerate(row):
-                if value == value:  # not NaN
-                    ax.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=7)
+        _annotate_cells(ax, grid, fontsize=7)
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="accuracy")
     ax = axes[0][n]
     ticks: set[int] = set()

@@ -15,13 +15,12 @@ instead of being loaded into a run that trains on from garbage.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 
 from data_tools.errors import InputError, WriteError
-from data_tools.files import atomic_write_text
+from data_tools.files import atomic_write_text, sha256_file
 from longlora.models import RUN_ARGS_FILE as ARGS_FILE  # one name for the run record
 from longlora.models import WRITE_FAILURES
 
@@ -30,19 +29,11 @@ STATE_FILE = "trainer_state.json"
 LOG_FILE = "train_log.jsonl"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def checkpoint_manifest(folder: Path) -> dict[str, dict]:
     """Every file of a checkpoint folder but its state file: relative path -> bytes and SHA-256."""
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != STATE_FILE)
     return {
-        p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files
+        p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in files
     }
 
 
@@ -59,7 +50,7 @@ def verify_checkpoint(folder: Path) -> None:
             problem = "is missing"
         elif path.stat().st_size != want["bytes"]:
             problem = f"has {path.stat().st_size:,} bytes, {want['bytes']:,} when it was saved"
-        elif _sha256(path) != want["sha256"]:
+        elif sha256_file(path) != want["sha256"]:
             problem = "has changed since it was saved (SHA-256 differs)"
         else:
             continue
