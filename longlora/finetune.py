@@ -421,9 +421,8 @@ def fit(run: Run) -> tuple[int, float]:
                 f.write(json.dumps(record) + "\n")
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
-        _after_step(step)
         if step % cfg.save_every == 0 and step < cfg.max_steps:
-            save_checkpoint(acc, run.out, step)
+            save_checkpoint(acc, run.out, step, cfg.keep_checkpoints)
     bar.close()
     return step, loss_value
 
@@ -452,10 +451,6 @@ def save(run: Run, step: int, loss: float) -> dict:
     acc.wait_for_everyone()
     acc.end_training()
     return dict(run.resolved)
-
-
-def _after_step(step: int) -> None:
-    """Called after every optimizer step (tests use it to simulate a crash)."""
 
 
 def _save_output(model, state, tokenizer, cfg: FinetuneConfig, out: Path) -> None:

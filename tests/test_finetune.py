@@ -45,13 +45,16 @@ def log_of(out):
 
 
 def crash_at_step(monkeypatch, step: int) -> None:
-    """The run is killed right after optimizer step ``step`` (until ``monkeypatch.undo()``)."""
+    """The run is killed after optimizer step ``step`` (and its checkpoint, if one is due), when the next
+    step asks for its learning rate (until ``monkeypatch.undo()``)."""
+    real = finetune.lr_at
 
-    def crash(done):
+    def crash(done, *args):
         if done == step:
             raise KeyboardInterrupt("killed")
+        return real(done, *args)
 
-    monkeypatch.setattr(finetune, "_after_step", crash)
+    monkeypatch.setattr(finetune, "lr_at", crash)
 
 
 def test_pretrain_lora_plus_s2_writes_a_complete_adapter(base_dir, text_file, tmp_path):
@@ -289,12 +292,14 @@ def test_run_record_holds_the_rope_settings_after_interpolation(base_dir, text_f
     """longlora_args.json describes the config being trained from the first step (PI applied), not the
     config before PI."""
     out = tmp_path / "pi"
-    during = []
-    monkeypatch.setattr(
-        finetune,
-        "_after_step",
-        lambda step: during.append(json.loads((out / "longlora_args.json").read_text())),
-    )
+    during, real = [], finetune.lr_at
+
+    def record_then_lr(step, *args):  # asked before each step: step 1 comes after the first one
+        if step == 1:
+            during.append(json.loads((out / "longlora_args.json").read_text()))
+        return real(step, *args)
+
+    monkeypatch.setattr(finetune, "lr_at", record_then_lr)
     assert run(base_dir, text_file, out, "--context-length", "512", "--max-steps", "2") == 0
     final = json.loads((out / "longlora_args.json").read_text())
     saved = json.loads((out / "config.json").read_text())
@@ -412,3 +417,55 @@ def test_resume_refuses_a_damaged_checkpoint_naming_the_file(
     target.write_bytes(original)  # restored from a copy: it resumes
     assert run(base_dir, text_file, tmp_path / "run", *common, "--resume") == 0
     assert [r["step"] for r in log_of(tmp_path / "run")] == [1, 2, 3, 4]
+
+
+def test_resume_falls_back_to_the_previous_checkpoint_when_the_newest_is_damaged(
+    base_dir, text_file, tmp_path, monkeypatch, capsys
+):
+    """The newest two checkpoints are kept; a damaged newest one is named, moved aside and the run
+    resumes from the one before, ending exactly where an uninterrupted run ends."""
+    common = ("--context-length", "256", "--max-steps", "5", "--save-steps", "1")
+    assert run(base_dir, text_file, tmp_path / "straight", *common) == 0
+
+    crash_at_step(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        run(base_dir, text_file, tmp_path / "run", *common)
+    monkeypatch.undo()
+    root = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["step-2", "step-3"]  # step-1 pruned
+    state = json.loads((root / "step-3" / "trainer_state.json").read_text())
+    name = max(state["files"], key=lambda n: state["files"][n]["bytes"])
+    (root / "step-3" / name).write_bytes(b"not a checkpoint")
+
+    capsys.readouterr()
+    assert run(base_dir, text_file, tmp_path / "run", *common, "--resume") == 0
+    out = capsys.readouterr().out
+    assert f"{name} has 16 bytes" in out and "resuming from step-2" in out, out
+    assert "resumed from" in out and "at step 2" in out
+    assert [r["step"] for r in log_of(tmp_path / "run")] == [1, 2, 3, 4, 5]
+    assert [r["loss"] for r in log_of(tmp_path / "run")] == [r["loss"] for r in log_of(tmp_path / "straight")]
+    a = load_file(tmp_path / "straight" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "run" / "adapter_model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_keep_checkpoints_sets_how_many_stay(base_dir, text_file, tmp_path, monkeypatch):
+    crash_at_step(monkeypatch, 4)
+    with pytest.raises(KeyboardInterrupt):
+        run(
+            base_dir,
+            text_file,
+            tmp_path / "run",
+            "--context-length",
+            "256",
+            "--max-steps",
+            "6",
+            "--save-steps",
+            "1",
+            "--keep-checkpoints",
+            "3",
+        )
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert names == ["step-2", "step-3", "step-4"]
+    assert run(base_dir, text_file, tmp_path / "x", "--keep-checkpoints", "0") == 2

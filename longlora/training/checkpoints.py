@@ -1,21 +1,23 @@
 """The output folder of ``python -m longlora.finetune``: checkpoints, resuming, the run's own files.
 
 A run writes ``train_log.jsonl`` and ``longlora_args.json`` (the run record, ``status`` "running" then
-"complete") from its first step, checkpoints under ``checkpoints/step-N`` (only the newest is kept), and
-the adapter (or full model) at the end, when the checkpoints are deleted. So a folder tells what happened:
+"complete") from its first step, checkpoints under ``checkpoints/step-N`` (the newest ``--keep-checkpoints``,
+2 by default), and the adapter (or full model) at the end, when the checkpoints are deleted. So a folder tells what happened:
 a checkpoint -> resume from it; only the run's own files -> killed before its first checkpoint, start at
 step 0; a record with status "complete" and weights -> finished, nothing to resume.
 
 A checkpoint counts only once its ``trainer_state.json`` is written, last, after every other file: a run
 killed or out of disk space while saving leaves the previous checkpoint in charge. That file also lists
 every file of the checkpoint with its size and SHA-256, and ``--resume`` checks them before loading, so a
-checkpoint truncated or damaged afterwards (a copy cut short, a bad disk) is refused with the file named
-instead of being loaded into a run that trains on from garbage.
+checkpoint truncated or damaged afterwards (a copy cut short, a bad disk) is never loaded into a run that
+would train on from garbage: ``--resume`` names the damaged file, moves the checkpoint aside
+(``checkpoints/damaged-step-N``) and falls back to the newest intact one; with none left it refuses.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -59,15 +61,68 @@ def verify_checkpoint(folder: Path) -> None:
 
 def _damaged_fix(folder: Path) -> str:
     return (
-        f"the checkpoint is damaged and only the newest is kept: restore {folder.name} from a copy, or delete "
+        f"the checkpoint is damaged and no intact one is left: restore {folder.name} from a copy, or delete "
         f"{folder.parent} to train again from step 0 (or pass --overwrite-output-dir without --resume)"
     )
 
 
-def latest_checkpoint(output_dir: Path) -> Path | None:
+def _step_of(folder: Path) -> int:
+    try:
+        return int(folder.name.removeprefix("step-"))
+    except ValueError:
+        return -1
+
+
+def checkpoints(output_dir: Path) -> list[Path]:
+    """The complete checkpoints of a run (state file written), oldest first."""
     root = output_dir / CHECKPOINTS
-    done = [p for p in root.glob("step-*") if (p / STATE_FILE).is_file()] if root.is_dir() else []
-    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+    done = (
+        [p for p in root.glob("step-*") if (p / STATE_FILE).is_file() and _step_of(p) >= 0]
+        if root.is_dir()
+        else []
+    )
+    return sorted(done, key=_step_of)
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    done = checkpoints(output_dir)
+    return done[-1] if done else None
+
+
+def resumable_checkpoint(output_dir: Path, say=print) -> Path | None:
+    """The newest checkpoint that passes its manifest check. A damaged newer one is moved aside to
+    ``checkpoints/damaged-step-N`` (so it is neither trusted nor overwritten) with the damage named through
+    ``say``; when every checkpoint is damaged, the newest one's ``InputError`` is raised."""
+    done = checkpoints(output_dir)
+    first_error = None
+    for folder in reversed(done):
+        try:
+            verify_checkpoint(folder)
+        except InputError as err:
+            first_error = first_error or err
+            continue
+        for bad in done[done.index(folder) + 1 :] if _is_main_rank() else []:  # one rank moves them
+            aside = bad.with_name(f"damaged-{bad.name}")
+            shutil.rmtree(aside, ignore_errors=True)
+            bad.rename(aside)
+            say(
+                f"--resume: {str(first_error).split('; ')[0]}; moved it to {aside} and resuming from {folder.name}"
+            )
+        return folder
+    if first_error is not None:
+        raise first_error
+    return None
+
+
+def _is_main_rank() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def prune_checkpoints(output_dir: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` complete checkpoints (and folders of saves that never finished)."""
+    done = checkpoints(output_dir)
+    for old in done[: max(0, len(done) - keep)]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _finished_run(out: Path) -> dict | None:
@@ -107,9 +162,8 @@ def check_output_dir(cfg) -> Path | None:
     if out.exists() and not out.is_dir():
         raise InputError(f"--output-dir {out} is a file; pass a folder")
     if cfg.resume:
-        ckpt = latest_checkpoint(out)
+        ckpt = resumable_checkpoint(out)
         if ckpt is not None:
-            verify_checkpoint(ckpt)
             return ckpt
         done = _finished_run(out)
         if done is not None:
@@ -158,7 +212,8 @@ def keep_trainable_only(models, weights, output_dir) -> None:
             del state[key]
 
 
-def save_checkpoint(accelerator, out: Path, step: int) -> None:
+def save_checkpoint(accelerator, out: Path, step: int, keep: int = 2) -> None:
+    """Save ``checkpoints/step-{step}`` with its manifest, then keep only the newest ``keep``."""
     root = out / CHECKPOINTS
     target = root / f"step-{step}"
     try:
@@ -182,7 +237,6 @@ def save_checkpoint(accelerator, out: Path, step: int) -> None:
             f"{kept}. Free space "
             "on that disk (or pass another --output-dir) and run the same command with --resume"
         ) from err
-        for old in root.glob("step-*"):
-            if old != target:
-                shutil.rmtree(old, ignore_errors=True)
+    if accelerator.is_main_process:
+        prune_checkpoints(out, keep)
     accelerator.wait_for_everyone()

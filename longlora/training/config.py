@@ -100,6 +100,10 @@ class FinetuneConfig:
     gradient_accumulation_steps: int = _opt(8, "micro-steps per optimizer step")
     max_steps: int = _opt(1000, "optimizer steps")
     save_steps: int | None = _opt(None, "checkpoint every N steps", default_text="max-steps / 10")
+    keep_checkpoints: int = _opt(
+        2,
+        "newest checkpoints kept (--resume falls back to an older one when the newest is damaged)",
+    )
     dtype: str = _opt(
         "auto",
         "weights and activations, the rule of every command: auto = bf16 where it is fast (CUDA with bf16, "
@@ -159,6 +163,7 @@ class FinetuneConfig:
             "per_device_batch_size",
             "gradient_accumulation_steps",
             "max_steps",
+            "keep_checkpoints",
         ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"--{_flag(name)} must be at least 1, got {getattr(self, name)}")
