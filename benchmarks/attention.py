@@ -24,7 +24,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-IMPLS = ("s2", "full", "naive")
+IMPLS = (
+    "s2",
+    "full",
+    "naive",
+    "s2-sdpa",
+)  # s2: the "auto" kernel (flex_attention on CUDA); s2-sdpa: group by group
 
 
 def _peak_rss_mb() -> float:
@@ -34,7 +39,8 @@ def _peak_rss_mb() -> float:
 def run_one(
     impl: str, seq_len: int, dtype_name: str, device: str, repeats: int, heads: int, kv_heads: int, dim: int
 ):
-    """Time forward+backward of one implementation; returns seconds (best of repeats) and peak MB."""
+    """Time forward+backward of one implementation after one untimed call; returns the median seconds of
+    ``repeats``, their range, and the peak MB."""
     import torch
     import torch.nn.functional as F
 
@@ -58,8 +64,8 @@ def run_one(
 
     def step():
         q, k, v = q_.transpose(1, 2), k_.transpose(1, 2), v_.transpose(1, 2)
-        if impl == "s2":
-            out = s2_attention(q, k, v, group)
+        if impl in ("s2", "s2-sdpa"):
+            out = s2_attention(q, k, v, group, backend="sdpa" if impl == "s2-sdpa" else "auto")
         elif impl == "full":
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         else:
@@ -78,6 +84,8 @@ def run_one(
         step_small = torch.ones(8, device=device) * 2  # touch the allocator before the baseline
         del step_small
         base = _peak_rss_mb()
+    step()  # untimed: CUDA context, kernel selection, compilation
+    sync()
     times = []
     for _ in range(repeats):
         sync()
@@ -89,7 +97,16 @@ def run_one(
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20
     else:
         peak = _peak_rss_mb() - base
-    return {"impl": impl, "seq_len": seq_len, "dtype": dtype_name, "seconds": min(times), "peak_mb": peak}
+    times.sort()
+    return {
+        "impl": impl,
+        "seq_len": seq_len,
+        "dtype": dtype_name,
+        "seconds": times[len(times) // 2],  # median of the timed repeats
+        "seconds_range": [times[0], times[-1]],
+        "repeats": repeats,
+        "peak_mb": peak,
+    }
 
 
 # ----------------------------------------------------------------------------- packed rows
@@ -123,7 +140,9 @@ def packed_mixes(seq_len: int, seed: int = 0) -> dict[str, list[int]]:
 def run_packed(seq_len: int, dtype_name: str, device: str, repeats: int, heads: int, kv_heads: int, dim: int):
     """Forward+backward of S2 on one packed row vs the same documents one by one vs full causal attention
     over the row. Repeats are interleaved across the cases so that a busy machine slows all of them alike;
-    the best of ``repeats`` is kept. Returns one dict per mix."""
+    each case runs once untimed first, then the median of ``repeats`` is kept with the range. On CUDA two more
+    cases: S2 group by group (``packed_sdpa``) and full attention inside each document (``full_docs``, one
+    flex_attention call). Returns one dict per mix."""
     import torch
     import torch.nn.functional as F
 
@@ -161,6 +180,8 @@ def run_packed(seq_len: int, dtype_name: str, device: str, repeats: int, heads: 
         q, k, v = qkv()
         F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True).backward(grad)
 
+    cuda = device == "cuda"
+
     results, full_best = [], None
     for mix, lengths in packed_mixes(seq_len).items():
         bounds = [0]
@@ -168,9 +189,17 @@ def run_packed(seq_len: int, dtype_name: str, device: str, repeats: int, heads: 
             bounds.append(bounds[-1] + n)
         cu = torch.tensor(bounds, device=device)
 
-        def packed(cu=cu):
+        def packed(cu=cu, backend="auto"):
             q, k, v = qkv()
-            s2_attention(q, k, v, group, cu_seqlens=cu).backward(grad)
+            s2_attention(q, k, v, group, cu_seqlens=cu, backend=backend).backward(grad)
+
+        # full causal attention inside each document, one flex_attention call; its block mask is built
+        # once here, as S2's is built once per layout and then cached (a training step builds it once)
+        doc_mask = document_block_mask(cu, seq_len) if cuda else None
+
+        def full_docs(mask=doc_mask):
+            q, k, v = qkv()
+            full_document_attention(q, k, v, mask).backward(grad)
 
         # each document its own leaf tensors, as if it were a row of its own (slices of the packed leaves
         # would make every document's backward write a row-sized gradient)
@@ -187,11 +216,16 @@ def run_packed(seq_len: int, dtype_name: str, device: str, repeats: int, heads: 
 
         # full attention over the row does not depend on the mix: measured once, beside the first mix
         cases = {"packed": packed, "one_by_one": one_by_one, **({"full": full} if full_best is None else {})}
+        if cuda:  # the group-by-group kernel, and full attention that respects the documents
+            cases.update(packed_sdpa=lambda cu=cu: packed(cu, "sdpa"), full_docs=full_docs)
+        for fn in cases.values():
+            timed(fn)  # untimed: CUDA context, kernel selection, compilation
         times = {name: [] for name in cases}
         for _ in range(repeats):
             for name, fn in cases.items():
                 times[name].append(timed(fn))
-        best = {name: min(ts) for name, ts in times.items()}
+        best = {name: sorted(ts)[len(ts) // 2] for name, ts in times.items()}  # medians
+        ranges = {f"{name}_range": [min(ts), max(ts)] for name, ts in times.items()}
         full_best = best.setdefault("full", full_best)
         results.append(
             {
@@ -201,10 +235,33 @@ def run_packed(seq_len: int, dtype_name: str, device: str, repeats: int, heads: 
                 "group": group,
                 "docs": len(lengths),
                 "median_len": sorted(lengths)[len(lengths) // 2],
+                "repeats": repeats,
                 **best,
+                **ranges,
             }
         )
     return results
+
+
+def document_block_mask(cu, seq_len: int):
+    """The flex_attention block mask of causal attention inside each document of a packed row."""
+    import torch
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    doc = torch.searchsorted(cu, torch.arange(seq_len, device=cu.device), right=True)
+
+    def causal_in_document(b, h, i, j):
+        return (doc[i] == doc[j]) & (j <= i)
+
+    return create_block_mask(causal_in_document, 1, 1, seq_len, seq_len, device=cu.device)
+
+
+def full_document_attention(q, k, v, mask):
+    """Full causal attention of every document of a packed row (what full-attention fine-tuning computes
+    on packed rows) in one flex_attention call: q (1, H, T, D), k/v (1, H_kv, T, D)."""
+    from longlora.s2flex import _compiled_flex
+
+    return _compiled_flex()(q, k, v, block_mask=mask, enable_gqa=k.shape[1] != q.shape[1])
 
 
 def cpu_bf16_flags() -> str:
@@ -224,7 +281,7 @@ def print_packed(args) -> list[dict]:
     seq_lens = [4096, 8192] if args.quick else args.seq_lens
     print(
         f"\npacked rows: S2 with cu_seqlens vs the same documents one by one vs full causal attention over "
-        f"the row (forward+backward, best of {args.repeats}, G=T/4, H={args.heads} H_kv={args.kv_heads} "
+        f"the row (forward+backward, median of {args.repeats}, G=T/4, H={args.heads} H_kv={args.kv_heads} "
         f"D={args.head_dim}, device={args.device}, torch threads={torch.get_num_threads()}, "
         f"CPU bf16 support: {cpu_bf16_flags()})",
         flush=True,
@@ -232,6 +289,11 @@ def print_packed(args) -> list[dict]:
     print(
         f"{'dtype':>5} {'T':>6} {'mix':>14} {'docs':>5} {'median':>6} {'packed s':>9} {'1-by-1 s':>9} "
         f"{'packed/1-by-1':>13} {'full s':>8} {'packed/full':>11}"
+        + (
+            f" {'grp s':>8} {'packed/grp':>10} {'docfull s':>9} {'packed/docfull':>14}"
+            if args.device == "cuda"
+            else ""
+        )
     )
     results = []
     for dtype in args.dtypes:
@@ -243,7 +305,13 @@ def print_packed(args) -> list[dict]:
                 print(
                     f"{dtype:>5} {seq_len:>6} {r['mix']:>14} {r['docs']:>5} {r['median_len']:>6} "
                     f"{r['packed']:9.3f} {r['one_by_one']:9.3f} {r['packed'] / r['one_by_one']:12.2f}x "
-                    f"{r['full']:8.3f} {r['packed'] / r['full']:10.2f}x",
+                    f"{r['full']:8.3f} {r['packed'] / r['full']:10.2f}x"
+                    + (
+                        f" {r['packed_sdpa']:8.3f} {r['packed'] / r['packed_sdpa']:9.2f}x "
+                        f"{r['full_docs']:9.3f} {r['packed'] / r['full_docs']:13.2f}x"
+                        if "full_docs" in r
+                        else ""
+                    ),
                     flush=True,
                 )
     return results
@@ -255,8 +323,10 @@ def main(argv=None):
     p.add_argument(
         "--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"], help="precisions"
     )
-    p.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS, help="implementations to run")
-    p.add_argument("--repeats", type=int, default=2, help="timed repeats per case (best is kept)")
+    p.add_argument(
+        "--impls", nargs="+", default=list(IMPLS[:3]), choices=IMPLS, help="implementations to run"
+    )
+    p.add_argument("--repeats", type=int, default=2, help="timed repeats per case (the median is kept)")
     p.add_argument("--heads", type=int, default=9, help="query heads")
     p.add_argument("--kv-heads", type=int, default=3, help="key/value heads")
     p.add_argument("--head-dim", type=int, default=64, help="head dimension")
@@ -285,14 +355,14 @@ def main(argv=None):
     if args.packed:
         results = print_packed(args)
         if args.output:
-            args.output.write_text(json.dumps(results, indent=2))
+            write_results(args.output, "attention-packed", results)
         return
 
     env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     results = []
     print(
         f"H={args.heads} H_kv={args.kv_heads} D={args.head_dim} G=T/4 device={args.device} "
-        f"(forward+backward, best of {args.repeats})",
+        f"(forward+backward, median of {args.repeats} after one untimed call)",
         flush=True,
     )
     header = f"{'dtype':>5} {'T':>6} {'impl':>6} {'seconds':>9} {'peak MB':>9}"
@@ -334,6 +404,7 @@ def main(argv=None):
     print("\nratios (measured in this run):")
     print(
         f"{'dtype':>5} {'T':>6} {'full/s2 time':>13} {'naive/s2 time':>14} {'full/s2 mem':>12} {'naive/s2 mem':>13}"
+        f" {'s2-sdpa/s2 time':>16}"
     )
     by = {(r["dtype"], r["seq_len"], r["impl"]): r for r in results}
     for dtype in args.dtypes:
@@ -348,10 +419,21 @@ def main(argv=None):
 
             print(
                 f"{dtype:>5} {seq_len:>6} {ratio('full', 'seconds'):>13} {ratio('naive', 'seconds'):>14} "
-                f"{ratio('full', 'peak_mb'):>12} {ratio('naive', 'peak_mb'):>13}"
+                f"{ratio('full', 'peak_mb'):>12} {ratio('naive', 'peak_mb'):>13} {ratio('s2-sdpa', 'seconds'):>16}"
             )
     if args.output:
-        args.output.write_text(json.dumps(results, indent=2))
+        write_results(args.output, "attention", results)
+
+
+def write_results(path: Path, kind: str, results: list[dict]) -> None:
+    """The measurements with their provenance (command, commit, machine, date)."""
+    sys.path.insert(0, str(ROOT))
+    from longlora.provenance import run_record
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps({"kind": kind, "provenance": run_record(), "results": results}, indent=2) + "\n"
+    )
 
 
 if __name__ == "__main__":

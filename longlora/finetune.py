@@ -296,6 +296,7 @@ def _load_trainable_model(cfg: FinetuneConfig, accelerator, dtype: torch.dtype, 
             group_size=cfg.s2_group_size,
             group_size_ratio=None if cfg.s2_group_size else cfg.s2_group_size_ratio,
             shift=cfg.attention == "s2",
+            backend=cfg.s2_backend,
         )
     if cfg.adapter:
         if cfg.gradient_checkpointing:

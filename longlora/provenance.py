@@ -28,6 +28,9 @@ def git_commit(root: str | os.PathLike = REPO) -> dict:
         return out.stdout.strip() if out.returncode == 0 else None
 
     sha = git("rev-parse", "HEAD")
+    if sha is None and os.environ.get("LONGLORA_SOURCE_COMMIT"):
+        # a copy of the tree without its .git (an exported checkout run elsewhere): the commit it was made from
+        return {"commit": os.environ["LONGLORA_SOURCE_COMMIT"], "dirty": None}
     status = git("status", "--porcelain", "--untracked-files=no") if sha else None
     return {"commit": sha, "dirty": None if status is None else bool(status)}
 

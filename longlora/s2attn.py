@@ -41,6 +41,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from longlora.s2flex import flex_available, s2_flex_attention
 from longlora.s2groups import Batch, document_layout, groups, plan_batches, regular_groups, split_shared
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
 ]
 
 ATTN_NAME = "s2_attention"
+BACKENDS = ("auto", "sdpa", "flash", "flex")
 DEFAULT_GROUP_SIZE_RATIO = 0.25  # paper default: G = N / 4
 
 
@@ -64,6 +66,25 @@ DEFAULT_GROUP_SIZE_RATIO = 0.25  # paper default: G = N / 4
 # (where padding is cheap too, so the CPU value is the low, safe one). On an H200 (SDPA, no flash-attn)
 # host-side overhead dominates: values from 2^18 to 2^30 measured alike.
 _CALL_COST_PAIR_HEADS = {"cpu": 1 << 15, "cuda": 1 << 22}
+
+
+def _flex_suits(query, dropout: float) -> bool:
+    """``auto`` picks flex_attention on CUDA: one fused call instead of one SDPA call per group bucket
+    (measured faster than both the group-by-group path and full attention on packed rows, see
+    ``benchmarks/attention.py --packed``). It has no attention dropout."""
+    return query.is_cuda and dropout == 0 and flex_available()
+
+
+def _check_flex(query, key, value, dropout: float) -> None:
+    if not flex_available():
+        raise RuntimeError("backend='flex' needs torch >= 2.5 (torch.nn.attention.flex_attention)")
+    if dropout:
+        raise ValueError("backend='flex' has no attention dropout: pass dropout=0 or use backend='sdpa'")
+    if not query.is_cuda and torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
+        raise RuntimeError(
+            "backend='flex' has no backward on a CPU in torch (flex_attention trains on CUDA only): use "
+            "backend='sdpa' to train on a CPU, or run without gradients"
+        )
 
 
 def _flash_attn_varlen():
@@ -303,8 +324,10 @@ def s2_attention(
             tokens (flash-attn's varlen convention) for packed sequences.
         shift: False gives the paper's "short attention without shift" ablation (all heads unshifted).
         dropout: attention dropout probability.
-        backend: ``"auto"`` (flash-attn varlen on CUDA when installed and dtype is fp16/bf16, else SDPA),
-            ``"sdpa"`` or ``"flash"``.
+        backend: ``"auto"`` (on CUDA without dropout: ``"flex"``; else flash-attn varlen on CUDA when
+            installed and dtype is fp16/bf16, else SDPA), ``"sdpa"`` (group by group), ``"flash"`` or
+            ``"flex"`` (one fused flex_attention call whose mask is S2, :mod:`longlora.s2flex`; on a CPU
+            forward only).
         sliding_window: the layer's attention window (Mistral, Gemma 2/3, Qwen 2/3 sliding layers), in
             transformers' convention: query i sees key j only if ``i - j < sliding_window``. Each group's
             causal attention is intersected with it, so training never attends farther than inference.
@@ -332,8 +355,23 @@ def s2_attention(
     if sliding_window is not None and int(sliding_window) < 1:
         raise ValueError(f"sliding_window must be >= 1 token or None, got {sliding_window}")
     window = int(sliding_window) if sliding_window is not None and sliding_window < group_size else None
-    if backend not in ("auto", "sdpa", "flash"):
-        raise ValueError(f"backend must be 'auto', 'sdpa' or 'flash', got {backend!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+    scaling = scaling if scaling is not None else 1.0 / math.sqrt(dim)
+    if backend == "flex" or (backend == "auto" and _flex_suits(query, dropout)):
+        _check_flex(query, key, value, dropout)
+        return s2_flex_attention(
+            query,
+            key,
+            value,
+            group_size,
+            scaling=scaling,
+            attention_mask=attention_mask,
+            cu_seqlens=cu_seqlens,
+            shift=shift,
+            window=window,
+            softcap=softcap,
+        )
     flash_ok = (
         query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and _flash_attn_varlen() is not None
     )
@@ -343,7 +381,6 @@ def s2_attention(
             "(pip install flash-attn --no-build-isolation; see requirements-gpu.txt)"
         )
     use_flash = flash_ok and backend != "sdpa"
-    scaling = scaling if scaling is not None else 1.0 / math.sqrt(dim)
 
     n = batch * seq_len
     q = query.transpose(1, 2).reshape(n, heads, dim)  # (B*T, H, D)
@@ -447,6 +484,7 @@ def s2_attention_forward(module, query, key, value, attention_mask, dropout=0.0,
         sliding_window=kwargs.get("sliding_window"),
         softcap=softcap,
         dropout=dropout if module.training else 0.0,
+        backend=getattr(config, "s2_backend", None) or "auto",
     )
     return out.transpose(1, 2), None  # (B, T, H, D) as transformers expects
 
@@ -490,12 +528,14 @@ def enable_s2_attention(
     group_size_ratio: float | None = None,
     shift: bool = True,
     in_eval: bool = False,
+    backend: str = "auto",
 ):
     """Switch a model to S2-Attn and record the settings in its config (they are saved with the model).
 
     Give ``group_size`` (tokens) or ``group_size_ratio`` (fraction of the training length; default 0.25),
     not both. ``shift=False`` is the paper's "short attention" ablation; ``in_eval=True`` keeps S2 on in
-    eval mode (the paper's "test with S2" ablation).
+    eval mode (the paper's "test with S2" ablation). ``backend`` is :func:`s2_attention`'s (``"auto"``:
+    flex_attention on CUDA, group by group on a CPU).
     """
     if group_size is not None and group_size_ratio is not None:
         raise ValueError("give s2 group_size or group_size_ratio, not both")
@@ -503,6 +543,8 @@ def enable_s2_attention(
         raise ValueError(f"s2 group_size must be >= 2 tokens, got {group_size}")
     if group_size_ratio is not None and not 0 < group_size_ratio <= 1:
         raise ValueError(f"s2 group_size_ratio must be in (0, 1], got {group_size_ratio}")
+    if backend not in BACKENDS:
+        raise ValueError(f"s2 backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     register_s2_attention()
     base = _base(model)
     config = base.config
@@ -512,6 +554,7 @@ def enable_s2_attention(
     )
     config.s2_shift = bool(shift)
     config.s2_in_eval = bool(in_eval)
+    config.s2_backend = backend
     base.set_attn_implementation(ATTN_NAME)
     return model
 

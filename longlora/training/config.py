@@ -69,6 +69,12 @@ class FinetuneConfig:
     s2_group_size: int | None = _opt(
         None, "S2 group size in tokens (overrides the ratio)", default_text="from the ratio"
     )
+    s2_backend: str = _opt(
+        "auto",
+        "S2 kernel: auto (flex_attention on CUDA, group-by-group SDPA on a CPU), sdpa, flash (flash-attn "
+        "varlen), flex",
+        choices=("auto", "sdpa", "flash", "flex"),
+    )
     context_length: int | None = _opt(
         None,
         "training length (16384 or 16k); above the model's window applies Position Interpolation",
