@@ -24,12 +24,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-IMPLS = (
-    "s2",
-    "full",
-    "naive",
-    "s2-sdpa",
-)  # s2: the "auto" kernel (flex_attention on CUDA); s2-sdpa: group by group
+# s2: the "auto" kernel; s2-flex: S2 as one flex_attention call (CUDA)
+IMPLS = ("s2", "full", "naive", "s2-flex")
 
 
 def _peak_rss_mb() -> float:
@@ -64,8 +60,8 @@ def run_one(
 
     def step():
         q, k, v = q_.transpose(1, 2), k_.transpose(1, 2), v_.transpose(1, 2)
-        if impl in ("s2", "s2-sdpa"):
-            out = s2_attention(q, k, v, group, backend="sdpa" if impl == "s2-sdpa" else "auto")
+        if impl in ("s2", "s2-flex"):
+            out = s2_attention(q, k, v, group, backend="flex" if impl == "s2-flex" else "auto")
         elif impl == "full":
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         else:
@@ -141,8 +137,8 @@ def run_packed(seq_len: int, dtype_name: str, device: str, repeats: int, heads: 
     """Forward+backward of S2 on one packed row vs the same documents one by one vs full causal attention
     over the row. Repeats are interleaved across the cases so that a busy machine slows all of them alike;
     each case runs once untimed first, then the median of ``repeats`` is kept with the range. On CUDA two more
-    cases: S2 group by group (``packed_sdpa``) and full attention inside each document (``full_docs``, one
-    flex_attention call). Returns one dict per mix."""
+    cases: S2 as one flex_attention call (``packed_flex``) and full attention inside each document
+    (``full_docs``, one flex_attention call). Returns one dict per mix."""
     import torch
     import torch.nn.functional as F
 
@@ -216,8 +212,8 @@ def run_packed(seq_len: int, dtype_name: str, device: str, repeats: int, heads: 
 
         # full attention over the row does not depend on the mix: measured once, beside the first mix
         cases = {"packed": packed, "one_by_one": one_by_one, **({"full": full} if full_best is None else {})}
-        if cuda:  # the group-by-group kernel, and full attention that respects the documents
-            cases.update(packed_sdpa=lambda cu=cu: packed(cu, "sdpa"), full_docs=full_docs)
+        if cuda:  # S2 as one flex_attention call, and full attention that respects the documents
+            cases.update(packed_flex=lambda cu=cu: packed(cu, "flex"), full_docs=full_docs)
         for fn in cases.values():
             timed(fn)  # untimed: CUDA context, kernel selection, compilation
         times = {name: [] for name in cases}
@@ -290,7 +286,7 @@ def print_packed(args) -> list[dict]:
         f"{'dtype':>5} {'T':>6} {'mix':>14} {'docs':>5} {'median':>6} {'packed s':>9} {'1-by-1 s':>9} "
         f"{'packed/1-by-1':>13} {'full s':>8} {'packed/full':>11}"
         + (
-            f" {'grp s':>8} {'packed/grp':>10} {'docfull s':>9} {'packed/docfull':>14}"
+            f" {'flex s':>8} {'flex/full':>10} {'docfull s':>9} {'flex/docfull':>14}"
             if args.device == "cuda"
             else ""
         )
@@ -307,8 +303,8 @@ def print_packed(args) -> list[dict]:
                     f"{r['packed']:9.3f} {r['one_by_one']:9.3f} {r['packed'] / r['one_by_one']:12.2f}x "
                     f"{r['full']:8.3f} {r['packed'] / r['full']:10.2f}x"
                     + (
-                        f" {r['packed_sdpa']:8.3f} {r['packed'] / r['packed_sdpa']:9.2f}x "
-                        f"{r['full_docs']:9.3f} {r['packed'] / r['full_docs']:13.2f}x"
+                        f" {r['packed_flex']:8.3f} {r['packed_flex'] / r['full']:9.2f}x "
+                        f"{r['full_docs']:9.3f} {r['packed_flex'] / r['full_docs']:13.2f}x"
                         if "full_docs" in r
                         else ""
                     ),
@@ -404,7 +400,7 @@ def main(argv=None):
     print("\nratios (measured in this run):")
     print(
         f"{'dtype':>5} {'T':>6} {'full/s2 time':>13} {'naive/s2 time':>14} {'full/s2 mem':>12} {'naive/s2 mem':>13}"
-        f" {'s2-sdpa/s2 time':>16}"
+        f" {'s2-flex/s2 time':>16}"
     )
     by = {(r["dtype"], r["seq_len"], r["impl"]): r for r in results}
     for dtype in args.dtypes:
@@ -419,7 +415,7 @@ def main(argv=None):
 
             print(
                 f"{dtype:>5} {seq_len:>6} {ratio('full', 'seconds'):>13} {ratio('naive', 'seconds'):>14} "
-                f"{ratio('full', 'peak_mb'):>12} {ratio('naive', 'peak_mb'):>13} {ratio('s2-sdpa', 'seconds'):>16}"
+                f"{ratio('full', 'peak_mb'):>12} {ratio('naive', 'peak_mb'):>13} {ratio('s2-flex', 'seconds'):>16}"
             )
     if args.output:
         write_results(args.output, "attention", results)

@@ -68,13 +68,6 @@ DEFAULT_GROUP_SIZE_RATIO = 0.25  # paper default: G = N / 4
 _CALL_COST_PAIR_HEADS = {"cpu": 1 << 15, "cuda": 1 << 22}
 
 
-def _flex_suits(query, dropout: float) -> bool:
-    """``auto`` picks flex_attention on CUDA: one fused call instead of one SDPA call per group bucket
-    (measured faster than both the group-by-group path and full attention on packed rows, see
-    ``benchmarks/attention.py --packed``). It has no attention dropout."""
-    return query.is_cuda and dropout == 0 and flex_available()
-
-
 def _check_flex(query, key, value, dropout: float) -> None:
     if not flex_available():
         raise RuntimeError("backend='flex' needs torch >= 2.5 (torch.nn.attention.flex_attention)")
@@ -324,10 +317,10 @@ def s2_attention(
             tokens (flash-attn's varlen convention) for packed sequences.
         shift: False gives the paper's "short attention without shift" ablation (all heads unshifted).
         dropout: attention dropout probability.
-        backend: ``"auto"`` (on CUDA without dropout: ``"flex"``; else flash-attn varlen on CUDA when
-            installed and dtype is fp16/bf16, else SDPA), ``"sdpa"`` (group by group), ``"flash"`` or
-            ``"flex"`` (one fused flex_attention call whose mask is S2, :mod:`longlora.s2flex`; on a CPU
-            forward only).
+        backend: ``"auto"`` (flash-attn varlen on CUDA when installed and dtype is fp16/bf16, else SDPA),
+            ``"sdpa"`` (group by group), ``"flash"`` or ``"flex"`` (one fused flex_attention call whose mask
+            is S2, :mod:`longlora.s2flex`, meant for CUDA; on a CPU forward only). ``"auto"`` does not pick
+            ``"flex"`` until GPU timings show it faster (``benchmarks/cuda_s2_checks.sh``).
         sliding_window: the layer's attention window (Mistral, Gemma 2/3, Qwen 2/3 sliding layers), in
             transformers' convention: query i sees key j only if ``i - j < sliding_window``. Each group's
             causal attention is intersected with it, so training never attends farther than inference.
@@ -358,7 +351,7 @@ def s2_attention(
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
     scaling = scaling if scaling is not None else 1.0 / math.sqrt(dim)
-    if backend == "flex" or (backend == "auto" and _flex_suits(query, dropout)):
+    if backend == "flex":
         _check_flex(query, key, value, dropout)
         return s2_flex_attention(
             query,
@@ -534,8 +527,7 @@ def enable_s2_attention(
 
     Give ``group_size`` (tokens) or ``group_size_ratio`` (fraction of the training length; default 0.25),
     not both. ``shift=False`` is the paper's "short attention" ablation; ``in_eval=True`` keeps S2 on in
-    eval mode (the paper's "test with S2" ablation). ``backend`` is :func:`s2_attention`'s (``"auto"``:
-    flex_attention on CUDA, group by group on a CPU).
+    eval mode (the paper's "test with S2" ablation). ``backend`` is :func:`s2_attention`'s.
     """
     if group_size is not None and group_size_ratio is not None:
         raise ValueError("give s2 group_size or group_size_ratio, not both")

@@ -1,8 +1,8 @@
 """S2-Attn as one ``flex_attention`` call: the CUDA kernel for packed rows.
 
 The SDPA path of :func:`longlora.s2attn.s2_attention` attends group by group. On a CPU that is the fast
-way; on CUDA a row packed with many short documents becomes many small kernel launches, slower than full
-attention over the whole row. Here the whole row goes through one fused kernel
+way; on CUDA a row packed with many short documents becomes many small kernel launches, which can cost
+more than full attention over the whole row. Here the whole row goes through one fused kernel
 (:func:`torch.nn.attention.flex_attention.flex_attention`), and S2 is only its mask: query i sees key j iff
 
 * both are real tokens of the same document, and j <= i;
@@ -17,7 +17,9 @@ cached, so the layers of one step build it once. The compiled kernel is reused f
 shapes (training rows have one length, so it compiles once).
 
 On a CPU, torch has no flex_attention backward: this path serves there only as a forward reference
-(tests compare it with the SDPA path), uncompiled.
+(tests compare it with the SDPA path), uncompiled. It has not been timed on a GPU yet
+(``benchmarks/cuda_s2_checks.sh`` does that), so ``backend="auto"`` does not choose it: ask for it with
+``backend="flex"`` (``--s2-backend flex`` in ``longlora.finetune``).
 """
 
 from __future__ import annotations

@@ -107,7 +107,7 @@ def test_flex_refuses_what_it_cannot_do():
     if not q.is_cuda:
         with pytest.raises(RuntimeError, match="no backward on a CPU"):
             s2_attention(leaf, k, v, 8, cu_seqlens=cu, backend="flex")
-    # auto never picks flex on a CPU: it trains there
+    # auto does not pick flex: it trains on a CPU
     out = s2_attention(leaf, k, v, 8, cu_seqlens=cu)
     out.sum().backward()
     assert leaf.grad is not None
@@ -120,7 +120,7 @@ def test_cuda_forward_and_gradients_match_the_reference(mix, window):
     lengths, group = MIXES[mix]
     q, k, v, cu, docs = _row(lengths, seed=9)
     leaves = [x.cuda().requires_grad_(True) for x in (q, k, v)]
-    out = s2_attention(*leaves, group, cu_seqlens=cu.cuda(), sliding_window=window)  # auto: flex
+    out = s2_attention(*leaves, group, cu_seqlens=cu.cuda(), sliding_window=window, backend="flex")
     ref_leaves = [x.double().requires_grad_(True) for x in (q, k, v)]
     ref = s2_attention_masked_ref(*ref_leaves, group, docs=docs, window=window)
     _close(out.cpu(), ref, 1e-4, "forward")

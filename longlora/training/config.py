@@ -71,8 +71,8 @@ class FinetuneConfig:
     )
     s2_backend: str = _opt(
         "auto",
-        "S2 kernel: auto (flex_attention on CUDA, group-by-group SDPA on a CPU), sdpa, flash (flash-attn "
-        "varlen), flex",
+        "S2 kernel: auto (flash-attn varlen on CUDA when installed, else group-by-group SDPA), sdpa, flash, "
+        "flex (one fused flex_attention call per layer; CUDA only for training)",
         choices=("auto", "sdpa", "flash", "flex"),
     )
     context_length: int | None = _opt(
