@@ -42,6 +42,18 @@ def flex_available() -> bool:
     return True
 
 
+def check_flex(query, key, value, dropout: float) -> None:
+    if not flex_available():
+        raise RuntimeError("backend='flex' needs torch >= 2.5 (torch.nn.attention.flex_attention)")
+    if dropout:
+        raise ValueError("backend='flex' has no attention dropout: pass dropout=0 or use backend='sdpa'")
+    if not query.is_cuda and torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
+        raise RuntimeError(
+            "backend='flex' has no backward on a CPU in torch (flex_attention trains on CUDA only): use "
+            "backend='sdpa' to train on a CPU, or run without gradients"
+        )
+
+
 @functools.cache
 def _compiled_flex():
     from torch.nn.attention.flex_attention import flex_attention

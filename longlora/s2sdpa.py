@@ -1,0 +1,322 @@
+"""S2-Attn group by group: each group's causal attention through SDPA (or flash-attn varlen on CUDA).
+
+The kernel behind :func:`longlora.s2attn.s2_attention`'s ``"sdpa"``, ``"flash"`` and (usually) ``"auto"``
+backends; the contract and its checks live there. Every token gets a (document, group) id
+(:mod:`longlora.s2groups`); groups are contiguous runs of the flattened tokens. A group both head halves
+share (a document shorter than G/2) is attended once with every head. Runs of equal-length groups are free
+views; the remaining groups are bucketed by length, a bucket padding a group only while that costs less
+than one more SDPA call, so packed rows of many short documents cost about what the same documents cost
+one by one. Each bucket is one causal SDPA call (a right-padded ``(n, G_b)`` batch: a causal query never
+sees the padding). With flash-attn, each head half is one ``flash_attn_varlen_func`` call, unpadded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+import torch.nn.functional as F
+
+from longlora.s2groups import Batch, document_layout, groups, plan_batches, regular_groups, split_shared
+
+# ----------------------------------------------------------------------------- attention on groups
+
+# Fixed cost of one more SDPA call (forward + backward, autograd bookkeeping), in causal query-key pairs
+# times heads that the same time would compute: about 1 ms on 2 busy CPU cores, a fraction of that on 16
+# (where padding is cheap too, so the CPU value is the low, safe one). On an H200 (SDPA, no flash-attn)
+# host-side overhead dominates: values from 2^18 to 2^30 measured alike.
+_CALL_COST_PAIR_HEADS = {"cpu": 1 << 15, "cuda": 1 << 22}
+
+
+def _flash_attn_varlen():
+    if importlib.util.find_spec("flash_attn") is None:
+        return None
+    from flash_attn import flash_attn_varlen_func
+
+    return flash_attn_varlen_func
+
+
+def _sdpa(q, k, v, scaling, dropout, window, softcap=None):
+    """Causal SDPA over a batch of groups, q (n, h, L, D), k/v (n, hk, L, D); ``window`` (or None) limits
+    query i to keys j with i - j < window, transformers' sliding-window convention. ``softcap`` (Gemma 2's
+    ``attn_logit_softcapping``) caps the scores as ``softcap * tanh(s / softcap)`` before the softmax."""
+    length = q.shape[2]
+    mask = None
+    if window is not None and window < length:
+        i = torch.arange(length, device=q.device)
+        mask = (i[:, None] >= i[None, :]) & (i[:, None] - i[None, :] < window)  # (L, L)
+    if softcap:
+        if mask is None:
+            mask = torch.ones(length, length, dtype=torch.bool, device=q.device).tril()
+        return softcapped_attention(q, k, v, mask, scaling, dropout, softcap)
+    return F.scaled_dot_product_attention(
+        q,
+        k,
+        v,
+        attn_mask=mask,
+        dropout_p=dropout,
+        is_causal=mask is None,
+        scale=scaling,
+        enable_gqa=k.shape[1] != q.shape[1],
+    )
+
+
+def softcapped_attention(q, k, v, mask, scaling, dropout, softcap):
+    """Attention with soft-capped scores, which SDPA cannot express: q (n, h, Lq, D), k/v (n, hk, Lk, D),
+    ``mask`` boolean (..., Lq, Lk), True where a query may see a key. Returns (n, h, Lq, D)."""
+    if k.shape[1] != q.shape[1]:
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+        v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+    scale = q.shape[-1] ** -0.5 if scaling is None else scaling
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale  # (n, h, Lq, Lk)
+    scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores, dim=-1).to(v.dtype)
+    probs = F.dropout(probs, p=dropout, training=dropout > 0)
+    return torch.matmul(probs, v)
+
+
+def _head_blocks(head_lo: int, head_hi: int, n_rep: int):
+    """Split query heads [head_lo, head_hi) into blocks that each map onto a contiguous kv-head slice with
+    a uniform ratio, so SDPA's GQA handles them without repeating kv (e.g. 9 q / 3 kv heads, heads [0, 4)
+    -> [0, 3) on kv [0, 1) and [3, 4) on kv [1, 2))."""
+    blocks, h = [], head_lo
+    while h < head_hi:
+        kv = h // n_rep
+        if h % n_rep == 0 and head_hi >= h + n_rep:
+            end = h + (head_hi - h) // n_rep * n_rep  # whole kv groups: ratio n_rep
+            blocks.append((h, end, kv, end // n_rep))
+        else:
+            end = min(head_hi, (kv + 1) * n_rep)  # part of one kv group: all on one kv head
+            blocks.append((h, end, kv, kv + 1))
+        h = end
+    return blocks
+
+
+def _attend_batch(
+    qb, kb, vb, b: Batch, heads: tuple[int, int], n_rep, scaling, dropout, window, softcap=None
+):
+    """Causal SDPA of one :class:`Batch` laid out as ``n`` groups of ``b.length`` slots: qb (n*L, h, D)
+    for query heads ``heads``, kb/vb (n*L, h_kv, D) for their kv heads. Returns (n*L, h, D).
+
+    Head blocks are cut with ``split`` (whose backward is one concatenation), not with slices (whose
+    backward writes each block's gradient into a zero-filled copy of the whole batch)."""
+    lo, hi = heads
+
+    def grouped(x):  # (n*L, h, D) -> (n, h, L, D), a view
+        return x.view(b.n, b.length, x.shape[1], x.shape[2]).transpose(1, 2)
+
+    spec = _head_blocks(lo, hi, n_rep)
+    if len(spec) == 1:
+        parts = [(qb, kb, vb)]
+    else:  # consecutive blocks: query heads and kv heads each split exactly
+        q_sizes, kv_sizes = [h1 - h0 for h0, h1, _, _ in spec], [k1 - k0 for _, _, k0, k1 in spec]
+        parts = zip(qb.split(q_sizes, dim=1), kb.split(kv_sizes, dim=1), vb.split(kv_sizes, dim=1))
+    blocks = [
+        _sdpa(grouped(qx), grouped(kx), grouped(vx), scaling, dropout, window, softcap).transpose(1, 2)
+        for qx, kx, vx in parts
+    ]  # each (n, L, h_block, D)
+    o = torch.cat(blocks, dim=2) if len(blocks) > 1 else blocks[0]
+    return o.reshape(b.n * b.length, hi - lo, qb.shape[2])
+
+
+def _token_views(x, spans: list[tuple[int, int]]):
+    """Views ``x[a:b]`` for disjoint ``spans`` (sorted), cut with one ``split`` so that backward is one
+    concatenation rather than one zero-filled full-size gradient per view."""
+    if len(spans) == 1 and spans[0] == (0, x.shape[0]):
+        return [x]
+    sizes, at, keep = [], 0, []
+    for a, b in spans:
+        sizes += [a - at, b - a]
+        keep.append(len(sizes) - 1)
+        at = b
+    pieces = x.split(sizes + [x.shape[0] - at])
+    return [pieces[i] for i in keep]
+
+
+def _attend_pass(
+    qh, kh, vh, batches: list[Batch], heads: tuple[int, int], n_rep, scaling, dropout, window, softcap=None
+):
+    """Grouped causal attention of ``batches`` for query heads ``heads = (lo, hi)``; qh (N, hi - lo, D) is
+    q for those heads, kh/vh (N, h_kv, D) k/v for their kv heads (``lo // n_rep`` onwards). Returns pieces
+    (token id per slot (S,), -1 for padded slots; output (S, hi - lo, D)).
+
+    Contiguous batches (runs of equal groups, single groups) are views of q/k/v, all cut by one ``split``
+    (nothing is copied; backward is one concatenation). Padded buckets of short groups are gathered in one
+    ``index_select`` and cut apart with one ``split``, whose backward is a single concatenation as well.
+    """
+    args = dict(heads=heads, n_rep=n_rep, scaling=scaling, dropout=dropout, window=window, softcap=softcap)
+    views = [b for b in batches if b.first is not None]
+    rest = [b for b in batches if b.first is None]
+    pieces = []
+    if views:
+        views.sort(key=lambda b: b.first)
+        spans = [(b.first, b.first + b.n * b.length) for b in views]
+        for b, (a, z), qb, kb, vb in zip(
+            views, spans, _token_views(qh, spans), _token_views(kh, spans), _token_views(vh, spans)
+        ):
+            pieces.append((range(a, z), _attend_batch(qb, kb, vb, b, **args)))  # token ids, not a tensor
+    if not rest:
+        return pieces
+    index, valid = [], []
+    # built on the CPU and moved in one copy: on CUDA, one small host-to-device copy per batch adds up
+    for b in rest:
+        starts = torch.tensor(b.starts)
+        slot = torch.arange(b.length)
+        ok = slot[None, :] < torch.tensor(b.lengths)[:, None]  # (n, L)
+        # padded slots repeat the group's first token; they sit after every valid slot, so a causal
+        # query never attends to them
+        index.append(torch.where(ok, starts[:, None] + slot[None, :], starts[:, None]).reshape(-1))
+        valid.append(ok.reshape(-1))
+    index, valid = torch.cat(index).to(qh.device), torch.cat(valid).to(qh.device)
+    sizes = [b.n * b.length for b in rest]
+    qs = qh.index_select(0, index).split(sizes)  # each (n*L, h, D)
+    ks = kh.index_select(0, index).split(sizes)
+    vs = vh.index_select(0, index).split(sizes)
+    slot_tokens = torch.where(valid, index, -1).split(sizes)
+    # one piece per batch: the caller concatenates every piece once, in _scatter_back
+    pieces += [
+        (t, _attend_batch(qb, kb, vb, b, **args)) for t, b, qb, kb, vb in zip(slot_tokens, rest, qs, ks, vs)
+    ]
+    return pieces
+
+
+def _attend_flash(q, k, v, starts, lengths, heads, n_rep, scaling, dropout, window, softcap=None):
+    """All groups of one head half in one ``flash_attn_varlen_func`` call per head block, unpadded."""
+    flash = _flash_attn_varlen()
+    max_len = max(lengths)
+    starts_t = torch.tensor(starts, device=q.device)
+    lengths_t = torch.tensor(lengths, device=q.device)
+    slot = torch.arange(max_len, device=q.device)
+    valid = slot[None, :] < lengths_t[:, None]
+    sel = (starts_t[:, None] + slot[None, :])[valid]  # flat token ids in group order
+    cu = F.pad(torch.cumsum(lengths_t, 0), (1, 0)).to(torch.int32)
+    extra = {} if window is None else {"window_size": (window - 1, 0)}
+    if softcap:
+        extra["softcap"] = softcap
+    outs = []
+    for h0, h1, kv0, kv1 in _head_blocks(heads[0], heads[1], n_rep):
+        o = flash(
+            q[sel, h0:h1],
+            k[sel, kv0:kv1],
+            v[sel, kv0:kv1],
+            cu,
+            cu,
+            max_len,
+            max_len,
+            dropout_p=dropout,
+            softmax_scale=scaling,
+            causal=True,
+            **extra,
+        )
+        outs.append(o)
+    return sel, torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
+
+
+def _scatter_back(pieces, n_tokens: int, heads: int, like):
+    """Token order from pieces of (token id per slot: a ``range`` or an (S,) tensor with -1 for padding;
+    output (S, h, D)) whose valid slots cover every real token once: one gather instead of one in-place
+    write per piece (each of which would copy the whole output in backward). Tokens in no piece (padding)
+    get zeros. Returns (N, h, D)."""
+    if all(isinstance(t, range) for t, _ in pieces):  # views of q: in token order once sorted?
+        ordered = sorted(pieces, key=lambda p: p[0].start)
+        bounds = [0] + [t.stop for t, _ in ordered]
+        if [t.start for t, _ in ordered] == bounds[:-1] and bounds[-1] == n_tokens:
+            outs = [o.to(like.dtype) for _, o in ordered]
+            return torch.cat(outs) if len(outs) > 1 else outs[0]  # one document: nothing to reorder
+    tokens = torch.cat(
+        [torch.arange(t.start, t.stop, device=like.device) if isinstance(t, range) else t for t, _ in pieces]
+    )
+    real = tokens >= 0
+    n_real = int(real.sum().item())
+    # a zero row for padding tokens only when there are some (packed rows usually have none)
+    pad = [like.new_zeros(1, heads, like.shape[-1])] if n_real < n_tokens else []
+    rows = torch.cat([o.to(like.dtype) for _, o in pieces] + pad)
+    where = torch.full((n_tokens,), rows.shape[0] - 1, dtype=torch.long, device=like.device)
+    where[tokens[real]] = torch.arange(tokens.numel(), device=like.device)[real]
+    return rows.index_select(0, where)
+
+
+def grouped_s2_attention(
+    query,
+    key,
+    value,
+    group_size: int,
+    *,
+    scaling,
+    attention_mask,
+    cu_seqlens,
+    shift,
+    dropout,
+    backend,
+    window,
+    softcap,
+):
+    """S2-Attn of :func:`longlora.s2attn.s2_attention`'s contract (arguments checked there, ``window``
+    already dropped when not below the group) group by group. Returns (B, H, T, D); padding rows are zero."""
+    batch, heads, seq_len, dim = query.shape
+    kv_heads = key.shape[1]
+    flash_ok = (
+        query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and _flash_attn_varlen() is not None
+    )
+    if backend == "flash" and not flash_ok:
+        raise RuntimeError(
+            "backend='flash' needs a CUDA device, fp16/bf16 tensors and flash-attn "
+            "(pip install flash-attn --no-build-isolation; see requirements-gpu.txt)"
+        )
+    use_flash = flash_ok and backend != "sdpa"
+
+    n = batch * seq_len
+    q = query.transpose(1, 2).reshape(n, heads, dim)  # (B*T, H, D)
+    k = key.transpose(1, 2).reshape(n, kv_heads, dim)  # (B*T, H_kv, D)
+    v = value.transpose(1, 2).reshape(n, kv_heads, dim)
+
+    split = heads // 2 if shift else heads
+    ranges = [(lo, hi, off) for lo, hi, off in ((0, split, 0), (split, heads, group_size // 2)) if lo < hi]
+    if attention_mask is None and cu_seqlens is None:  # one document per row, no padding
+        own = [regular_groups(batch, seq_len, group_size, off) for _, _, off in ranges]
+    else:
+        doc, pos = document_layout(batch, seq_len, attention_mask, cu_seqlens, query.device)
+        if not bool((doc >= 0).any()):
+            return query.new_zeros(query.shape)
+        own = [[x.tolist() for x in groups(doc, pos, group_size, off)] for _, _, off in ranges]
+    shared = ([], [])
+    if len(ranges) == 2 and not use_flash:
+        # a group both head halves share (a document shorter than G/2) is attended once with every head
+        shared, own[0], own[1] = split_shared(own[0], own[1])
+    call_cost = _CALL_COST_PAIR_HEADS["cuda" if query.is_cuda else "cpu"]  # // heads: pairs per head
+    attend = dict(n_rep=heads // kv_heads, scaling=scaling, dropout=dropout, window=window, softcap=softcap)
+    if shared[0] and not any(starts for starts, _ in own):
+        # every group is shared (all documents shorter than G/2): one pass and one scatter over all heads
+        out = _scatter_back(
+            _attend_pass(q, k, v, plan_batches(*shared, call_cost // heads), (0, heads), **attend),
+            n,
+            heads,
+            q,
+        )
+        return out.reshape(batch, seq_len, heads, dim).transpose(1, 2)
+    pieces = [[] for _ in ranges]  # per head range: (token ids, output) covering every real token once
+    widths = [hi - lo for lo, hi, _ in ranges]
+    if shared[0]:
+        for tokens, o in _attend_pass(
+            q, k, v, plan_batches(*shared, call_cost // heads), (0, heads), **attend
+        ):
+            for piece, o_half in zip(pieces, o.split(widths, dim=1)):
+                piece.append((tokens, o_half))
+    # each half's query heads by one split (backward: one concatenation, not a zero-filled copy per half)
+    q_halves = q.split(widths, dim=1) if len(ranges) == 2 else [q]
+    for piece, (lo, hi, _), (starts, lengths), qh in zip(pieces, ranges, own, q_halves):
+        if not starts:  # every group of this half is shared
+            continue
+        if use_flash:
+            piece.append(_attend_flash(q, k, v, starts, lengths, (lo, hi), **attend))
+        else:
+            kv = slice(lo // attend["n_rep"], (hi - 1) // attend["n_rep"] + 1)
+            kh, vh = (k, v) if kv == slice(0, kv_heads) else (k[:, kv], v[:, kv])
+            piece.extend(
+                _attend_pass(
+                    qh, kh, vh, plan_batches(starts, lengths, call_cost // (hi - lo)), (lo, hi), **attend
+                )
+            )
+    out = torch.cat([_scatter_back(p, n, hi - lo, q) for p, (lo, hi, _) in zip(pieces, ranges)], dim=1)
+    return out.reshape(batch, seq_len, heads, dim).transpose(1, 2)  # padding tokens are zero
