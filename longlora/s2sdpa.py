@@ -237,6 +237,32 @@ def _scatter_back(pieces, n_tokens: int, heads: int, like):
     return rows.index_select(0, where)
 
 
+def _use_flash(query, backend: str) -> bool:
+    flash_ok = (
+        query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and _flash_attn_varlen() is not None
+    )
+    if backend == "flash" and not flash_ok:
+        raise RuntimeError(
+            "backend='flash' needs a CUDA device, fp16/bf16 tensors and flash-attn "
+            "(pip install flash-attn --no-build-isolation; see requirements-gpu.txt)"
+        )
+    return flash_ok and backend != "sdpa"
+
+
+def _head_ranges_and_groups(query, group_size: int, shift: bool, attention_mask, cu_seqlens):
+    """The head halves as (first head, end, group offset) and each half's groups as (starts, lengths)
+    lists over the flattened tokens; groups None when every token is padding."""
+    batch, heads, seq_len, _ = query.shape
+    split = heads // 2 if shift else heads
+    ranges = [(lo, hi, off) for lo, hi, off in ((0, split, 0), (split, heads, group_size // 2)) if lo < hi]
+    if attention_mask is None and cu_seqlens is None:  # one document per row, no padding
+        return ranges, [regular_groups(batch, seq_len, group_size, off) for _, _, off in ranges]
+    doc, pos = document_layout(batch, seq_len, attention_mask, cu_seqlens, query.device)
+    if not bool((doc >= 0).any()):
+        return ranges, None
+    return ranges, [[x.tolist() for x in groups(doc, pos, group_size, off)] for _, _, off in ranges]
+
+
 def grouped_s2_attention(
     query,
     key,
@@ -256,30 +282,16 @@ def grouped_s2_attention(
     already dropped when not below the group) group by group. Returns (B, H, T, D); padding rows are zero."""
     batch, heads, seq_len, dim = query.shape
     kv_heads = key.shape[1]
-    flash_ok = (
-        query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and _flash_attn_varlen() is not None
-    )
-    if backend == "flash" and not flash_ok:
-        raise RuntimeError(
-            "backend='flash' needs a CUDA device, fp16/bf16 tensors and flash-attn "
-            "(pip install flash-attn --no-build-isolation; see requirements-gpu.txt)"
-        )
-    use_flash = flash_ok and backend != "sdpa"
+    use_flash = _use_flash(query, backend)
 
     n = batch * seq_len
     q = query.transpose(1, 2).reshape(n, heads, dim)  # (B*T, H, D)
     k = key.transpose(1, 2).reshape(n, kv_heads, dim)  # (B*T, H_kv, D)
     v = value.transpose(1, 2).reshape(n, kv_heads, dim)
 
-    split = heads // 2 if shift else heads
-    ranges = [(lo, hi, off) for lo, hi, off in ((0, split, 0), (split, heads, group_size // 2)) if lo < hi]
-    if attention_mask is None and cu_seqlens is None:  # one document per row, no padding
-        own = [regular_groups(batch, seq_len, group_size, off) for _, _, off in ranges]
-    else:
-        doc, pos = document_layout(batch, seq_len, attention_mask, cu_seqlens, query.device)
-        if not bool((doc >= 0).any()):
-            return query.new_zeros(query.shape)
-        own = [[x.tolist() for x in groups(doc, pos, group_size, off)] for _, _, off in ranges]
+    ranges, own = _head_ranges_and_groups(query, group_size, shift, attention_mask, cu_seqlens)
+    if own is None:  # nothing but padding
+        return query.new_zeros(query.shape)
     shared = ([], [])
     if len(ranges) == 2 and not use_flash:
         # a group both head halves share (a document shorter than G/2) is attended once with every head
