@@ -172,25 +172,12 @@ def merge(
     """Merge ``adapter`` into its base, save to ``output``, verify; return the report dict.
 
     ``profile``: the serving profile recorded in the merged config (None: the base's)."""
-    from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from longlora.lora import has_tied_embeddings, require_qlora_support
-    from longlora.models import load_model
+    from longlora.lora import has_tied_embeddings
 
     src, out = Path(adapter), Path(output)
-    if not src.is_dir():
-        raise ValueError(
-            f"--adapter {adapter}: no such folder; pass the --output-dir of a longlora.finetune run"
-        )
-    if out.resolve() == src.resolve():
-        raise ValueError("--output must differ from --adapter; write the merged model to a new folder")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise ValueError(f"--output {out} is not empty; pass --overwrite or choose another folder")
-    if profile is not None and profile not in PROFILES:
-        raise ValueError(
-            f"--profile {profile!r} is not a known profile; choose one of {', '.join(sorted(PROFILES))}"
-        )
+    _check_paths(src, out, overwrite, profile)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(canonical_dtype(dtype), torch_device)
     method = read_run_args(src).get("args", {}).get("method")
@@ -201,28 +188,7 @@ def merge(
             f"--adapter {adapter}: no adapter_config.json or model weights; pass a folder written by longlora.finetune"
         )
     common = dict(dtype=torch_dtype, device=torch_device, trust_remote_code=trust_remote_code, status=say)
-
-    if is_full:
-        say(f"{src} is a full model (--method full): re-saving it")
-        merged, tokenizer = load_model(str(src), **common)
-        probe = _probe_ids(tokenizer, merged.config.vocab_size, probe_tokens)
-        reference = _logits(merged, probe)
-    else:
-        spec, base_path = _resolve_base(src, base, say)
-        qlora = method == "qlora"
-        if qlora:
-            require_qlora_support()
-        say(f"loading base {spec} ({base_path}){' in 4 bits' if qlora else ''} with the adapter")
-        peft_model, tokenizer = load_model(
-            base_path, adapter=str(src), load_in_4bit=qlora, merge_adapter=False, **common
-        )
-        probe = _probe_ids(tokenizer, peft_model.config.vocab_size, probe_tokens)
-        reference = _logits(peft_model, probe)  # base + adapter, unmerged, in the output dtype
-        if qlora:
-            # Merging into 4-bit weights would re-quantize the sum; merge into the dequantized base instead.
-            peft_model = PeftModel.from_pretrained(_dequantize(peft_model.unload()), str(src))
-        merged = _merge_weights(peft_model)
-
+    merged, tokenizer, probe, reference = _merged_model(src, base, is_full, method, probe_tokens, common, say)
     merged = merged.to(torch_dtype)
     in_memory = _logits(merged, probe)
     cfg = merged.config
@@ -269,6 +235,48 @@ def merge(
             "trustworthy (try --dtype fp32, or report a bug)"
         )
     return report
+
+
+def _check_paths(src: Path, out: Path, overwrite: bool, profile: str | None) -> None:
+    if not src.is_dir():
+        raise ValueError(f"--adapter {src}: no such folder; pass the --output-dir of a longlora.finetune run")
+    if out.resolve() == src.resolve():
+        raise ValueError("--output must differ from --adapter; write the merged model to a new folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise ValueError(f"--output {out} is not empty; pass --overwrite or choose another folder")
+    if profile is not None and profile not in PROFILES:
+        raise ValueError(
+            f"--profile {profile!r} is not a known profile; choose one of {', '.join(sorted(PROFILES))}"
+        )
+
+
+def _merged_model(src: Path, base: str | None, is_full: bool, method, probe_tokens: int, common: dict, say):
+    """The merged model (or the full model re-loaded), its tokenizer, the probe tokens and the reference
+    logits of base + adapter, unmerged, in the output dtype."""
+    from peft import PeftModel
+
+    from longlora.lora import require_qlora_support
+    from longlora.models import load_model
+
+    if is_full:
+        say(f"{src} is a full model (--method full): re-saving it")
+        merged, tokenizer = load_model(str(src), **common)
+        probe = _probe_ids(tokenizer, merged.config.vocab_size, probe_tokens)
+        return merged, tokenizer, probe, _logits(merged, probe)
+    spec, base_path = _resolve_base(src, base, say)
+    qlora = method == "qlora"
+    if qlora:
+        require_qlora_support()
+    say(f"loading base {spec} ({base_path}){' in 4 bits' if qlora else ''} with the adapter")
+    peft_model, tokenizer = load_model(
+        base_path, adapter=str(src), load_in_4bit=qlora, merge_adapter=False, **common
+    )
+    probe = _probe_ids(tokenizer, peft_model.config.vocab_size, probe_tokens)
+    reference = _logits(peft_model, probe)
+    if qlora:
+        # Merging into 4-bit weights would re-quantize the sum; merge into the dequantized base instead.
+        peft_model = PeftModel.from_pretrained(_dequantize(peft_model.unload()), str(src))
+    return _merge_weights(peft_model), tokenizer, probe, reference
 
 
 def _resolve_base(src: Path, base: str | None, say) -> tuple[str, str]:

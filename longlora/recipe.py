@@ -179,117 +179,17 @@ def _k(n: int) -> str:
 
 
 def plan(s: Settings, finetune_args: list[str]) -> list[Step]:
-    cfg = s.cfg
-    adapter, merged, ev = s.out / "adapter", s.out / "merged", s.out / "eval"
-    rows = cfg.max_steps * cfg.gradient_accumulation_steps * cfg.per_device_batch_size
-    if cfg.attention == "full":
-        span = s.context_length
-    else:
-        span = cfg.s2_group_size or int(s.context_length * (cfg.s2_group_size_ratio or 0.25))
-    steps = [
-        Step(
-            "train",
-            "longlora.finetune",
-            [*finetune_args, "--output-dir", str(adapter), "--resume"],
-            adapter,
-            train_seconds(rows * s.context_length, span, s.factor),
-        )
-    ]
-    merge_args = ["--adapter", str(adapter), "--output", str(merged), "--overwrite"]
-    if s.profile:
-        merge_args += ["--profile", s.profile]
-    steps.append(Step("merge", "longlora.merge", merge_args, merged, 60 * (s.factor or 0) or None))
+    """The stages in order: train, merge, then (unless ``--eval none``) each model's evaluations and the
+    report."""
+    steps = _train_and_merge(s, finetune_args)
     if s.eval_level == "none":
         return steps
-
-    full = s.eval_level == "full"
-    long_lengths = eval_lengths(s.context_length)
-    base_lengths = [n for n in long_lengths if n <= s.original_length]
-    models = [("base", ["--model", s.base], base_lengths, f"base ({_k(s.original_length)} window)")]
-    if full:
-        for rope, name in (("linear", "PI"), ("yarn", "YaRN")):
-            models.append(
-                (
-                    f"{rope}-untuned",
-                    ["--model", s.base, "--context-length", str(s.context_length), "--rope-type", rope],
-                    long_lengths,
-                    f"{name} to {_k(s.context_length)}, no training",
-                )
-            )
-    models.append(("extended", ["--model", str(merged)], long_lengths, f"LongLoRA {_k(s.context_length)}"))
-
-    data = ["--data", *s.eval_data, "--max-tokens", str(s.ppl_tokens)]
-    for name, model, lengths, label in models:
-        out = ev / f"ppl-{name}.json"
-        est = _sum(forward_seconds(s.ppl_tokens, n, s.factor) for n in lengths)
-        seq = [_k(n) for n in lengths]
-        steps.append(
-            Step(
-                f"ppl-{name}",
-                "longlora.eval.perplexity",
-                [*model, *data, "--seq-len", *seq, "--label", label, "--output", str(out)],
-                out,
-                est,
-            )
-        )
-    depths, seeds = ["0", "0.25", "0.5", "0.75", "1"], ["0"]
-    for name, model, lengths, label in models:
-        if "untuned" in name:
-            continue  # the full level adds their perplexity only (PI without training scores 0 on RULER)
-        lengths = [n for n in lengths if n >= s.context_length // 4]
-        out = ev / f"passkey-{name}.json"
-        est = _sum(trial_seconds(n, 8, s.factor) * len(depths) * len(seeds) for n in lengths)
-        steps.append(
-            Step(
-                f"passkey-{name}",
-                "longlora.eval.passkey",
-                [
-                    *model,
-                    "--lengths",
-                    *map(_k, lengths),
-                    "--depths",
-                    *depths,
-                    "--seeds",
-                    *seeds,
-                    *RAW_PROMPT,
-                    "--label",
-                    label,
-                    "--output",
-                    str(out),
-                ],
-                out,
-                est,
-            )
-        )
-    if full:
-        for name, model, lengths, label in models:
-            if "untuned" in name:
-                continue
-            lengths = [n for n in lengths if n >= s.context_length // 4]
-            out = ev / f"ruler-{name}.json"
-            est = _sum(trial_seconds(n, 40, s.factor) * len(RULER_TASKS) * RULER_SAMPLES for n in lengths)
-            steps.append(
-                Step(
-                    f"ruler-{name}",
-                    "longlora.eval.ruler",
-                    [
-                        *model,
-                        "--tasks",
-                        *RULER_TASKS,
-                        "--lengths",
-                        *map(_k, lengths),
-                        "--samples",
-                        str(RULER_SAMPLES),
-                        *RAW_PROMPT,
-                        "--label",
-                        label,
-                        "--output",
-                        str(out),
-                    ],
-                    out,
-                    est,
-                )
-            )
+    models = _eval_models(s, s.out / "merged")
+    steps += _perplexity_steps(s, models)
+    tested = [m for m in models if "untuned" not in m[0]]  # un-tuned rows: perplexity only
+    steps += _passkey_steps(s, tested)
+    if s.eval_level == "full":
+        steps += _ruler_steps(s, tested)
     results = [str(st.output) for st in steps if st.module.startswith("longlora.eval.")]
     steps.append(
         Step(
@@ -300,6 +200,98 @@ def plan(s: Settings, finetune_args: list[str]) -> list[Step]:
             5,
         )
     )
+    return steps
+
+
+def _train_and_merge(s: Settings, finetune_args: list[str]) -> list[Step]:
+    cfg = s.cfg
+    adapter, merged = s.out / "adapter", s.out / "merged"
+    rows = cfg.max_steps * cfg.gradient_accumulation_steps * cfg.per_device_batch_size
+    if cfg.attention == "full":
+        span = s.context_length
+    else:
+        span = cfg.s2_group_size or int(s.context_length * (cfg.s2_group_size_ratio or 0.25))
+    train = Step(
+        "train",
+        "longlora.finetune",
+        [*finetune_args, "--output-dir", str(adapter), "--resume"],
+        adapter,
+        train_seconds(rows * s.context_length, span, s.factor),
+    )
+    merge_args = ["--adapter", str(adapter), "--output", str(merged), "--overwrite"]
+    if s.profile:
+        merge_args += ["--profile", s.profile]
+    return [train, Step("merge", "longlora.merge", merge_args, merged, 60 * (s.factor or 0) or None)]
+
+
+def _eval_models(s: Settings, merged: Path) -> list[tuple[str, list[str], list[int], str]]:
+    """(name, model arguments, lengths, label) of each model evaluated: the base within its window, at
+    ``--eval full`` un-tuned PI and YaRN, and the extended model."""
+    long_lengths = eval_lengths(s.context_length)
+    base_lengths = [n for n in long_lengths if n <= s.original_length]
+    models = [("base", ["--model", s.base], base_lengths, f"base ({_k(s.original_length)} window)")]
+    if s.eval_level == "full":
+        for rope, name in (("linear", "PI"), ("yarn", "YaRN")):
+            models.append(
+                (
+                    f"{rope}-untuned",
+                    ["--model", s.base, "--context-length", str(s.context_length), "--rope-type", rope],
+                    long_lengths,
+                    f"{name} to {_k(s.context_length)}, no training",
+                )
+            )
+    models.append(("extended", ["--model", str(merged)], long_lengths, f"LongLoRA {_k(s.context_length)}"))
+    return models
+
+
+def _perplexity_steps(s: Settings, models) -> list[Step]:
+    data = ["--data", *s.eval_data, "--max-tokens", str(s.ppl_tokens)]
+    steps = []
+    for name, model, lengths, label in models:
+        out = s.out / "eval" / f"ppl-{name}.json"
+        est = _sum(forward_seconds(s.ppl_tokens, n, s.factor) for n in lengths)
+        args = [*model, *data, "--seq-len", *map(_k, lengths), "--label", label, "--output", str(out)]
+        steps.append(Step(f"ppl-{name}", "longlora.eval.perplexity", args, out, est))
+    return steps
+
+
+def _passkey_steps(s: Settings, models) -> list[Step]:
+    depths, seeds = ["0", "0.25", "0.5", "0.75", "1"], ["0"]
+    steps = []
+    for name, model, lengths, label in models:
+        lengths = [n for n in lengths if n >= s.context_length // 4]
+        out = s.out / "eval" / f"passkey-{name}.json"
+        est = _sum(trial_seconds(n, 8, s.factor) * len(depths) * len(seeds) for n in lengths)
+        args = [*model, "--lengths", *map(_k, lengths), "--depths", *depths, "--seeds", *seeds, *RAW_PROMPT]
+        steps.append(
+            Step(
+                f"passkey-{name}",
+                "longlora.eval.passkey",
+                [*args, "--label", label, "--output", str(out)],
+                out,
+                est,
+            )
+        )
+    return steps
+
+
+def _ruler_steps(s: Settings, models) -> list[Step]:
+    steps = []
+    for name, model, lengths, label in models:
+        lengths = [n for n in lengths if n >= s.context_length // 4]
+        out = s.out / "eval" / f"ruler-{name}.json"
+        est = _sum(trial_seconds(n, 40, s.factor) * len(RULER_TASKS) * RULER_SAMPLES for n in lengths)
+        args = [
+            *model,
+            "--tasks",
+            *RULER_TASKS,
+            "--lengths",
+            *map(_k, lengths),
+            "--samples",
+            str(RULER_SAMPLES),
+        ]
+        args += [*RAW_PROMPT, "--label", label, "--output", str(out)]
+        steps.append(Step(f"ruler-{name}", "longlora.eval.ruler", args, out, est))
     return steps
 
 
