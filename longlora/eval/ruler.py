@@ -288,48 +288,55 @@ def load_haystack(args) -> Haystack:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tqdm.auto import tqdm
-
     parser = build_parser()
     args = parser.parse_args(argv)
     lengths = _check_args(parser, args)
     tasks = list(dict.fromkeys(args.tasks))
     try:
-        haystack = load_haystack(args)
-        model, tokenizer = load_eval_model(args)
-        chat = use_chat_template(args.chat_template, tokenizer)
-        for n in lengths:
-            check_addressable(model.config, n, what="--lengths", context_length=args.context_length)
-        for t in tasks:  # a length too short for a task fails before any generation
-            make_sample(
-                t,
-                lengths[0],
-                0,
-                args.seed,
-                haystack,
-                tokenizer,
-                chat_template=chat,
-                max_new_tokens=args.max_new_tokens,
-            )
-        config = model_config_record(args, model)
-        settings = {
-            k: config[k]
-            for k in ("model", "adapter", "context_length", "rope_type", "attention", "torch_dtype")
-        }
-        settings.update(
-            seed=args.seed,
-            chat_template=chat,
-            max_new_tokens=args.max_new_tokens,
-            haystack=haystack.sources,
-            qa_data=str(args.qa_data or DEFAULT_QA),
-        )
-        fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-        log = Path(args.log) if args.log else (Path(args.output + ".samples.jsonl") if args.output else None)
-        done = read_log(log, fingerprint) if log else {}
+        run = _prepare(args, tasks, lengths)
     except ValueError as err:  # InputError and its subclasses are ValueErrors
         print(f"error: {err}", file=sys.stderr)
         return 2
+    result = _run_grid(args, run, tasks, lengths)
+    table = format_table(result, run["config"]["label"])
+    eff = result["effective_context"]
+    if eff["threshold"] is not None:
+        table += f"\neffective context: {eff['length']} (average >= {eff['threshold']:.3f}, {eff['kind']})"
+    return emit_results(result, args, table)
 
+
+def _prepare(args, tasks: list[str], lengths: list[int]) -> dict:
+    """Load the haystack and the model, check every length and task before any generation, and read the
+    samples a killed run with the same settings already scored."""
+    haystack = load_haystack(args)
+    model, tokenizer = load_eval_model(args)
+    chat = use_chat_template(args.chat_template, tokenizer)
+    for n in lengths:
+        check_addressable(model.config, n, what="--lengths", context_length=args.context_length)
+    for t in tasks:  # a length too short for a task fails before any generation
+        make_sample(
+            t,
+            lengths[0],
+            0,
+            args.seed,
+            haystack,
+            tokenizer,
+            chat_template=chat,
+            max_new_tokens=args.max_new_tokens,
+        )
+    config = model_config_record(args, model)
+    settings = {
+        k: config[k] for k in ("model", "adapter", "context_length", "rope_type", "attention", "torch_dtype")
+    }
+    settings.update(
+        seed=args.seed,
+        chat_template=chat,
+        max_new_tokens=args.max_new_tokens,
+        haystack=haystack.sources,
+        qa_data=str(args.qa_data or DEFAULT_QA),
+    )
+    fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    log = Path(args.log) if args.log else (Path(args.output + ".samples.jsonl") if args.output else None)
     config.update(
         tasks=tasks,
         lengths=lengths,
@@ -340,7 +347,25 @@ def main(argv: list[str] | None = None) -> int:
         qa_data=str(args.qa_data or DEFAULT_QA) if "qa" in tasks else None,
         log=str(log) if log else None,
     )
+    return dict(
+        model=model,
+        tokenizer=tokenizer,
+        chat=chat,
+        haystack=haystack,
+        config=config,
+        fingerprint=fingerprint,
+        log=log,
+        done=read_log(log, fingerprint) if log else {},
+    )
+
+
+def _run_grid(args, run: dict, tasks: list[str], lengths: list[int]) -> dict:
+    """Generate and score every (task, length, sample) not scored yet, logging each one and rewriting
+    ``--output`` after each; returns the result payload."""
+    from tqdm.auto import tqdm
+
     grid = [(t, n, i) for n in lengths for i in range(args.samples) for t in tasks]
+    done, log = run["done"], run["log"]
     records = [done[key] for key in grid if key in done]
 
     def payload() -> dict:
@@ -350,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return {
             "kind": "ruler",
-            "config": config,
+            "config": run["config"],
             **summary,
             "effective_context": eff,
             "complete": len(records) == len(grid),
@@ -358,14 +383,15 @@ def main(argv: list[str] | None = None) -> int:
         }
 
     todo = [key for key in grid if key not in done]
-    with tqdm(
+    bar = tqdm(
         total=len(grid),
         initial=len(grid) - len(todo),
         desc="ruler",
         unit="sample",
         disable=args.no_progress,
         file=sys.stderr,
-    ) as bar:
+    )
+    with bar:
         for task, length, index in todo:
             bar.set_postfix(task=task, length=length)
             sample = make_sample(
@@ -373,19 +399,19 @@ def main(argv: list[str] | None = None) -> int:
                 length,
                 index,
                 args.seed,
-                haystack,
-                tokenizer,
-                chat_template=chat,
+                run["haystack"],
+                run["tokenizer"],
+                chat_template=run["chat"],
                 max_new_tokens=args.max_new_tokens,
             )
             t0 = time.perf_counter()
-            output = generate(model, tokenizer, sample)
+            output = generate(run["model"], run["tokenizer"], sample)
             record = {
                 **sample.record(),
                 "output": output,
                 "score": score_output(output, sample.answers, sample.metric),
                 "seconds": round(time.perf_counter() - t0, 3),
-                "fingerprint": fingerprint,
+                "fingerprint": run["fingerprint"],
             }
             if log:
                 append_log(log, record)
@@ -393,12 +419,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.output:
                 write_json(args.output, payload())
             bar.update(1)
-    result = payload()
-    table = format_table(result, config["label"])
-    eff = result["effective_context"]
-    if eff["threshold"] is not None:
-        table += f"\neffective context: {eff['length']} (average >= {eff['threshold']:.3f}, {eff['kind']})"
-    return emit_results(result, args, table)
+    return payload()
 
 
 if __name__ == "__main__":
