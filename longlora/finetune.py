@@ -166,22 +166,13 @@ def setup(cfg: FinetuneConfig) -> Run:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from longlora.lora import count_parameters, require_qlora_support
+    from longlora.lora import count_parameters
     from longlora.position import context_window, original_context_length
 
     out = Path(cfg.output_dir)
     resume_from = check_output_dir(cfg)
-    if cfg.method == "qlora":
-        require_qlora_support()
     dtype = resolve_dtype(cfg.dtype)
-    plugin = deepspeed_plugin(cfg, dtype) if cfg.deepspeed else None
-    if cfg.offload_activations:
-        check_offload_device("cuda" if torch.cuda.is_available() else "cpu")
-    if cfg.compact_cpu_memory and not compact_cpu_memory():
-        print(
-            "--compact-cpu-memory: this C library has no such setting (glibc only); ignored", file=sys.stderr
-        )
-
+    plugin = _check_runtime(cfg, dtype)
     config, model_path = _load_base_config(cfg)
     original = original_context_length(config)
     context_length = cfg.context_length or context_window(config)
@@ -248,6 +239,23 @@ def setup(cfg: FinetuneConfig) -> Run:
     )
     _restore(run, resume_from)
     return run
+
+
+def _check_runtime(cfg: FinetuneConfig, dtype: torch.dtype):
+    """What the machine must offer for these flags (bitsandbytes, a device for offloading); returns the
+    DeepSpeed plugin when --deepspeed is given."""
+    from longlora.lora import require_qlora_support
+
+    if cfg.method == "qlora":
+        require_qlora_support()
+    plugin = deepspeed_plugin(cfg, dtype) if cfg.deepspeed else None
+    if cfg.offload_activations:
+        check_offload_device("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.compact_cpu_memory and not compact_cpu_memory():
+        print(
+            "--compact-cpu-memory: this C library has no such setting (glibc only); ignored", file=sys.stderr
+        )
+    return plugin
 
 
 def _base_of(model):
