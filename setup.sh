@@ -14,6 +14,30 @@ if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
+
+# torch first, and on a machine without an NVIDIA GPU its CPU build, whatever pip's configuration says:
+# PyPI's Linux torch is the CUDA build (several GB of nvidia-* wheels). The CPU build comes from PyTorch's
+# CPU index, or from a configured mirror or wheel folder that carries `torch==X+cpu`; only when neither
+# has it is PyPI's default build installed, with a warning. LONGLORA_TORCH=cpu|cuda overrides the check.
+torch_version=$(sed -n 's/^torch==//p' requirements.txt)
+torch_build=${LONGLORA_TORCH:-}
+if [ -z "$torch_build" ]; then
+  if [ -e /proc/driver/nvidia/version ] || nvidia-smi -L >/dev/null 2>&1; then torch_build=cuda; else torch_build=cpu; fi
+fi
+have_torch=$(.venv/bin/python -c "import torch; print(torch.__version__)" 2>/dev/null || true)
+if [ "${have_torch%%+*}" = "$torch_version" ] && { [ "$torch_build" = cuda ] || [ "$have_torch" != "${have_torch%+cpu}" ] || [ "$(uname -s)" = Darwin ]; }; then
+  :  # the wanted build is installed
+elif [ "$torch_build" = cpu ] && [ "$(uname -s)" = Linux ]; then
+  if ! .venv/bin/python -m pip install -q --retries 1 --timeout 30 "torch==${torch_version}+cpu" \
+      --extra-index-url https://download.pytorch.org/whl/cpu; then
+    echo "warning: no CPU build of torch ${torch_version} found (PyTorch's CPU index and the configured" \
+         "indexes were tried); installing PyPI's default build, which on Linux includes CUDA (several GB)" >&2
+    .venv/bin/python -m pip install -q "torch==${torch_version}"
+  fi
+else
+  .venv/bin/python -m pip install -q "torch==${torch_version}"
+fi
+
 if [ "$dev" = 1 ]; then
   .venv/bin/python -m pip install -q -r requirements-dev.txt
 else
