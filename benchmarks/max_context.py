@@ -1,8 +1,11 @@
 """The longest context at which one LoRA+ S2-Attn training step fits a memory budget.
 
 Each length is tried in a fresh subprocess (``benchmarks/train_step.py``'s step: Position Interpolation,
-S2-Attn with G = N/4 on one document of random tokens, gradient checkpointing, bf16 activations, the
-chunked cross-entropy, AdamW). Lengths double from ``--start`` until a step fails, then bisection narrows
+S2-Attn with G = N/4 on one row of text, gradient checkpointing, bf16 activations, the chunked
+cross-entropy, AdamW). The text is ``--text`` (the project's training novels by default), tokenized once
+and repeated when a row is longer than it; the result records how many tokens it had and whether the
+longest row repeated it. Random-weights models have no tokenizer: the bundled model's tokenizes the text
+(ids beyond the vocabulary wrap), and ``--quick``'s tiny model reads UTF-8 bytes. Lengths double from ``--start`` until a step fails, then bisection narrows
 the limit to ``--granularity`` tokens.
 
 "Fits" means: on a CPU, the step finishes and its resident memory never passes ``--budget-gb`` (the
@@ -169,8 +172,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quick", action="store_true", help="smoke run: tiny random model, 1 GB budget, 1k-4k tokens"
     )
+    p.add_argument(
+        "--text",
+        nargs="+",
+        default=[str(ROOT / "data" / "books" / "train")],
+        help="text files or folders of .txt files the rows are cut from (default: data/books/train)",
+    )
     p.add_argument("--output", help="also write the trials and the result as JSON here")
     return p
+
+
+def text_files(specs: list[str]) -> list[Path]:
+    files = []
+    for spec in specs:
+        path = Path(spec)
+        files += sorted(path.glob("*.txt")) if path.is_dir() else [path]
+    missing = [str(f) for f in files if not f.is_file()]
+    if not files or missing:
+        raise SystemExit(f"error: --text: no such text file {', '.join(missing) or specs}")
+    return files
+
+
+def text_tokens(files: list[Path], tokenizer_dir: str | None, vocab_size: int):
+    """The text as token ids below ``vocab_size``: through the tokenizer in ``tokenizer_dir``, or as UTF-8
+    bytes when it is None."""
+    import numpy as np
+
+    text = "\n\n".join(f.read_text(encoding="utf-8", errors="replace") for f in files)
+    if tokenizer_dir is None:
+        ids = np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int64)
+    else:
+        from transformers import AutoTokenizer
+
+        ids = np.asarray(AutoTokenizer.from_pretrained(tokenizer_dir)(text)["input_ids"], dtype=np.int64)
+    return ids % vocab_size
+
+
+def write_row(tokens, length: int, workdir: Path) -> str:
+    """One training row of ``length`` tokens cut from ``tokens`` (repeated when shorter), as train_step's
+    children read it."""
+    import numpy as np
+
+    ids = np.resize(tokens, length)
+    path = workdir / f"text-row-{length}.npz"
+    np.savez(path, input_ids=ids, labels=ids)
+    return str(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from longlora.models import cache_dir, resolve_device, resolve_dtype, resolve_model_path
+    from longlora.provenance import run_record
 
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
@@ -190,11 +237,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         budget = args.budget_gb or 1.0
         start, granularity, max_length = 1024, 1024, min(args.max_length, 4096)
+    workdir = Path(args.workdir or cache_dir() / "max_context")
     if args.quick or args.config_json:
         config = QUICK_CONFIG if args.quick else read_config(args.config_json)
-        model = str(random_model_dir(config, Path(args.workdir or cache_dir() / "max_context")))
+        model = str(random_model_dir(config, workdir))
+        tokenizer_dir = None if args.quick else resolve_model_path("default")
     else:
-        model = resolve_model_path(args.model)
+        model = tokenizer_dir = resolve_model_path(args.model)
+        config = json.loads((Path(model) / "config.json").read_text())
+    files = text_files(args.text)
+    tokens = text_tokens(files, tokenizer_dir, int(config["vocab_size"]))
+    workdir.mkdir(parents=True, exist_ok=True)
     hw = torch.cuda.get_device_name(device) if cuda else f"CPU, bf16 {cpu_bf16_support()}"
     print(
         f"model {model}\n{args.method} {args.attention} step, dtype {dtype}, device {device} ({hw}), budget "
@@ -205,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     def try_length(n: int) -> dict:
         spec = dict(
             model=model, length=n, method=args.method, attention=args.attention, dtype=dtype, device=str(device),
-            steps=1, warmup=0, forward=False, rows=None, chunk_size=args.chunk_size,
+            steps=1, warmup=0, forward=False, rows=write_row(tokens, n, workdir), chunk_size=args.chunk_size,
             offload=args.offload_activations, memory_cap_gb=budget if cuda else None,
             compact_memory=args.compact_cpu_memory,
         )  # fmt: skip
@@ -231,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
         payload = {
             "model": model, "method": args.method, "attention": args.attention, "dtype": dtype, "device": hw,
             "budget_gb": budget, "compact_cpu_memory": args.compact_cpu_memory, "granularity": granularity, "max_context": best, "trials": trials,
+            "max_length": max_length, "capped": capped,  # capped: every length tried fit, the limit is above the cap
+            "text": [str(f) for f in files], "text_tokens": int(len(tokens)), "text_repeated": best > len(tokens),
+            "provenance": run_record(),
         }  # fmt: skip
         tmp = out.with_suffix(out.suffix + ".tmp")
         tmp.write_text(json.dumps(payload, indent=2) + "\n")

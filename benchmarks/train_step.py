@@ -5,7 +5,7 @@ memory (RSS on a CPU, max allocated on CUDA) is its own, and does what ``longlor
 micro-step: Position Interpolation to the length, S2/short attention (G = N/4) or SDPA, LoRA+ (or full
 fine-tuning), gradient checkpointing, bf16 activations with fp32 trainable weights under autocast, the
 chunked cross-entropy (no tokens x vocabulary logits), AdamW. It reports training tokens/s (the mean of
-the timed steps after ``--warmup`` untimed ones), forward-only tokens/s of the same model in the same
+the median of the timed steps after ``--warmup`` untimed ones), forward-only tokens/s of the same model in the same
 dtype (no_grad, train mode so S2 is used), their ratio, and the peak. Ratios are computed from numbers
 of this one run.
 
@@ -160,8 +160,10 @@ def measure(spec: dict) -> dict:
     out = {
         "tokens": tokens,
         "loss": round(loss, 4),
-        "step_s": [round(t, 3) for t in times],
-        "tokens_per_s": round(tokens * len(times) / sum(times), 2) if times else None,
+        "warmup_steps": spec["warmup"],
+        "step_s": [round(t, 3) for t in times],  # every timed step, after the untimed warm-up ones
+        # the median timed step; with several, the range is in step_s
+        "tokens_per_s": round(tokens / sorted(times)[len(times) // 2], 2) if times else None,
         "peak_mb": round(peak / 2**20, 1),
         "peak_kind": "max_allocated" if cuda else "rss",
     }
@@ -336,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="bf16", help="compute dtype")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--book", default=str(FIXTURES / "austen-emma.txt"), help="the long document")
-    p.add_argument("--steps", type=int, default=1, help="timed training steps per configuration")
+    p.add_argument("--steps", type=int, default=3, help="timed training steps per configuration (median kept)")
     p.add_argument("--warmup", type=int, default=1, help="untimed training steps before them")
     p.add_argument("--chunk-size", type=int, default=None, help="loss chunk in tokens (default ~128 MB)")
     p.add_argument("--offload-activations", action="store_true", help="CUDA: checkpoints in pinned CPU RAM")
@@ -416,7 +418,10 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.output)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(out.suffix + ".tmp")
-        tmp.write_text(json.dumps({"device": hw, "dtype": dtype, "results": results}, indent=2) + "\n")
+        from longlora.provenance import run_record
+
+        payload = {"provenance": run_record(), "device": hw, "dtype": dtype, "results": results}
+        tmp.write_text(json.dumps(payload, indent=2) + "\n")
         os.replace(tmp, out)
     return 0 if all("error" not in r for r in results) else 1
 

@@ -83,6 +83,9 @@ def test_max_context_quick_and_a_budget_nothing_fits(tmp_path, capsys):
     assert result["max_context"] == 4096 and all(t["fits"] for t in result["trials"])
     assert all(0 < t["peak_mb"] <= 1024 for t in result["trials"])
     assert "(the --max-length cap)" in capsys.readouterr().out
+    assert result["capped"] is True and result["max_length"] == 4096  # the limit is above the cap
+    assert result["text"][0].endswith(".txt") and result["text_tokens"] > 4096 and not result["text_repeated"]
+    assert result["provenance"]["machine"]["cpu_cores"] >= 1
     # a budget below what importing torch takes: the child is killed at the budget, nothing fits
     assert mc.main(["--quick", "--workdir", str(tmp_path), "--budget-gb", "0.05", "--output", str(out)]) == 0
     result = json.loads(out.read_text())
