@@ -1,7 +1,7 @@
 """The one reader from user paths to inputs: files, folders and globs -> documents, records, token files.
 
-Used by ``python -m longlora.finetune`` (``longlora.data``), the evaluation commands
-(``longlora.eval.data``) and ``python -m data_tools tokenize``, so all of them accept the same files:
+Used by ``python -m longlora.finetune`` (``longlora.training.data``), the evaluation commands
+(``longlora.eval.tokens``) and ``python -m data_tools tokenize``, so all of them accept the same files:
 
 - documents (``DOCUMENT_SUFFIXES``: .pdf, .txt, .text, .md, .markdown), read with
   ``data_tools.load_document`` (PDF extraction, cleaning, page map);

@@ -415,7 +415,7 @@ def test_same_document_same_prompt_in_training_and_serving(tmp_path, chat):
 
     from data_tools.document import load_document
     from data_tools.longalpaca import document_index, qa_candidates
-    from longlora.data import IGNORE_INDEX, build_sft_example
+    from longlora.training.data import IGNORE_INDEX, build_sft_example
 
     doc_path = tmp_path / "notes.txt"
     doc_path.write_text(filler(20, seed=3))

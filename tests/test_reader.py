@@ -13,8 +13,8 @@ from data_tools.minipdf import write_text_pdf
 from data_tools.reader import find_sources, read_documents
 from data_tools.tokenfile import open_token_file
 from data_tools.tokenize_corpus import main as tokenize_main
-from longlora.data import read_pretrain_stream
-from longlora.eval.data import load_eval_tokens
+from longlora.eval.tokens import load_eval_tokens
+from longlora.training.data import read_pretrain_stream
 
 
 @pytest.fixture
