@@ -224,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from longlora.models import cache_dir, resolve_device, resolve_dtype, resolve_model_path
+    from data_tools.bundled import cache_dir
+    from longlora.models import resolve_device, resolve_dtype, resolve_model_path
     from longlora.provenance import run_record
 
     device = resolve_device(args.device)

@@ -299,8 +299,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from transformers import AutoTokenizer
 
-    from data_tools.profiles import DEFAULT_MODEL_NAME, PROFILES
-    from longlora.bundled_model import default_model_dir
+    from data_tools.bundled import DEFAULT_MODEL_NAME, default_model_dir
+    from data_tools.profiles import PROFILES
     from longlora.retrieval import GAP_MARKER
 
     tok_dir = args.tokenizer or str(default_model_dir())

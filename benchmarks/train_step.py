@@ -11,7 +11,7 @@ of this one run.
 
 Data: ``book`` is one row cut from one long book (``--book``, a fixture by default); ``packed`` is the
 same tokens cut into documents of log-normal lengths (median ~600 tokens) and packed as
-``longlora.data.PackedDataset`` packs them (positions restart per document, no attention across
+``longlora.training.data.PackedDataset`` packs them (positions restart per document, no attention across
 documents, document starts carry no loss).
 
 Usage (CPU examples first):
@@ -264,7 +264,7 @@ def write_rows(model: str, book: Path, lengths: list[int], data: list[str], work
     from transformers import AutoTokenizer
 
     sys.path.insert(0, str(ROOT))
-    from longlora import data as D
+    from longlora.training import data as D
 
     tokenizer = AutoTokenizer.from_pretrained(model)
     stream = D.read_pretrain_stream([str(book)], tokenizer)

@@ -17,8 +17,11 @@ Pages whose text is not language (a font mapping glyphs to wrong characters, see
 ``data_tools.garble``) are left out (empty span), listed in ``garbled_pages`` and named in the
 report line of that file.
 
-A directory run reports each failing file (encrypted, scanned, damaged, unsupported) and goes on;
-the exit status is 1 when any file failed.
+Inputs are read by ``data_tools.reader`` (the rules of every command: a directory is searched
+recursively with hidden files skipped, a glob expands like a directory, a file must be a document). A
+missing input, an input with no document and a file of another type stop the run before anything is
+written (exit status 2). A directory run reports each failing file (encrypted, scanned, damaged) and
+goes on; the exit status is 1 when any file failed.
 """
 
 from __future__ import annotations
@@ -28,10 +31,12 @@ import json
 import os
 import sys
 from contextlib import ExitStack
+from pathlib import Path
 
-from .document import KINDS_BY_SUFFIX, Document, load_document
-from .errors import DocumentError, WriteError
-from .files import atomic_path, expand_inputs
+from .document import Document
+from .errors import DataError, DocumentError, WriteError
+from .files import atomic_path
+from .reader import find_sources, read_document
 
 
 def page_map(doc: Document) -> dict:
@@ -61,7 +66,7 @@ def write_extraction(doc: Document, text_path: str) -> list[str]:
     return list(files)
 
 
-def _output_path(src: str, root: str | None, out_dir: str) -> str:
+def _output_path(src: str, root: Path | None, out_dir: str) -> str:
     rel = os.path.relpath(src, root) if root else os.path.basename(src)
     return os.path.join(out_dir, os.path.splitext(rel)[0] + ".txt")
 
@@ -74,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=__doc__.split("Usage:")[1].split("\n\n")[0],
     )
     p.add_argument(
-        "inputs", nargs="+", metavar="FILE_OR_DIR", help="files, or directories searched recursively"
+        "inputs", nargs="+", metavar="FILE_OR_DIR", help="files, directories searched recursively, or globs"
     )
     p.add_argument(
         "-o",
@@ -97,19 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    suffixes = tuple(KINDS_BY_SUFFIX)
-    jobs: list[tuple[str, str | None]] = []  # (file, directory it was found in)
+    jobs: list[tuple[str, Path | None]] = []  # (file, directory it was found in)
     for given in args.inputs:
-        try:
-            found = expand_inputs([given], suffixes)
-        except FileNotFoundError as e:
+        try:  # data_tools.reader's rules: folders recursively (hidden files skipped), globs, files
+            found = find_sources([given], ("document",))
+        except DataError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        root = given if os.path.isdir(given) else None
-        jobs += [(f, root) for f in found]
-    if not jobs:
-        print(f"error: no .pdf/.txt/.md files found in {args.inputs}", file=sys.stderr)
-        return 2
+        root = Path(given).expanduser()
+        jobs += [(str(source.path), root if root.is_dir() else None) for source in found]
     single_target = args.output == "-" or args.output.lower().endswith(".txt")
     if single_target and len(jobs) != 1:
         print(
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     failed, pages, words, garbled, done = [], 0, 0, 0, 0
     for src, root in jobs:
         try:
-            doc = load_document(
+            doc = read_document(
                 src, drop_references=args.drop_references, password=args.password, ocr=args.ocr
             )
         except DocumentError as e:

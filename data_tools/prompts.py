@@ -12,7 +12,7 @@ as in the original LongLoRA inference code. Without a chat template the user tur
 the original SFT code, ``[INST]{instruction}[/INST]`` (:func:`wrap_plain`).
 
 This module is the one home of the prompt and of the material-type guess: the LongAlpaca builder,
-SFT rendering (``longlora.data``) and the QA engine all use it, so a document gets the same prompt in
+SFT rendering (``longlora.training.data``) and the QA engine all use it, so a document gets the same prompt in
 training and in serving.
 """
 

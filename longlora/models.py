@@ -38,22 +38,25 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
+from data_tools.deprecation import moved_names
+
 # The project's error classes (old import paths keep working: ``longlora.models.ModelLoadError``).
 from data_tools.errors import DependencyError, ModelLoadError  # noqa: F401
 
-# The bundled default model lives in its own module; its names stay importable from here.
-from longlora.bundled_model import (  # noqa: F401
-    CONVERSION_MARKER,
-    DEFAULT_MODEL_NAME,
-    GGUF_FILE,
-    GGUF_PACKAGE,
-    Status,
-    _print_status,
-    bundled_gguf_path,
-    cache_dir,
-    convert_default_model,
-    default_model_dir,
-    is_converted,
+# The bundled default model: where it lives is data_tools.bundled, its conversion longlora.bundled_model.
+from longlora.bundled_model import Status, convert_default_model, print_status
+
+# Names that were importable from here until they moved; they warn for one release (CHANGELOG.md).
+# GGUF_FILE is gone: data_tools.bundled.DEFAULT_GGUF is the one name of the GGUF file.
+__getattr__ = moved_names(
+    __name__,
+    {
+        **dict.fromkeys(
+            ("DEFAULT_MODEL_NAME", "GGUF_PACKAGE", "bundled_gguf_path", "cache_dir", "default_model_dir"),
+            "data_tools.bundled",
+        ),
+        **dict.fromkeys(("CONVERSION_MARKER", "is_converted"), "longlora.bundled_model"),
+    },
 )
 
 DEFAULT_SPEC = "default"
@@ -73,7 +76,7 @@ _TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.fl
 # ----------------------------------------------------------------------------- resolution
 
 
-def resolve_model_path(spec: str, *, status: Status | None = _print_status) -> str:
+def resolve_model_path(spec: str, *, status: Status | None = print_status) -> str:
     """Spec -> a local directory (converting the default model if needed) or a hub id.
 
     Raises ModelLoadError for a directory that does not exist or holds no model.
@@ -325,7 +328,7 @@ def load_model(
     attn_implementation: str | None = None,
     trust_remote_code: bool = False,
     merge_adapter: bool = True,
-    status: Status | None = _print_status,
+    status: Status | None = print_status,
 ):
     """Load ``(model, tokenizer)`` for a spec, in eval mode on the chosen device.
 

@@ -13,10 +13,10 @@ from conftest import (
     tiny_model,
 )
 
+from data_tools.errors import DataError
 from data_tools.prompts import build_instruction
-from longlora.data import (
+from longlora.training.data import (
     IGNORE_INDEX,
-    DataError,
     PackedDataset,
     SFTDataset,
     TokenStream,
@@ -373,3 +373,16 @@ def test_sft_trains_on_the_answer_as_the_template_renders_it():
     prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     full = tok.apply_chat_template(messages + [{"role": "assistant", "content": "Emma.\n"}], tokenize=False)
     assert decode(tok, ex.labels) == full[len(prompt) :]  # " Emma. </s>": trimmed, with the template's EOS
+
+
+def test_the_old_module_path_warns_and_keeps_its_names(monkeypatch):
+    """longlora.data moved to longlora.training.data; the old path is a shim for one release."""
+    import importlib
+    import sys
+
+    from longlora.training import data
+
+    monkeypatch.delitem(sys.modules, "longlora.data", raising=False)
+    with pytest.deprecated_call(match="longlora.data moved to longlora.training.data"):
+        old = importlib.import_module("longlora.data")
+    assert old.read_pretrain_stream is data.read_pretrain_stream and old.PackedDataset is data.PackedDataset

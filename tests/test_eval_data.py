@@ -11,8 +11,8 @@ from conftest import make_char_tokenizer
 
 from data_tools.errors import DataError
 from longlora.eval.common import check_addressable, parse_lengths
-from longlora.eval.data import load_eval_tokens
 from longlora.eval.plot import main as plot_main
+from longlora.eval.tokens import load_eval_tokens
 
 FIXTURES = str(_FIXTURES)
 
@@ -157,3 +157,16 @@ def test_plot_command_draws_several_runs_and_refuses_bad_input(tmp_path, capsys)
     assert plot_main([str(junk), "-o", str(tmp_path / "x.png")]) == 2
     assert "not a JSON result file" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_the_old_module_path_warns_and_keeps_its_names(monkeypatch):
+    """longlora.eval.data moved to longlora.eval.tokens; the old path is a shim for one release."""
+    import importlib
+    import sys
+
+    from longlora.eval import tokens
+
+    monkeypatch.delitem(sys.modules, "longlora.eval.data", raising=False)
+    with pytest.deprecated_call(match="longlora.eval.data moved to longlora.eval.tokens"):
+        old = importlib.import_module("longlora.eval.data")
+    assert old.load_eval_tokens is tokens.load_eval_tokens and old.EvalData is tokens.EvalData

@@ -415,7 +415,7 @@ def test_same_document_same_prompt_in_training_and_serving(tmp_path, chat):
 
     from data_tools.document import load_document
     from data_tools.longalpaca import document_index, qa_candidates
-    from longlora.data import IGNORE_INDEX, build_sft_example
+    from longlora.training.data import IGNORE_INDEX, build_sft_example
 
     doc_path = tmp_path / "notes.txt"
     doc_path.write_text(filler(20, seed=3))
@@ -527,8 +527,8 @@ def test_retrieve_falls_back_to_the_opening_when_no_word_matches():
 def test_profile_follows_the_model_not_its_folder(tmp_path):
     from transformers import AutoConfig, LlamaConfig
 
+    from data_tools.bundled import DEFAULT_MODEL_NAME
     from data_tools.profiles import (
-        DEFAULT_MODEL_NAME,
         DEFAULT_PROFILE,
         FINGERPRINTS,
         PROFILE_CONFIG_KEY,
@@ -558,18 +558,24 @@ def test_profile_follows_the_model_not_its_folder(tmp_path):
         record_profile(tiny, "huge")
 
 
-def test_bundled_model_constants_live_once(tmp_path, monkeypatch):
+def test_bundled_model_location_lives_once(tmp_path, monkeypatch):
+    """data_tools.bundled alone says where the bundled model is; the tokenizer and the conversion read it
+    from there, and the names' old import paths warn for one release."""
     import data_tools.tokenizer as text_tokenizer
-    from data_tools import profiles
-    from longlora import models
+    from data_tools import bundled, profiles
+    from longlora import bundled_model, models
 
     monkeypatch.setenv("LONGLORA_CACHE", str(tmp_path))
-    assert text_tokenizer.DEFAULT_MODEL_NAME is profiles.DEFAULT_MODEL_NAME
-    assert (
-        text_tokenizer.default_model_dir()
-        == models.default_model_dir()
-        == tmp_path / "models" / "SmolLM2-135M-Instruct"
-    )
+    assert bundled.default_model_dir() == tmp_path / "models" / "SmolLM2-135M-Instruct"
+    assert text_tokenizer.default_model_dir is bundled.default_model_dir is bundled_model.default_model_dir
+    for module in (profiles, models, bundled_model):
+        with pytest.deprecated_call(match="moved to data_tools.bundled"):
+            assert module.cache_dir is bundled.cache_dir
+    with pytest.deprecated_call(match="moved to longlora.bundled_model"):
+        assert models.is_converted is bundled_model.is_converted
+    for module in (bundled, profiles, text_tokenizer, models, bundled_model):
+        assert not hasattr(module, "GGUF_FILE")  # one name: DEFAULT_GGUF
+    assert "DEFAULT_MODEL_NAME" not in profiles.__all__ and "DEFAULT_GGUF" not in text_tokenizer.__all__
 
 
 def test_prompt_styles_have_one_home_and_wrap_the_document_alike():

@@ -25,7 +25,8 @@ def engine():
 
 
 def test_the_bundled_model_gets_its_measured_profile(engine):
-    from data_tools.profiles import DEFAULT_MODEL_NAME, PROFILES
+    from data_tools.bundled import DEFAULT_MODEL_NAME
+    from data_tools.profiles import PROFILES
 
     # chosen from its config (architecture), whatever folder the converted model sits in
     assert engine.profile == PROFILES[DEFAULT_MODEL_NAME]

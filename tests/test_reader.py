@@ -1,20 +1,24 @@
-"""One reader from paths to documents: finetune, eval and `data_tools tokenize` accept the same files."""
+"""One reader from paths to documents: finetune, eval and `data_tools tokenize | extract | build-longalpaca`
+accept the same files."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 from conftest import make_char_tokenizer
 
 from data_tools.errors import DataError
+from data_tools.extract import main as extract_main
+from data_tools.longalpaca import main as build_main
 from data_tools.minipdf import write_text_pdf
 from data_tools.reader import find_sources, read_documents
 from data_tools.tokenfile import open_token_file
 from data_tools.tokenize_corpus import main as tokenize_main
-from longlora.data import read_pretrain_stream
-from longlora.eval.data import load_eval_tokens
+from longlora.eval.tokens import load_eval_tokens
+from longlora.training.data import read_pretrain_stream
 
 
 @pytest.fixture
@@ -106,6 +110,8 @@ def test_the_same_refusals_everywhere(corpus, tiny_model_dir, tmp_path, capsys):
     }
     (tmp_path / "empty_dir").mkdir()
     (tmp_path / "empty_dir" / ".only-hidden.txt").write_text("x")
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text(json.dumps({"doc": "a.txt", "question": "What?", "answer": "Text."}) + "\n")
     for path, message in cases.items():
         with pytest.raises(DataError, match=message):
             read_pretrain_stream([path], tok)
@@ -113,6 +119,26 @@ def test_the_same_refusals_everywhere(corpus, tiny_model_dir, tmp_path, capsys):
             load_eval_tokens([path], tok)
         assert tokenize_main([path, "--tokenizer", str(tiny_model_dir), "-o", str(tmp_path / "x.bin")]) == 2
         assert "error: " in capsys.readouterr().err
+        # the document commands: the same refusals, before anything is written
+        assert extract_main([path, "-o", str(tmp_path / "out")]) == 2
+        assert re.search("error: input .*" + message, capsys.readouterr().err)
+        assert build_main(["--docs", path, "--qa", str(qa), "-o", str(tmp_path / "o.json")]) == 2
+        assert re.search("error: --docs .*" + message, capsys.readouterr().err)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "o.json").exists()
+
+
+def test_extract_reads_the_documents_every_command_reads(corpus, tmp_path):
+    """extract writes one text per document the reader finds: hidden files, records and others skipped."""
+    out = tmp_path / "out"
+    assert extract_main([str(corpus), "-o", str(out), "--quiet"]) == 0
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.txt"))
+    expected = [
+        s.path.relative_to(corpus).with_suffix(".txt").as_posix()
+        for s in find_sources([corpus], ("document",))
+    ]
+    assert written == sorted(expected) == ["a.txt", "b.txt", "c.txt", "d.txt", "e.txt", "sub/f.txt"]
+    assert extract_main([f"{corpus}/*.*down", "-o", str(tmp_path / "globbed"), "--quiet"]) == 0
+    assert (tmp_path / "globbed" / "c.txt").read_text() == "long markdown suffix\n"
 
 
 def test_documents_come_with_pages_and_token_file_sidecars_are_not_records(corpus, tmp_path):

@@ -7,5 +7,5 @@
 
 Library use: :func:`longlora.eval.perplexity.evaluate_perplexity`,
 :func:`longlora.eval.passkey.make_prompt` / :func:`~longlora.eval.passkey.run_trial`,
-:func:`longlora.eval.data.load_eval_tokens`.
+:func:`longlora.eval.tokens.load_eval_tokens`.
 """

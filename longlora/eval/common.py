@@ -139,7 +139,7 @@ def model_label(args: argparse.Namespace) -> str:
     if args.label:
         return args.label
     if str(args.model) == "default":
-        from longlora.models import default_model_dir
+        from data_tools.bundled import default_model_dir
 
         name = default_model_dir().name
     else:

@@ -58,7 +58,7 @@ from longlora.eval.common import (
     model_config_record,
     parse_lengths,
 )
-from longlora.eval.data import load_eval_tokens
+from longlora.eval.tokens import load_eval_tokens
 
 PROTOCOLS = ("sliding", "longlora")
 LOGITS_CHUNK = 1024  # positions per lm_head chunk

@@ -74,7 +74,7 @@ class Haystack:
     def from_paths(cls, paths: list[str | Path], qa_path: str | Path | None = None) -> Haystack:
         """Read .txt / .md / .pdf files (folders recursively) through ``data_tools.load_document``."""
         from data_tools import load_document
-        from longlora.eval.data import expand_paths
+        from longlora.eval.tokens import expand_paths
 
         files = [p for p in expand_paths(paths) if p.suffix.lower() in (".txt", ".md", ".pdf")]
         if not files:

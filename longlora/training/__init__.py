@@ -1,5 +1,6 @@
 """What ``python -m longlora.finetune`` is made of, beside its training loop (``longlora/finetune.py``).
 
+- ``data``: packed pre-training rows and SFT examples (read through ``data_tools.reader``).
 - ``config``: ``FinetuneConfig``, the flags and YAML recipes of a run, checked before anything loads.
 - ``checkpoints``: the output folder: checkpoints with manifests, ``--resume``, the run record.
 - ``launch``: the accelerator for one process, DDP, DeepSpeed or FSDP launchers.

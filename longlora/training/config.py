@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from longlora.data import PACK_MODES
 from longlora.lora import METHODS
 from longlora.models import DTYPE_ALIASES, canonical_dtype, parse_length
 from longlora.models import DTYPE_CHOICES as DTYPES
 from longlora.position import ROPE_TYPES
+from longlora.training.data import PACK_MODES
 
 MODES = ("pretrain", "sft")
 ATTENTIONS = ("s2", "full", "short")
