@@ -7,12 +7,13 @@ match inside other numbers and words, and an answer that lists several candidate
 ``strict`` (the rule every figure now uses):
 
 - a gold matches as whole tokens only: a number never inside a longer number ("1.1" is not found in
-  "11.1" or "1.15", "17" not in "2017"), a word never inside a longer word;
+  "11.1" or "1.15", "17" not in "2017"), a word never inside a longer word (a plural "s" aside);
 - an answer that names several candidates is wrong:
   - for a numeric gold, another number in the answer that is neither a gold nor in the question;
   - for a yes/no gold, both "yes" and "no";
-  - for any gold, the gold inside a hedge or a list: "X or Y", or three or more items joined by commas,
-    "and" or "or" in the clause that holds it (unless the question itself asks for several things).
+  - for any gold, the gold inside a hedge or a list: "X or Y", or three or more short items (up to four
+    words) joined by commas, "and" or "or" in the clause that holds it (unless the question itself asks
+    for several things).
 
 Usage: ``python benchmarks/qa_scoring.py ANSWERS.jsonl...`` re-scores stored answers (the rows
 ``qa_accuracy.py`` writes, with their question ids) under both rules and prints the counts per run;
@@ -51,9 +52,10 @@ def _is_number(gold: str) -> bool:
 def _find(text: str, gold: str) -> re.Match | None:
     """``gold`` in ``text`` as whole tokens: no letter or digit glued to either end, and a number not
     continued by a decimal part or thousands group."""
-    pattern = rf"(?<![\w]){re.escape(gold)}(?![\w]|[.,]\d)"
+    plural = "(?:e?s)?" if gold[-1:].isalpha() and len(gold) > 3 else ""  # "hypergraphs" for "hypergraph"
+    pattern = rf"(?<![\w]){re.escape(gold)}{plural}(?![\w]|[.,]\d)"
     if gold[:1].isdigit() or gold[:1] == ".":
-        pattern = rf"(?<![\w.,]){re.escape(gold)}(?![\w]|[.,]\d)"
+        pattern = rf"(?<![\w.,]){re.escape(gold)}{plural}(?![\w]|[.,]\d)"
     return re.search(pattern, text)
 
 
@@ -81,8 +83,10 @@ def _hedged(clause: str, found: str) -> bool:
     around = clause.replace(found, "\x00", 1)
     if re.search(r"\x00\s*(?:,\s*)?or\s+\S|\S\s+or\s+\x00|\beither\b", around):
         return True
+    # a list of candidates is short items; an apposition ("The outlier, Alaska, influences ...") is not
     items = [i for i in re.split(r",|\band\b|\bor\b|/", around) if i.strip()]
-    return len(items) >= 3 and any("\x00" in i for i in items)
+    short = [i for i in items if len(i.split()) <= 4]
+    return len(short) >= 3 and any("\x00" in i for i in short)
 
 
 def strict(answer: str, gold: list[str], question: str = "") -> tuple[bool, str]:
@@ -134,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     table = rescore(args.answers, args.dev_set)
     for name, cell in table.items():
-        print(f"{name}: lenient {cell['lenient']}/{cell['questions']}, strict {cell['strict']}/{cell['questions']}")
+        print(
+            f"{name}: lenient {cell['lenient']}/{cell['questions']}, strict {cell['strict']}/{cell['questions']}"
+        )
     if args.output:
         sys.path.insert(0, str(ROOT))
         from longlora.provenance import run_record
