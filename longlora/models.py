@@ -45,6 +45,7 @@ from data_tools.errors import DependencyError, ModelLoadError  # noqa: F401
 
 # The bundled default model: where it lives is data_tools.bundled, its conversion longlora.bundled_model.
 from longlora.bundled_model import Status, convert_default_model, print_status
+from longlora.model_flags import DEFAULT_SPEC, add_model_arguments, canonical_dtype
 
 # Names that were importable from here until they moved; they warn for one release (CHANGELOG.md).
 # GGUF_FILE is gone: data_tools.bundled.DEFAULT_GGUF is the one name of the GGUF file.
@@ -56,10 +57,10 @@ __getattr__ = moved_names(
             "data_tools.bundled",
         ),
         **dict.fromkeys(("CONVERSION_MARKER", "is_converted"), "longlora.bundled_model"),
+        **dict.fromkeys(("parse_length", "DTYPE_CHOICES", "DTYPE_ALIASES"), "longlora.model_flags"),
     },
 )
 
-DEFAULT_SPEC = "default"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Written by longlora.finetune beside every adapter / full model: the settings it was trained with.
 RUN_ARGS_FILE = "longlora_args.json"
@@ -67,9 +68,6 @@ RUN_ARGS_FILE = "longlora_args.json"
 # safetensors writer (its message keeps the OS error: "I/O error: No space left on device (os error 28)").
 WRITE_FAILURES = (OSError, SafetensorError)
 ADAPTER_CONFIG = "adapter_config.json"
-DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")
-"""``--dtype`` values of every command; ``auto`` is decided by :func:`resolve_dtype` alone."""
-DTYPE_ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 _TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -127,17 +125,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return resolved
 
 
-def canonical_dtype(name: str) -> str:
-    """A ``--dtype`` value -> one of :data:`DTYPE_CHOICES` (``float32`` -> ``fp32``, ...)."""
-    key = str(name).strip().lower()
-    key = DTYPE_ALIASES.get(key, key)
-    if key not in DTYPE_CHOICES:
-        raise ModelLoadError(
-            f"unknown dtype {name!r}; use one of {', '.join(DTYPE_CHOICES)} (or {', '.join(DTYPE_ALIASES)})"
-        )
-    return key
-
-
 def resolve_dtype(dtype: str | torch.dtype = "auto", device: str | torch.device = "auto") -> torch.dtype:
     """The one rule for ``--dtype``: an explicit name is that dtype; ``auto`` is bf16 only where bf16 is
     fast (CUDA with bf16 support, or a CPU with AVX512-BF16/AMX, see :func:`cpu_has_fast_bf16`), else fp32.
@@ -161,41 +148,6 @@ def dtype_name(dtype: torch.dtype) -> str:
         if value == dtype:
             return name
     return str(dtype).replace("torch.", "")
-
-
-class _DtypeAction(argparse.Action):
-    """``--dtype``: stores the canonical model dtype; where a command reads raw token files,
-    ``uint16``/``uint32`` (that command's earlier spelling of the token dtype) go to ``token_dest``."""
-
-    def __init__(self, *args, token_dest: str | None = None, **kwargs):
-        self.token_dest = token_dest
-        super().__init__(*args, **kwargs)
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        if self.token_dest and str(values) in ("uint16", "uint32"):
-            setattr(namespace, self.token_dest, str(values))
-            return
-        try:
-            setattr(namespace, self.dest, canonical_dtype(values))
-        except ModelLoadError as err:
-            raise argparse.ArgumentError(self, str(err)) from None
-
-
-def parse_length(text: str) -> int:
-    """``"4096"`` -> 4096, ``"4k"`` -> 4096, ``"1.5k"`` -> 1536 (k = 1024 tokens); for argparse ``type=``."""
-    raw = str(text).strip().lower()
-    try:
-        value = float(raw[:-1]) * 1024 if raw.endswith("k") else int(raw)
-        if value != int(value):
-            raise ValueError
-        value = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"cannot read {text!r} as a token length; write a whole number such as 4096 or 4k"
-        ) from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"token length must be positive, got {text!r}")
-    return value
 
 
 # ----------------------------------------------------------------------------- run records
@@ -391,71 +343,6 @@ def _has_tokenizer(folder: Path) -> bool:
 
 
 # ----------------------------------------------------------------------------- CLI
-
-
-def add_model_arguments(
-    parser: argparse.ArgumentParser,
-    *,
-    model: bool = True,
-    adapter: bool = True,
-    context_length: bool = True,
-    load_in_4bit: bool = True,
-    dtype_default: str = "auto",
-    token_dtype_dest: str | None = None,
-    title: str = "model",
-):
-    """Add the model flags every command shares to ``parser`` (as a group titled ``title``); return the group.
-
-    ``--model``, ``--adapter``, ``--context-length`` (accepts ``4k``), ``--rope-type``, ``--dtype``
-    (alias ``--torch-dtype``; ``float32``/``bfloat16``/``float16`` read as ``fp32``/``bf16``/``fp16``),
-    ``--device``, ``--trust-remote-code``, ``--load-in-4bit``. Keyword switches leave out flags a command
-    has no use for; ``token_dtype_dest`` lets ``--dtype uint16|uint32`` (a token-file dtype) land in that
-    attribute instead. :func:`load_from_args` loads from the parsed namespace.
-    """
-    from longlora.position import ROPE_TYPES
-
-    group = parser.add_argument_group(title)
-    add = group.add_argument
-    if model:
-        add(
-            "--model",
-            default=DEFAULT_SPEC,
-            help="'default' (bundled SmolLM2-135M-Instruct), a local model/merged/adapter folder, or a hub id "
-            "(default: %(default)s)",
-        )
-    if adapter:
-        add("--adapter", default=None, help="a LoRA/LoRA+ adapter folder to put on --model")
-    if context_length:
-        add(
-            "--context-length",
-            type=parse_length,
-            default=None,
-            help="tokens the model must address (4096 or 4k); above its window, Position Interpolation "
-            "is applied at load",
-        )
-        add(
-            "--rope-type",
-            default="linear",
-            choices=ROPE_TYPES,
-            help="RoPE scaling used with --context-length: linear (the paper's PI), yarn, or the scheme "
-            "the model already uses (llama3, longrope) (default: %(default)s)",
-        )
-    add(
-        "--dtype",
-        "--torch-dtype",
-        dest="dtype",
-        action=_DtypeAction,
-        token_dest=token_dtype_dest,
-        metavar="{" + ",".join(DTYPE_CHOICES) + "}",
-        default=dtype_default,
-        help="weights and activations: auto = bf16 where it is fast (CUDA with bf16, a CPU with "
-        "AVX512-BF16/AMX), else fp32; float32/bfloat16/float16 are accepted (default: %(default)s)",
-    )
-    add("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
-    add("--trust-remote-code", action="store_true", help="allow custom model code from the hub")
-    if load_in_4bit:
-        add("--load-in-4bit", action="store_true", help="NF4 weights through bitsandbytes (meant for CUDA)")
-    return group
 
 
 def load_from_args(args: argparse.Namespace, **overrides):

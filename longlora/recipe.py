@@ -439,7 +439,8 @@ def settings(args, finetune_args: list[str]) -> Settings:
     from transformers import AutoConfig
 
     from data_tools.profiles import extended_profile_name, profile_name_for_config
-    from longlora.models import parse_length, resolve_dtype, resolve_model_path
+    from longlora.model_flags import parse_length
+    from longlora.models import resolve_dtype, resolve_model_path
     from longlora.position import context_window, original_context_length
     from longlora.training.config import parse_args as parse_finetune
 

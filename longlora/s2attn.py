@@ -270,3 +270,6 @@ def disable_s2_attention(model, implementation: str = "sdpa"):
     """Back to full attention (``"sdpa"`` by default); the S2 settings stay in the config for reference."""
     _base(model).set_attn_implementation(implementation)
     return model
+
+
+register_s2_attention()  # importing this module makes attn_implementation="s2_attention" available

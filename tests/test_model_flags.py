@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from longlora import models
-from longlora.models import DTYPE_CHOICES, add_model_arguments, resolve_dtype
+from longlora.model_flags import DTYPE_CHOICES, add_model_arguments
+from longlora.models import resolve_dtype
 
 COMMANDS = [
     "longlora.models",

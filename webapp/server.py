@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Ask questions about a long document (PDF/TXT/MD) with a LongLoRA model in the browser.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    from longlora.models import add_model_arguments  # here: importing longlora loads transformers
+    from longlora.model_flags import add_model_arguments  # torch-free: the page comes up before torch loads
 
     add_model_arguments(parser)  # --model, --adapter, --context-length, --dtype, --device, --load-in-4bit...
     parser.add_argument(

@@ -14,7 +14,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from longlora.models import parse_length
+from longlora.model_flags import parse_length
 
 ATTENTION_CHOICES = ("auto", "sdpa", "eager", "flash", "s2")
 # "auto" (None) lets transformers pick: SDPA where the architecture supports it, eager where it does not
@@ -58,7 +58,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, token_dtype_dest: st
 
     ``token_dtype_dest``: see ``longlora.models.add_model_arguments`` (perplexity's ``--dtype uint16``).
     """
-    from longlora.models import add_model_arguments as add_shared
+    from longlora.model_flags import add_model_arguments as add_shared
 
     group = add_shared(parser, token_dtype_dest=token_dtype_dest)
     group.add_argument(

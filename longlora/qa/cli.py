@@ -20,7 +20,7 @@ import json
 import sys
 
 from data_tools.prompts import MATERIAL_TYPES
-from longlora.models import add_model_arguments
+from longlora.model_flags import add_model_arguments
 from longlora.retrieval import STRATEGIES
 
 from .engine import MIN_DOCUMENT_BUDGET, QAEngine

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from longlora.lora import METHODS
-from longlora.models import DTYPE_ALIASES, canonical_dtype, parse_length
-from longlora.models import DTYPE_CHOICES as DTYPES
+from longlora.model_flags import DTYPE_ALIASES, canonical_dtype, parse_length
+from longlora.model_flags import DTYPE_CHOICES as DTYPES
 from longlora.position import ROPE_TYPES
 from longlora.training.data import PACK_MODES
 
