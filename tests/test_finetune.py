@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import (
-    FIXTURES,  # noqa: E402
+    EMMA,  # noqa: E402
     make_char_tokenizer,
     tiny_model,
 )
@@ -30,7 +30,7 @@ def base_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def text_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "emma.txt"
-    path.write_text((FIXTURES / "austen-emma.txt").read_text()[:20_000])
+    path.write_text(EMMA.read_text()[:20_000])
     return path
 
 
