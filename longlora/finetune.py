@@ -65,7 +65,7 @@ from longlora.training.checkpoints import (
     save_checkpoint,
     truncate_log,
 )
-from longlora.training.config import FinetuneConfig, build_parser, parse_args  # noqa: F401  (the command's API)
+from longlora.training.config import FinetuneConfig, parse_args
 from longlora.training.cpu_memory import compact_cpu_memory
 from longlora.training.launch import MIXED_PRECISION, deepspeed_plugin, fresh_accelerator_state, resolve_dtype
 from longlora.training.offload import check_offload_device, offload_activations

@@ -38,22 +38,16 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-# The project's error classes (old import paths keep working: ``longlora.models.ModelLoadError``).
-from data_tools.errors import DependencyError, ModelLoadError  # noqa: F401
+from data_tools.errors import ModelLoadError
 
-# The bundled default model lives in its own module; its names stay importable from here.
+# The bundled default model lives in its own module (longlora.bundled_model). cache_dir and
+# default_model_dir are also imported from here by longlora.eval.common and benchmarks/max_context.py.
 from longlora.bundled_model import (  # noqa: F401
-    CONVERSION_MARKER,
-    DEFAULT_MODEL_NAME,
-    GGUF_FILE,
-    GGUF_PACKAGE,
     Status,
     _print_status,
-    bundled_gguf_path,
     cache_dir,
     convert_default_model,
     default_model_dir,
-    is_converted,
 )
 
 DEFAULT_SPEC = "default"

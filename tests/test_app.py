@@ -20,10 +20,12 @@ import pytest
 from conftest import PRIDE_AND_PREJUDICE, fixture_path, make_char_tokenizer, tiny_model  # noqa: E402
 
 import app
+from data_tools import load_text
+from data_tools.errors import ModelLoadError
 from data_tools.prompts import QUESTIONS_FOR
 from longlora.qa import AnswerUpdate, DocumentCard, FitReport, QAEngine, QAEngineLike, Source
 from longlora.qa.protocol import PROTOCOL_ATTRIBUTES, PROTOCOL_METHODS
-from webapp.cards import EMPTY_CARD, status_markdown
+from webapp.cards import EMPTY_CARD, card_markdown, status_markdown
 from webapp.chat import EXAMPLE_LABELS, ChatState, example_visibility, release_state
 from webapp.layout import PAGE_PICK_HELP
 from webapp.loading import BackgroundEngine
@@ -381,6 +383,16 @@ def test_real_engine_card_and_cli_carry_the_warning(tmp_path, tiny_model_dir, ca
     assert card_line.endswith(f"; warning: {document.warning}]"), err
 
 
+def test_real_engine_cards_as_markdown():
+    """The real engine's card as the page shows it: a document that fits, and one cut to fit by a strategy."""
+    engine = QAEngine(model=tiny_model(), tokenizer=make_char_tokenizer(), max_new_tokens=8)
+    small = engine.card(engine.open_document(load_text("A short note."), material_type="other"))
+    assert small.fits and "Fits whole" in card_markdown(small)
+    big = engine.open_document(load_text("Alpha bravo charlie delta echo. " * 40), material_type="book")
+    card = engine.card(big, "truncate-middle")
+    assert not card.fits and "truncate-middle" in card_markdown(card)
+
+
 # --------------------------------------------------------------------------------------------------
 # Model still loading
 # --------------------------------------------------------------------------------------------------
@@ -414,6 +426,22 @@ def test_failed_model_load_is_reported(txt_file):
     _, state = _upload(engine, txt_file)
     with pytest.raises(gr.Error, match="failed to load.*missing"):
         app.start_turn(engine, "Anything?", state)
+
+
+def test_unknown_model_is_an_error_state_not_a_crash(tmp_path):
+    engine = BackgroundEngine.from_spec(str(tmp_path / "no-such-model"))
+    with pytest.raises(ModelLoadError, match="unknown model"):
+        engine.wait_ready(timeout=60)
+    assert engine.state == "error"
+    assert "could not be loaded" in engine.status_message and "no-such-model" in engine.status_message
+
+
+def test_background_load_of_a_local_dir(tiny_model_dir):
+    engine = BackgroundEngine.from_spec(str(tiny_model_dir), dtype="float32", max_new_tokens=4)
+    engine.wait_ready(timeout=60)
+    assert engine.state == "ready" and engine.context_length == 256
+    session = engine.open_document(load_text("Hello there."), material_type="other")
+    assert isinstance(engine.answer(session, "Hi?"), str)
 
 
 # --------------------------------------------------------------------------------------------------

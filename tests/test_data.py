@@ -14,10 +14,10 @@ from conftest import (
     tiny_model,
 )
 
+from data_tools.errors import DataError
 from data_tools.prompts import build_instruction
 from longlora.data import (
     IGNORE_INDEX,
-    DataError,
     PackedDataset,
     SFTDataset,
     TokenStream,

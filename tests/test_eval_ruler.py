@@ -17,12 +17,11 @@ from conftest import EMMA, FIXTURES, make_char_tokenizer, needs_fixtures, tiny_m
 
 from data_tools.errors import InputError
 from longlora.eval.ruler import effective_context, main, read_log, summarize
-from longlora.eval.ruler_haystack import Haystack, read_qa_records
+from longlora.eval.ruler_haystack import Haystack, encode, read_qa_records
 from longlora.eval.ruler_tasks import (
     NIAH,
     TASKS,
     assemble,
-    encode,
     make_sample,
     score_output,
 )

@@ -15,8 +15,8 @@ from conftest import (
 from safetensors.torch import load_file
 
 from longlora import finetune
-from longlora.finetune import main, parse_args
-from longlora.training.config import FinetuneConfig
+from longlora.finetune import main
+from longlora.training.config import FinetuneConfig, build_parser, parse_args
 
 
 @pytest.fixture(scope="module")
@@ -344,7 +344,7 @@ def test_resume_before_the_first_checkpoint_starts_from_step_zero(
 def test_flag_help_shows_every_default_from_the_config():
     import dataclasses
 
-    text = " ".join(finetune.build_parser().format_help().split())
+    text = " ".join(build_parser().format_help().split())
     for f in dataclasses.fields(FinetuneConfig):
         flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
         assert flag in text, flag

@@ -186,7 +186,9 @@ def bundled_adapter(path: Path, *, noise: float = 0.0) -> Path:
 
 @pytest.fixture(scope="module")
 def bundled_adapters(tmp_path_factory):
-    from longlora.models import ModelLoadError, bundled_gguf_path, default_model_dir, is_converted
+    from data_tools.errors import ModelLoadError
+    from data_tools.profiles import default_model_dir
+    from longlora.bundled_model import bundled_gguf_path, is_converted
 
     if not is_converted(default_model_dir()):
         try:

