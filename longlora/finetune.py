@@ -65,7 +65,7 @@ from longlora.training.checkpoints import (
     save_checkpoint,
     truncate_log,
 )
-from longlora.training.config import FinetuneConfig, build_parser, parse_args  # noqa: F401  (the command's API)
+from longlora.training.config import FinetuneConfig, parse_args
 from longlora.training.cpu_memory import compact_cpu_memory
 from longlora.training.launch import MIXED_PRECISION, deepspeed_plugin, fresh_accelerator_state, resolve_dtype
 from longlora.training.offload import check_offload_device, offload_activations
@@ -117,7 +117,8 @@ def _load_base_config(cfg: FinetuneConfig):
     """The config training starts from (the adapter's saved one when continuing an adapter)."""
     from transformers import AutoConfig
 
-    from longlora.models import ModelLoadError, resolve_model_path
+    from data_tools.errors import ModelLoadError
+    from longlora.models import resolve_model_path
 
     spec = cfg.model
     path = resolve_model_path(spec)

@@ -39,9 +39,7 @@ import torch
 from safetensors import SafetensorError
 
 from data_tools.deprecation import moved_names
-
-# The project's error classes (old import paths keep working: ``longlora.models.ModelLoadError``).
-from data_tools.errors import DependencyError, ModelLoadError  # noqa: F401
+from data_tools.errors import ModelLoadError
 
 # The bundled default model: where it lives is data_tools.bundled, its conversion longlora.bundled_model.
 from longlora.bundled_model import Status, convert_default_model, print_status

@@ -1,4 +1,5 @@
-"""Shared test fixtures: tiny random models built from configs and an offline character tokenizer.
+"""Shared test fixtures: tiny random models built from configs, an offline character tokenizer, and the
+real documents (``fixture_path`` and friends skip a test, saying why, when a document is absent).
 
 Nothing here downloads anything. Tiny configs use GQA (kv heads < heads) and an odd number of
 query heads on purpose: that is the case that breaks attention code.
@@ -21,10 +22,69 @@ import torch  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-# Real documents (PDFs, books) live in shared/fixtures beside the repository; LONGLORA_FIXTURES overrides.
-FIXTURES = Path(
-    os.environ.get("LONGLORA_FIXTURES") or Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-)
+ROOT = Path(__file__).resolve().parents[1]
+
+# Real documents (PDFs, books, the short-QA sample) live in shared/fixtures beside the repository, and the
+# development corpus of PDFs in shared/corpus; LONGLORA_FIXTURES overrides the fixtures folder (the corpus is
+# then its sibling). A clone without them still runs the rest: use these only through fixture_path(),
+# corpus_path() or needs_fixtures() / needs_corpus(), which skip, saying why, when a document is absent.
+FIXTURES = Path(os.environ.get("LONGLORA_FIXTURES") or ROOT.parent / "shared" / "fixtures")
+CORPUS = FIXTURES.parent / "corpus"
+
+# In-repository copies of two fixture books (data/books/README.md: byte-identical to the fixtures): for
+# tests that need a real book, these always exist.
+EMMA = ROOT / "data" / "books" / "dev" / "austen-emma.txt"
+PRIDE_AND_PREJUDICE = ROOT / "data" / "books" / "heldout" / "austen-prideprejudice.txt"
+
+
+def absent_reason(path: Path) -> str:
+    """Why a test that reads ``path`` (under FIXTURES or CORPUS) is skipped."""
+    return (
+        f"{path} is absent: the real documents live in ../shared/fixtures and ../shared/corpus beside "
+        "the repository (or set LONGLORA_FIXTURES to the fixtures folder)"
+    )
+
+
+def _present(paths) -> tuple[bool, str]:
+    missing = [path for path in paths if not path.exists()]
+    return not missing, absent_reason(missing[0]) if missing else ""
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(absent_reason(path))
+    return path
+
+
+def fixture_path(name: str) -> Path:
+    """``FIXTURES / name``; skips the calling test (or fixture) when that file is absent."""
+    return _require(FIXTURES / name)
+
+
+def corpus_path(name: str = "") -> Path:
+    """``CORPUS / name`` (the corpus folder itself without a name); skips the calling test when absent."""
+    return _require(CORPUS / name if name else CORPUS)
+
+
+def needs_fixtures(*names: str) -> pytest.MarkDecorator:
+    """A skip mark, decided at collection without reading anything, for tests that need these fixture
+    files: for a whole module (``pytestmark``), for a test whose expensive module-scoped fixtures should
+    not be built when it would skip, and for parametrize values (``pytest.param(..., marks=...)``)."""
+    present, reason = _present([FIXTURES / name for name in names])
+    return pytest.mark.skipif(not present, reason=reason)
+
+
+def needs_corpus(*names: str) -> pytest.MarkDecorator:
+    """As ``needs_fixtures``, for files of the corpus (the corpus folder itself without names)."""
+    present, reason = _present([CORPUS / name for name in names] or [CORPUS])
+    return pytest.mark.skipif(not present, reason=reason)
+
+
+def corpus_names(pattern: str = "*.pdf") -> list[str]:
+    """Sorted names of the corpus files matching ``pattern`` (none when the corpus is absent): for
+    parametrize, together with ``needs_corpus()``."""
+    return sorted(path.name for path in CORPUS.glob(pattern)) if CORPUS.is_dir() else []
+
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"

@@ -17,20 +17,26 @@ from pathlib import Path
 
 import gradio as gr
 import pytest
-from conftest import FIXTURES, make_char_tokenizer, tiny_model  # noqa: E402
+from conftest import PRIDE_AND_PREJUDICE, fixture_path, make_char_tokenizer, tiny_model  # noqa: E402
 
 import app
+from data_tools import load_text
+from data_tools.errors import ModelLoadError
 from data_tools.prompts import QUESTIONS_FOR
 from longlora.qa import AnswerUpdate, DocumentCard, FitReport, QAEngine, QAEngineLike, Source
 from longlora.qa.protocol import PROTOCOL_ATTRIBUTES, PROTOCOL_METHODS
-from webapp.cards import EMPTY_CARD, status_markdown
+from webapp.cards import EMPTY_CARD, card_markdown, status_markdown
 from webapp.chat import EXAMPLE_LABELS, ChatState, example_visibility, release_state
 from webapp.layout import PAGE_PICK_HELP
 from webapp.loading import BackgroundEngine
 from webapp.pages import page_image, page_picker, show_page
 from webapp.server import launch, parse_args
 
-PAPER = FIXTURES / "zoo-faq.pdf"
+
+@pytest.fixture
+def paper() -> Path:
+    """The zoo FAQ, a real 15-page PDF from the fixtures (the test skips when it is absent)."""
+    return fixture_path("zoo-faq.pdf")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -187,8 +193,8 @@ def _ask_ui(engine, state, question, **settings):
 # --------------------------------------------------------------------------------------------------
 
 
-def test_upload_pdf_card_and_guess(engine):
-    card, state = _upload(engine, PAPER)
+def test_upload_pdf_card_and_guess(engine, paper):
+    card, state = _upload(engine, paper)
     assert "zoo-faq.pdf" in card and "15 pages" in card
     assert state.document.num_pages == 15 and state.document.word_count > 1000
     assert state.material_type == "paper" and state.session is not None and state.turns == []
@@ -197,7 +203,7 @@ def test_upload_pdf_card_and_guess(engine):
     assert [b["visible"] for b in buttons] == example_visibility("paper") == [True, True, True, False, False]
 
 
-def test_upload_guesses_the_material_type_once_and_opens_the_session_with_it(engine, monkeypatch):
+def test_upload_guesses_the_material_type_once_and_opens_the_session_with_it(engine, monkeypatch, paper):
     """One guess per upload, by the app, whether the model is ready or not; the engine is told, not asked."""
     calls, seen = [], []
     monkeypatch.setattr(app, "guess_material_type", lambda doc: calls.append(doc.name) or "book")
@@ -207,12 +213,12 @@ def test_upload_guesses_the_material_type_once_and_opens_the_session_with_it(eng
         "open_document",
         lambda doc, material_type=None: seen.append(material_type) or open_document(doc, material_type),
     )
-    _, state = _upload(engine, PAPER)
+    _, state = _upload(engine, paper)
     assert calls == ["zoo-faq.pdf"] and seen == ["book"] and state.session.material_type == "book"
 
 
-def test_new_upload_starts_new_conversation(engine, txt_file):
-    card, state = _upload(engine, PAPER)
+def test_new_upload_starts_new_conversation(engine, txt_file, paper):
+    card, state = _upload(engine, paper)
     _ask_ui(engine, state, "What is zoo?")
     assert len(state.turns) == 1
     old_stop, old_session = state.stop_event, state.session
@@ -223,26 +229,26 @@ def test_new_upload_starts_new_conversation(engine, txt_file):
     assert engine.closed == [old_session]  # and the engine frees what it cached for it
 
 
-def test_upload_deletes_the_uploaded_copy_only(engine, tmp_path, monkeypatch):
+def test_upload_deletes_the_uploaded_copy_only(engine, tmp_path, monkeypatch, paper):
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
     upload_dir = tmp_path / "gradio" / "0123abcd"
     upload_dir.mkdir(parents=True)
     uploaded = upload_dir / "zoo-faq.pdf"
-    shutil.copy(PAPER, uploaded)
+    shutil.copy(paper, uploaded)
     card, state = _upload(engine, uploaded)
     assert "zoo-faq.pdf" in card
     assert not uploaded.exists() and not upload_dir.exists()
     assert state.document.text  # the text lives on in the session state only
     # a file outside gradio's upload folder (a user's own file) is never deleted
-    _upload(engine, PAPER)
-    assert PAPER.exists()
+    _upload(engine, paper)
+    assert paper.exists()
 
 
 def _encrypted_pdf(path):
     from pypdf import PdfReader, PdfWriter
 
     writer = PdfWriter()
-    writer.append(PdfReader(str(PAPER)), pages=(0, 1))
+    writer.append(PdfReader(str(fixture_path("zoo-faq.pdf"))), pages=(0, 1))
     writer.encrypt(user_password="secret", owner_password="owner")
     with open(path, "wb") as f:
         writer.write(f)
@@ -276,13 +282,13 @@ def _blank_pdf(path):
     ],
     ids=["encrypted", "no-text-layer", "unsupported", "empty"],
 )
-def test_upload_errors_are_visible_messages(engine, tmp_path, make, pattern):
+def test_upload_errors_are_visible_messages(engine, tmp_path, make, pattern, paper):
     path = make(tmp_path)
     with pytest.raises(gr.Error, match=pattern) as info:
         _upload(engine, path)
     assert info.value.visible
     # the app keeps serving: the next upload works
-    card, state = _upload(engine, PAPER)
+    card, state = _upload(engine, paper)
     assert state.session is not None
     # and a failed upload leaves the current document and conversation alone
     _ask_ui(engine, state, "What is zoo?")
@@ -296,8 +302,8 @@ def test_upload_without_file(engine):
         app.upload_document(engine, None, None)
 
 
-def test_material_type_change_updates_card_prompt_and_examples(engine):
-    _, state = _upload(engine, PAPER)
+def test_material_type_change_updates_card_prompt_and_examples(engine, paper):
+    _, state = _upload(engine, paper)
     card, state, *buttons = app.set_material_type(engine, "book", state)
     assert "read as a book" in card and state.session.material_type == "book"
     assert [b["visible"] for b in buttons] == [True, False, False, True, True]
@@ -307,9 +313,9 @@ def test_material_type_change_updates_card_prompt_and_examples(engine):
         app.set_material_type(engine, "poem", state)
 
 
-def test_strategy_change_refreshes_card(engine):
+def test_strategy_change_refreshes_card(engine, paper):
     engine.context_length = 1000  # the PDF does not fit
-    _, state = _upload(engine, PAPER, strategy="retrieve")
+    _, state = _upload(engine, paper, strategy="retrieve")
     card = app.refresh_card(engine, state, "truncate-middle")
     assert "(`truncate-middle`)" in card
     assert app.refresh_card(engine, None, "retrieve") == EMPTY_CARD
@@ -345,13 +351,13 @@ def _three_page_pdf(path):
     return path
 
 
-def test_card_shows_the_reader_warning(engine, tmp_path):
+def test_card_shows_the_reader_warning(engine, tmp_path, paper):
     path = _three_page_pdf(tmp_path / "faq.pdf")
     card, state = _upload(engine, path)
     warning = state.document.warning
     assert state.document.garbled_pages == [2] and "not readable" in warning
     assert f"**Warning:** {warning}." in card and "3 pages" in card
-    clean, _ = _upload(engine, PAPER)
+    clean, _ = _upload(engine, paper)
     assert "Warning" not in clean
     # the card shown while the model loads says it too
     pending, _ = _upload(FakeEngine(state="loading"), path)
@@ -375,6 +381,16 @@ def test_real_engine_card_and_cli_carry_the_warning(tmp_path, tiny_model_dir, ca
     err = capsys.readouterr().err
     card_line = next(line for line in err.splitlines() if line.startswith("[faq.pdf: "))
     assert card_line.endswith(f"; warning: {document.warning}]"), err
+
+
+def test_real_engine_cards_as_markdown():
+    """The real engine's card as the page shows it: a document that fits, and one cut to fit by a strategy."""
+    engine = QAEngine(model=tiny_model(), tokenizer=make_char_tokenizer(), max_new_tokens=8)
+    small = engine.card(engine.open_document(load_text("A short note."), material_type="other"))
+    assert small.fits and "Fits whole" in card_markdown(small)
+    big = engine.open_document(load_text("Alpha bravo charlie delta echo. " * 40), material_type="book")
+    card = engine.card(big, "truncate-middle")
+    assert not card.fits and "truncate-middle" in card_markdown(card)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -412,13 +428,29 @@ def test_failed_model_load_is_reported(txt_file):
         app.start_turn(engine, "Anything?", state)
 
 
+def test_unknown_model_is_an_error_state_not_a_crash(tmp_path):
+    engine = BackgroundEngine.from_spec(str(tmp_path / "no-such-model"))
+    with pytest.raises(ModelLoadError, match="unknown model"):
+        engine.wait_ready(timeout=60)
+    assert engine.state == "error"
+    assert "could not be loaded" in engine.status_message and "no-such-model" in engine.status_message
+
+
+def test_background_load_of_a_local_dir(tiny_model_dir):
+    engine = BackgroundEngine.from_spec(str(tiny_model_dir), dtype="float32", max_new_tokens=4)
+    engine.wait_ready(timeout=60)
+    assert engine.state == "ready" and engine.context_length == 256
+    session = engine.open_document(load_text("Hello there."), material_type="other")
+    assert isinstance(engine.answer(session, "Hi?"), str)
+
+
 # --------------------------------------------------------------------------------------------------
 # Chat
 # --------------------------------------------------------------------------------------------------
 
 
-def test_chat_streams_and_keeps_history(engine):
-    _, state = _upload(engine, PAPER)
+def test_chat_streams_and_keeps_history(engine, paper):
+    _, state = _upload(engine, paper)
     cleared, chat, state = app.start_turn(engine, "  What is zoo?  ", state)
     assert cleared == "" and chat == [{"role": "user", "content": "What is zoo?"}]
     frames = list(app.stream_answer(engine, state, "truncate-end", 64, 0.7, 0.9))
@@ -445,30 +477,30 @@ def test_chat_streams_and_keeps_history(engine):
     assert engine.opened == 1  # one engine session per document: its cache is reused across turns
 
 
-def test_pages_used_shown_only_when_document_did_not_fit(engine):
-    _, state = _upload(engine, PAPER)
+def test_pages_used_shown_only_when_document_did_not_fit(engine, paper):
+    _, state = _upload(engine, paper)
     frames, _ = _ask_ui(engine, state, "What is zoo?")
     assert "pages used" not in frames[-1][-1]["content"]
 
     small = FakeEngine(context_length=1000)
-    _, state = _upload(small, PAPER)
+    _, state = _upload(small, paper)
     frames, _ = _ask_ui(small, state, "What is zoo?")
     final = frames[-1][-1]["content"]
     assert final.startswith(small.answer) and "(pages 1-2, 5)" in final
 
 
-def test_question_errors(engine):
+def test_question_errors(engine, paper):
     with pytest.raises(gr.Error, match="Upload a PDF, TXT or MD document first"):
         app.start_turn(engine, "What is it about?", None)
-    _, state = _upload(engine, PAPER)
+    _, state = _upload(engine, paper)
     for empty in ("", "   ", None):
         with pytest.raises(gr.Error, match="type a question"):
             app.start_turn(engine, empty, state)
     assert state.turns == [] and engine.calls == []
 
 
-def test_model_error_is_shown_and_app_keeps_serving(engine):
-    _, state = _upload(engine, PAPER)
+def test_model_error_is_shown_and_app_keeps_serving(engine, paper):
+    _, state = _upload(engine, paper)
     engine.fail_with = RuntimeError("CUDA out of memory")
     app.start_turn(engine, "What is zoo?", state)
     frames = []
@@ -483,16 +515,16 @@ def test_model_error_is_shown_and_app_keeps_serving(engine):
     assert engine.calls[-1]["history"] is None  # the failed turn is not fed back to the model
 
 
-def test_engine_value_error_reaches_user(engine):
-    _, state = _upload(engine, PAPER)
+def test_engine_value_error_reaches_user(engine, paper):
+    _, state = _upload(engine, paper)
     engine.fail_with = ValueError("the question alone is longer than the context; shorten it")
     app.start_turn(engine, "x" * 50, state)
     with pytest.raises(gr.Error, match="shorten it"):
         _drain(app.stream_answer(engine, state))
 
 
-def test_example_questions_follow_material_type(engine, txt_file):
-    _, state = _upload(engine, PAPER)
+def test_example_questions_follow_material_type(engine, txt_file, paper):
+    _, state = _upload(engine, paper)
     chat, state = app.start_example_turn(engine, "contributions", state)
     assert chat[-1]["content"] == "What are the main contributions and novelties of this paper?"
     _drain(app.stream_answer(engine, state))
@@ -502,9 +534,9 @@ def test_example_questions_follow_material_type(engine, txt_file):
     assert set(EXAMPLE_LABELS) == set(QUESTIONS_FOR["paper"] + QUESTIONS_FOR["book"])
 
 
-def test_stop_stops_generation(engine):
+def test_stop_stops_generation(engine, paper):
     slow = FakeEngine(answer=" ".join(f"w{i}" for i in range(200)), delay=0.01)
-    _, state = _upload(slow, PAPER)
+    _, state = _upload(slow, paper)
     app.start_turn(slow, "Go on and on", state)
     frames: list = []
     worker = threading.Thread(target=lambda: frames.extend(app.stream_answer(slow, state)))
@@ -524,23 +556,23 @@ def test_stop_stops_generation(engine):
     assert frames[-1][-1]["content"] == "Short answer."
 
 
-def test_waiting_for_another_answer_is_shown(engine):
+def test_waiting_for_another_answer_is_shown(engine, paper):
     engine.queued_first = True
-    _, state = _upload(engine, PAPER)
+    _, state = _upload(engine, paper)
     frames, _ = _ask_ui(engine, state, "What is zoo?")
     assert frames[0][-1]["content"] == "*Waiting for another answer to finish...*"
     assert frames[-1][-1]["content"] == engine.answer
 
 
-def test_busy_while_answer_pending(engine):
-    _, state = _upload(engine, PAPER)
+def test_busy_while_answer_pending(engine, paper):
+    _, state = _upload(engine, paper)
     app.start_turn(engine, "First?", state)
     with pytest.raises(gr.Error, match="still being written"):
         app.start_turn(engine, "Second?", state)
 
 
-def test_clear_forgets_document_and_conversation(engine):
-    _, state = _upload(engine, PAPER)
+def test_clear_forgets_document_and_conversation(engine, paper):
+    _, state = _upload(engine, paper)
     _ask_ui(engine, state, "What is zoo?")
     file_value, card, chat, question, material, new, *buttons = app.clear(state)
     assert file_value is None and card == EMPTY_CARD and chat == [] and question == ""
@@ -551,7 +583,7 @@ def test_clear_forgets_document_and_conversation(engine):
 
 
 def test_ask_api_generator_yields_cumulative_answer(engine):
-    _, state = _upload(engine, FIXTURES / "austen-prideprejudice.txt")
+    _, state = _upload(engine, PRIDE_AND_PREJUDICE)
     texts = [text for text, _ in app.ask(engine, "Who is Darcy?", state)]
     assert texts[-1].startswith(engine.answer) and all(
         texts[i + 1].startswith(texts[i]) for i in range(len(texts) - 1)
@@ -703,12 +735,12 @@ def served(tmp_path, monkeypatch):
         demo.close()
 
 
-def test_client_session_upload_ask_follow_up_stop(served):
+def test_client_session_upload_ask_follow_up_stop(paper, served):
     from gradio_client import Client, handle_file
 
     engine, url, upload_root = served
     client = Client(url, verbose=False, httpx_kwargs={"timeout": 120})
-    card = client.predict(handle_file(str(PAPER)), api_name="/upload")
+    card = client.predict(handle_file(str(paper)), api_name="/upload")
     assert isinstance(card, str) and "zoo-faq.pdf" in card and "15 pages" in card
     assert upload_root.is_dir()  # gradio received the upload there...
     assert not any(p.is_file() for p in upload_root.rglob("*.pdf"))  # ...and it was not kept
@@ -731,7 +763,7 @@ def test_client_session_upload_ask_follow_up_stop(served):
     from PIL import Image
     from pypdf import PdfReader
 
-    box = PdfReader(str(PAPER)).pages[4].mediabox
+    box = PdfReader(str(paper)).pages[4].mediabox
     with Image.open(client.predict(5, api_name="/page")) as image:  # a cited page, as an image file
         assert _is_page(image, float(box.width), float(box.height))
     with pytest.raises(Exception, match="zoo-faq.pdf has 15 pages; there is no page 99"):
@@ -758,8 +790,8 @@ def test_client_session_upload_ask_follow_up_stop(served):
     assert status[0].startswith("**Model ready:** the bundled SmolLM2")
 
 
-def test_clear_chat_keeps_the_document(engine):
-    _, state = _upload(engine, PAPER)
+def test_clear_chat_keeps_the_document(engine, paper):
+    _, state = _upload(engine, paper)
     _ask_ui(engine, state, "What is zoo?")
     chat, same = app.clear_chat(state)
     assert chat == [] and same is state and state.turns == [] and state.document is not None
@@ -767,9 +799,9 @@ def test_clear_chat_keeps_the_document(engine):
     assert engine.calls[-1]["history"] is None and frames[-1][-1]["content"] == engine.answer
 
 
-def test_sources_under_the_answer_and_from_the_api():
+def test_sources_under_the_answer_and_from_the_api(paper):
     small = FakeEngine(context_length=1000)
-    _, state = _upload(small, PAPER)
+    _, state = _upload(small, paper)
     assert app.sources(state) == []  # nothing answered yet
     frames, state = _ask_ui(small, state, "What is zoo?")
     final = frames[-1][-1]["content"]
@@ -855,9 +887,9 @@ def test_private_pdf_copy_lives_as_long_as_the_document(engine, tmp_path, txt_fi
     assert text_state.pdf is None  # plain text has no pages to keep
 
 
-def test_cited_pages_are_listed_after_each_answer(txt_file):
+def test_cited_pages_are_listed_after_each_answer(txt_file, paper):
     small = FakeEngine(context_length=1000)  # the PDF does not fit: answers cite pages 1, 2 and 5
-    _, state = _upload(small, PAPER)
+    _, state = _upload(small, paper)
     picker, image = page_picker(state)
     assert picker["choices"] == [] and picker["interactive"] is False and image["visible"] is False
     assert picker["info"] == PAGE_PICK_HELP["none"]
@@ -868,7 +900,7 @@ def test_cited_pages_are_listed_after_each_answer(txt_file):
     assert picker["interactive"] is True and picker["value"] is None and image == gr.skip()
     from pypdf import PdfReader
 
-    box = PdfReader(str(PAPER)).pages[4].mediabox  # page 5's size, read without PDFium
+    box = PdfReader(str(paper)).pages[4].mediabox  # page 5's size, read without PDFium
     assert _is_page(show_page(5, state)["value"], float(box.width), float(box.height))
     chat, state = app.clear_chat(state)  # the conversation is gone: so are its pages
     picker, image = page_picker(state)

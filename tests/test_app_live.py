@@ -14,14 +14,14 @@ import re
 import time
 
 import pytest
-from conftest import FIXTURES  # noqa: E402
+from conftest import FIXTURES, fixture_path, needs_fixtures  # noqa: E402
 from test_app import launch_with_retry
 
 import app
 from webapp.cards import status_markdown
 from webapp.server import parse_args
 
-PAPER = FIXTURES / "zoo-faq.pdf"
+PAPER = FIXTURES / "zoo-faq.pdf"  # the tests that upload it are marked needs_fixtures(PAPER.name)
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -61,6 +61,7 @@ def served_real(tmp_path_factory):
             os.environ["GRADIO_TEMP_DIR"] = previous
 
 
+@needs_fixtures(PAPER.name)
 def test_client_session_real_model(served_real):
     from gradio_client import Client, handle_file
 
@@ -141,6 +142,7 @@ def _open_sources_and_a_cited_page(page, expect) -> None:
 
 
 @pytest.mark.browser
+@needs_fixtures(PAPER.name)
 def test_browser_upload_ask_stream_stop(served_real):
     sync_api = pytest.importorskip("playwright.sync_api")
 
@@ -210,6 +212,7 @@ def test_app_serves_the_recipe_model(tmp_path, monkeypatch):
     from data_tools.profiles import PROFILE_CONFIG_KEY, PROFILES
     from webapp.loading import BackgroundEngine
 
+    paper = fixture_path("rcpp-jss-2011.pdf")
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
     config = AutoConfig.from_pretrained(EXTENDED)
     args = parse_args(["--model", EXTENDED, "--max-new-tokens", str(MAX_NEW_TOKENS)])
@@ -222,7 +225,7 @@ def test_app_serves_the_recipe_model(tmp_path, monkeypatch):
     url = launch_with_retry(demo)
     try:
         client = Client(url, verbose=False, httpx_kwargs={"timeout": 600})
-        card = client.predict(handle_file(str(FIXTURES / "rcpp-jss-2011.pdf")), api_name="/upload")
+        card = client.predict(handle_file(str(paper)), api_name="/upload")
         assert "rcpp-jss-2011.pdf" in card and "16,384" in card and "`retrieve`" in card
         answer = client.predict("Who wrote this paper?", api_name="/ask")
         assert answer.strip()

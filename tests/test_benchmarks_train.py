@@ -13,10 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES
+from conftest import EMMA
 
 ROOT = Path(__file__).resolve().parents[1]
-BOOK = FIXTURES / "austen-emma.txt"
 
 
 def load_script(name: str):
@@ -44,10 +43,9 @@ def test_search_doubles_then_bisects_to_the_granularity():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not BOOK.is_file(), reason="fixture book missing")
 def test_train_step_quick_runs_each_configuration_in_its_own_process(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "train_step.json"
-    argv = ["--quick", "--model", str(tiny_model_dir), "--book", str(BOOK), "--methods", "lora+"]
+    argv = ["--quick", "--model", str(tiny_model_dir), "--book", str(EMMA), "--methods", "lora+"]
     argv += ["--attentions", "s2", "full", "--data", "book", "packed", "--steps", "1", "--warmup", "0"]
     assert load_script("train_step").main([*argv, "--output", str(out)]) == 0
     printed = capsys.readouterr().out

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from longlora.finetune import parse_args
+from longlora.training.config import parse_args
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 RECIPES = sorted(CONFIGS.glob("*.yaml"))

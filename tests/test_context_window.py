@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import FIXTURES, make_char_tokenizer, tiny_model
+from conftest import EMMA, make_char_tokenizer, tiny_model
 
 from longlora.eval.perplexity import main as perplexity_main
 from longlora.finetune import main as finetune_main
@@ -31,7 +31,7 @@ def test_finetune_past_the_window_saves_the_trained_window_and_eval_accepts_it(t
     make_char_tokenizer().save_pretrained(base)
     assert context_window(AutoConfig.from_pretrained(base)) == 64
     text = tmp_path / "emma.txt"
-    text.write_text((FIXTURES / "austen-emma.txt").read_text()[:6000])
+    text.write_text(EMMA.read_text()[:6000])
 
     out = tmp_path / "adapter"
     args = [

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import (
-    FIXTURES,  # noqa: E402
+    EMMA,  # noqa: E402
+    PRIDE_AND_PREJUDICE,
     make_char_tokenizer,
     tiny_model,
 )
@@ -157,7 +158,7 @@ def test_empty_and_missing_sources(tmp_path):
 
 def test_real_novel_packs_into_rows():
     tok = make_char_tokenizer()
-    stream = read_pretrain_stream([str(FIXTURES / "austen-emma.txt")], tok)
+    stream = read_pretrain_stream([str(EMMA)], tok)
     ds = PackedDataset(stream, 4096)
     assert len(ds) == -(-len(stream) // 4096) and len(stream) > 100_000
     assert ds[len(ds) // 2]["position_ids"].tolist() == list(range(4096))
@@ -242,7 +243,7 @@ def test_records_that_cannot_fit_are_dropped_and_counted():
 
 def test_real_longalpaca_style_record_from_a_novel():
     tok = make_char_tokenizer()
-    novel = (FIXTURES / "austen-prideprejudice.txt").read_text()[:50_000]
+    novel = PRIDE_AND_PREJUDICE.read_text()[:50_000]
     question = "Please describe the relationships among the main characters in the book."
     rec = {"instruction": build_instruction(novel, question, "book"), "output": "Elizabeth and Darcy ..."}
     ex = build_sft_example(rec, tok, 4096)

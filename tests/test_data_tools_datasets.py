@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FIXTURES  # noqa: E402
+from conftest import fixture_path  # noqa: E402
 
 from data_tools.longalpaca import BuildConfig, build, dedupe, mix, record_candidates
 from data_tools.longalpaca import main as build_main
@@ -18,9 +18,6 @@ from data_tools.records import RecordError, read_records, write_records
 from data_tools.tokenfile import TokenFileError, TokenWriter, open_token_file, write_token_file
 from data_tools.tokenize_corpus import main as tokenize_main
 from data_tools.tokenize_corpus import split_for_tokenizing
-
-SHORT_QA = FIXTURES / "short-qa-bigbench-sample.jsonl"
-needs_fixtures = pytest.mark.skipif(not SHORT_QA.exists(), reason=f"fixtures not found in {FIXTURES}")
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -251,11 +248,10 @@ def test_failed_documents_drop_their_questions(corpus, tmp_path, capsys):
     assert len(read_records(out)) == 1
 
 
-@needs_fixtures
 def test_short_fixture_reads_as_short_records():
     from collections import Counter
 
-    cands = record_candidates(str(SHORT_QA), "short", Counter())
+    cands = record_candidates(str(fixture_path("short-qa-bigbench-sample.jsonl")), "short", Counter())
     assert len(cands) == 450 and all(c.kind == "short" and c.record["output"] for c in cands)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pypdf
 import pytest
-from conftest import FIXTURES  # noqa: E402
+from conftest import PRIDE_AND_PREJUDICE, fixture_path  # noqa: E402
 
 from data_tools import (
     CorruptFileError,
@@ -27,17 +27,15 @@ from data_tools.extract import main as extract_main
 from data_tools.minipdf import write_image_pdf, write_text_pdf
 
 PDFS = ["rcpp-jss-2011.pdf", "sandwich-hac-jss.pdf", "zoo-faq.pdf"]
-needs_fixtures = pytest.mark.skipif(
-    not (FIXTURES / PDFS[0]).exists(), reason=f"fixtures not found in {FIXTURES}"
-)
 
 _CACHE: dict[tuple[str, bool], Document] = {}
 
 
 def fixture_doc(name: str, drop_references: bool = False) -> Document:
+    """A fixture PDF, loaded once per setting; skips the test when the fixture is absent."""
     key = (name, drop_references)
     if key not in _CACHE:
-        _CACHE[key] = load_document(FIXTURES / name, drop_references=drop_references)
+        _CACHE[key] = load_document(fixture_path(name), drop_references=drop_references)
     return _CACHE[key]
 
 
@@ -48,7 +46,6 @@ def squash(text: str) -> str:
 # --------------------------------------------------------------------------------------------- fixture PDFs
 
 
-@needs_fixtures
 @pytest.mark.parametrize("name", PDFS)
 def test_fixture_pdf_is_clean(name):
     doc = fixture_doc(name)
@@ -61,11 +58,10 @@ def test_fixture_pdf_is_clean(name):
     assert not re.search(r"[a-z]-\n[a-z]", doc.text)
 
 
-@needs_fixtures
 @pytest.mark.parametrize("name", PDFS)
 def test_fixture_page_map_is_consistent(name):
     doc = fixture_doc(name)
-    raw_pages = [p.extract_text() for p in pypdf.PdfReader(FIXTURES / name).pages]
+    raw_pages = [p.extract_text() for p in pypdf.PdfReader(fixture_path(name)).pages]
     assert doc.num_pages == len(raw_pages) == len(doc.pages)
     assert [p.number for p in doc.pages] == list(range(1, len(raw_pages) + 1))
     previous_end = 0
@@ -85,7 +81,6 @@ def test_fixture_page_map_is_consistent(name):
             assert span.number in doc.pages_for_span(start, start + len(probe))
 
 
-@needs_fixtures
 def test_running_headers_removed_from_fixture():
     doc = fixture_doc("rcpp-jss-2011.pdf")
     # the running header (title on even pages, authors on odd pages) stays only where it is content
@@ -95,7 +90,6 @@ def test_running_headers_removed_from_fixture():
     assert not re.search(r"^\d{1,2}$", doc.text, re.MULTILINE)  # no bare page numbers
 
 
-@needs_fixtures
 def test_drop_references_on_fixtures():
     full, cut = fixture_doc("sandwich-hac-jss.pdf"), fixture_doc("sandwich-hac-jss.pdf", drop_references=True)
     assert "Andrews DWK (1991)" in full.text and "Andrews DWK (1991)" not in cut.text
@@ -267,9 +261,8 @@ def test_load_text():
         load_text("   ")
 
 
-@needs_fixtures
 def test_austen_novel_loads():
-    doc = load_document(FIXTURES / "austen-prideprejudice.txt")
+    doc = load_document(PRIDE_AND_PREJUDICE)
     assert doc.word_count > 100_000 and "Elizabeth" in doc.text
 
 

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import FIXTURES  # noqa: E402
+from conftest import corpus_names, corpus_path, needs_corpus  # noqa: E402
 
 from data_tools import NoTextLayerError, load_document
 from data_tools.extract import main as extract_main
@@ -15,7 +15,6 @@ from data_tools.garble import GARBLED_JUNK, detect_shift, is_junk_word, page_qua
 from data_tools.minipdf import write_image_pdf, write_text_pdf
 from data_tools.pdf import fix_pdfium_quirks, read_pdf_pages
 
-CORPUS = FIXTURES.parent / "corpus"
 PROSE = [
     "The Debian GNU/Linux FAQ answers the questions users ask most often about the system.",
     "It is a collection of answers that were written by many people over the years, and",
@@ -114,17 +113,13 @@ def test_extract_report_names_garbled_pages(tmp_path, capsys):
     assert json.loads(page_map)["garbled_pages"] == [1]
 
 
-needs_corpus = pytest.mark.skipif(
-    not CORPUS.is_dir() or shutil.which("pdftotext") is None, reason="corpus or pdftotext missing"
-)
-
-
-@needs_corpus
-@pytest.mark.parametrize("name", sorted(p.name for p in CORPUS.glob("*.pdf")) if CORPUS.is_dir() else [])
+@needs_corpus()
+@pytest.mark.skipif(shutil.which("pdftotext") is None, reason="pdftotext (poppler-utils) is not installed")
+@pytest.mark.parametrize("name", corpus_names("*.pdf"))
 def test_corpus_words_within_2_percent_of_pdftotext(name):
     from data_tools.clean import clean_pages
 
-    path = CORPUS / name
+    path = corpus_path(name)
     raw = read_pdf_pages(path)
     ref = subprocess.run(["pdftotext", "-enc", "UTF-8", str(path), "-"], capture_output=True, text=True)
     ref_pages = ref.stdout.split("\f")
@@ -138,23 +133,21 @@ def test_corpus_words_within_2_percent_of_pdftotext(name):
     )
 
 
-@needs_corpus
 def test_run_together_words_of_a_man_page_are_spaced():
     # groff -> Ghostscript: PDFium's spacing rule misses ~0.3 em word gaps ("theyare", "anyremaining")
-    raw = read_pdf_pages(CORPUS / "bash-manpage.pdf")
+    raw = read_pdf_pages(corpus_path("bash-manpage.pdf"))
     assert len(raw.respaced_pages) > 40
     text = " ".join(raw.texts)
     assert "theyare" not in text and "they are" in text and "any remaining" in text
 
 
-@needs_corpus
 def test_respacing_follows_rotated_text():
     # the Excel chart's page 4 is a landscape table on a rotated page: its lines run bottom to top
     import pypdfium2 as pdfium
 
     from data_tools.pdf import respaced_text
 
-    page = pdfium.PdfDocument(CORPUS / "ezra-unicode-chart.pdf")[3]
+    page = pdfium.PdfDocument(corpus_path("ezra-unicode-chart.pdf"))[3]
     assert page.get_rotation() == 90
     textpage = page.get_textpage()
     plain, respaced = textpage.get_text_range(), respaced_text(textpage)

@@ -6,15 +6,12 @@ import json
 
 import numpy as np
 import pytest
-from conftest import FIXTURES as _FIXTURES  # noqa: E402
-from conftest import make_char_tokenizer
+from conftest import EMMA, fixture_path, make_char_tokenizer  # noqa: E402
 
 from data_tools.errors import DataError
 from longlora.eval.common import check_addressable, parse_lengths
 from longlora.eval.plot import main as plot_main
 from longlora.eval.tokens import load_eval_tokens
-
-FIXTURES = str(_FIXTURES)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +57,7 @@ def test_max_tokens_keeps_the_first_tokens(tok, tmp_path):
 
 
 def test_pdf_goes_through_data_tools_extraction(tok):
-    data = load_eval_tokens([f"{FIXTURES}/zoo-faq.pdf"], tok, max_tokens=2000)
+    data = load_eval_tokens([str(fixture_path("zoo-faq.pdf"))], tok, max_tokens=2000)
     assert len(data) == 2000
     text = tok.decode(data.tokens.tolist())
     assert "zoo" in text.lower()
@@ -99,7 +96,7 @@ def test_missing_unsupported_and_empty_inputs_are_explained(tok, tmp_path):
     with pytest.raises((EmptyDocumentError, DataError), match="(?i)empty"):
         load_eval_tokens([tmp_path / "blank.txt"], tok)
     with pytest.raises(DataError, match="a tokenizer is needed"):
-        load_eval_tokens([f"{FIXTURES}/austen-emma.txt"])
+        load_eval_tokens([str(EMMA)])
 
 
 def test_lengths_and_context_checks():

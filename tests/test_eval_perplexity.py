@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import FIXTURES, make_char_tokenizer, tiny_model
+from conftest import EMMA, PRIDE_AND_PREJUDICE, make_char_tokenizer, tiny_model
 
 from data_tools.errors import DataError
 from longlora.eval import perplexity as ppl_mod
@@ -145,7 +145,7 @@ def test_too_short_data_and_bad_stride_are_explained(tokens):
 @pytest.fixture
 def book(tmp_path):
     path = tmp_path / "book.txt"
-    text = open(FIXTURES / "austen-prideprejudice.txt", encoding="utf-8").read()[:6000]
+    text = open(PRIDE_AND_PREJUDICE, encoding="utf-8").read()[:6000]
     path.write_text(text, encoding="utf-8")
     return path
 
@@ -264,7 +264,7 @@ def test_real_model_perplexity_is_finite_and_falls_with_context():
     from longlora.models import load_model
 
     model, tokenizer = load_model("default", dtype="auto")
-    text = load_document(FIXTURES / "austen-emma.txt").text[:20000]
+    text = load_document(EMMA).text[:20000]
     ids = np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"][: 1024 + 1])
     # The same 1024 targets scored with up to 256 vs up to 1024 tokens of context (the README
     # table, from the command, goes to 8k).

@@ -13,24 +13,23 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, make_char_tokenizer, tiny_model
+from conftest import EMMA, FIXTURES, make_char_tokenizer, needs_fixtures, tiny_model
 
 from data_tools.errors import InputError
 from longlora.eval.ruler import effective_context, main, read_log, summarize
-from longlora.eval.ruler_haystack import Haystack, read_qa_records
+from longlora.eval.ruler_haystack import Haystack, encode, read_qa_records
 from longlora.eval.ruler_tasks import (
     NIAH,
     TASKS,
     assemble,
-    encode,
     make_sample,
     score_output,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-BOOK = FIXTURES / "austen-emma.txt"
-QA = FIXTURES / "short-qa-bigbench-sample.jsonl"
-needs_fixtures = pytest.mark.skipif(not BOOK.exists() or not QA.exists(), reason="fixture books not found")
+BOOK = EMMA
+QA = FIXTURES / "short-qa-bigbench-sample.jsonl"  # also the command's default --qa
+needs_qa = needs_fixtures(QA.name)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +76,7 @@ def _context_words(text: str) -> list[str]:
     return re.findall(r"\d+\. ([a-z]+)\b", text)
 
 
-@needs_fixtures
+@needs_qa
 @pytest.mark.parametrize("task", list(TASKS))
 def test_samples_are_deterministic_per_seed(hay, bpe_tok, task):
     a = make_sample(task, 2048, 3, 7, hay, bpe_tok)
@@ -88,7 +87,7 @@ def test_samples_are_deterministic_per_seed(hay, bpe_tok, task):
     assert c.input_ids != a.input_ids and d.input_ids != a.input_ids
 
 
-@needs_fixtures
+@needs_qa
 @pytest.mark.parametrize("chat", [False, True])
 @pytest.mark.parametrize("length", [1500, 2048, 3001, 6000])
 @pytest.mark.parametrize("task", list(TASKS))
@@ -102,7 +101,7 @@ def test_prompt_is_exactly_length_minus_answer_budget(hay, bpe_tok, task, length
         assert text.startswith("<s>")  # the tokenizer's BOS leads a raw prompt
 
 
-@needs_fixtures
+@needs_qa
 @pytest.mark.parametrize("task", [t for t in TASKS if t in NIAH or t in ("vt", "qa")])
 @pytest.mark.parametrize("tok_name", ["char_tok", "bpe_tok"])
 def test_answers_sit_in_their_needles_at_the_stated_depth(hay, request, task, tok_name):
@@ -128,7 +127,7 @@ def test_answers_sit_in_their_needles_at_the_stated_depth(hay, request, task, to
                 assert text.count(answer) == joined.count(answer)
 
 
-@needs_fixtures
+@needs_qa
 @pytest.mark.parametrize("tok_name", ["char_tok", "bpe_tok"])
 @pytest.mark.parametrize("length", [2048, 6000])
 def test_common_and_frequent_words_are_the_real_top_words(hay, request, tok_name, length):
@@ -208,7 +207,7 @@ def test_summary_and_effective_context():
     assert effective_context(zero, threshold=0.0)["length"] == 2048  # an explicit bar of 0 is met
 
 
-@needs_fixtures
+@needs_qa
 def test_qa_records_keep_only_answers_inside_their_passage():
     records = read_qa_records(QA)
     assert len(records) > 50
@@ -228,7 +227,7 @@ def model_dir(tmp_path_factory):
     return out
 
 
-TASKS_SMALL = ["niah_single_1", "niah_multikey_2", "vt", "cwe", "fwe"]
+TASKS_SMALL = ["niah_single_1", "niah_multikey_2", "vt", "cwe", "fwe"]  # no qa: only the haystack is read
 
 
 def _args(model_dir, haystack_file, out, *extra):
@@ -259,7 +258,6 @@ def _args(model_dir, haystack_file, out, *extra):
     ]
 
 
-@needs_fixtures
 def test_cli_end_to_end_writes_scores_records_and_plot(model_dir, haystack_file, tmp_path, capsys):
     out, png = tmp_path / "ruler.json", tmp_path / "ruler.png"
     assert main(_args(model_dir, haystack_file, out, "--plot", str(png))) == 0
@@ -282,7 +280,6 @@ def test_cli_end_to_end_writes_scores_records_and_plot(model_dir, haystack_file,
     assert len(log.read_text().splitlines()) == len(payload["records"])
 
 
-@needs_fixtures
 def test_resume_after_a_kill_neither_redoes_nor_loses_samples(model_dir, haystack_file, tmp_path):
     out = tmp_path / "ruler.json"
     log = Path(str(out) + ".samples.jsonl")
@@ -320,7 +317,6 @@ def test_resume_after_a_kill_neither_redoes_nor_loses_samples(model_dir, haystac
     assert {k: r["output"] for k, r in by_key.items()} == again  # same answers as an unbroken run
 
 
-@needs_fixtures
 def test_a_log_from_other_settings_is_refused(model_dir, haystack_file, tmp_path, capsys):
     out = tmp_path / "r.json"
     log = Path(str(out) + ".samples.jsonl")
@@ -331,7 +327,7 @@ def test_a_log_from_other_settings_is_refused(model_dir, haystack_file, tmp_path
     assert "holds samples scored with other settings" in capsys.readouterr().err
 
 
-@needs_fixtures
+@needs_qa
 def test_cli_errors_name_the_fix(model_dir, haystack_file, tmp_path, capsys):
     base = [
         "--model",
@@ -356,7 +352,7 @@ def test_cli_errors_name_the_fix(model_dir, haystack_file, tmp_path, capsys):
 
 
 @pytest.mark.real_model
-@needs_fixtures
+@needs_qa
 def test_real_tokenizer_lengths_are_exact():
     from longlora.models import load_tokenizer, resolve_model_path
 

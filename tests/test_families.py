@@ -11,7 +11,7 @@ import json
 
 import pytest
 import torch
-from conftest import FIXTURES
+from conftest import EMMA
 from family import FAMILIES, TINY_ORIGINAL, family_config, family_tokenizer, save_family_model
 
 from longlora import finetune, merge
@@ -24,7 +24,7 @@ GROUP = CONTEXT // 4
 @pytest.fixture(scope="module")
 def book(tmp_path_factory):
     path = tmp_path_factory.mktemp("book") / "emma.txt"
-    path.write_text((FIXTURES / "austen-emma.txt").read_text()[:12_000])
+    path.write_text(EMMA.read_text()[:12_000])
     return path
 
 

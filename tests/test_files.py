@@ -136,15 +136,12 @@ def test_extract_on_a_full_disk_stops_with_a_clear_error_and_keeps_the_old_text(
 def test_extract_replaces_a_text_and_its_page_map_together(tmp_path, monkeypatch):
     """If the page map cannot be written, the new text does not replace the old either (a new text
     beside an old page map would cite wrong pages)."""
-    from conftest import FIXTURES
+    from conftest import fixture_path
 
     from data_tools import extract, load_document
     from data_tools.errors import WriteError
 
-    pdf = FIXTURES / "rcpp-jss-2011.pdf"
-    if not pdf.is_file():
-        pytest.skip(f"{pdf} is not available")
-    doc = load_document(pdf)
+    doc = load_document(fixture_path("rcpp-jss-2011.pdf"))
     text, pages = tmp_path / "rcpp.txt", tmp_path / "rcpp.pages.json"
     text.write_text("old text\n")
     pages.write_text("{}\n")

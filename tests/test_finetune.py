@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import (
-    FIXTURES,  # noqa: E402
+    EMMA,  # noqa: E402
     make_char_tokenizer,
     tiny_model,
 )
 from safetensors.torch import load_file
 
 from longlora import finetune
-from longlora.finetune import main, parse_args
-from longlora.training.config import FinetuneConfig
+from longlora.finetune import main
+from longlora.training.config import FinetuneConfig, build_parser, parse_args
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def base_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def text_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "emma.txt"
-    path.write_text((FIXTURES / "austen-emma.txt").read_text()[:20_000])
+    path.write_text(EMMA.read_text()[:20_000])
     return path
 
 
@@ -344,7 +344,7 @@ def test_resume_before_the_first_checkpoint_starts_from_step_zero(
 def test_flag_help_shows_every_default_from_the_config():
     import dataclasses
 
-    text = " ".join(finetune.build_parser().format_help().split())
+    text = " ".join(build_parser().format_help().split())
     for f in dataclasses.fields(FinetuneConfig):
         flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
         assert flag in text, flag

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import (
-    FIXTURES,  # noqa: E402
+    EMMA,  # noqa: E402
     make_char_tokenizer,
     tiny_model,
 )
@@ -114,7 +114,7 @@ def finetune(base_dir, out, data, *extra):
 def test_end_to_end_finetune_merge_load_with_plain_transformers_generate(tmp_path):
     base_dir = save_base(tmp_path / "base")
     data = tmp_path / "emma.txt"
-    data.write_text((FIXTURES / "austen-emma.txt").read_text()[:8000])
+    data.write_text(EMMA.read_text()[:8000])
     finetune(base_dir, tmp_path / "adapter", data, "--context-length", "512")
     assert merge_main(["--adapter", str(tmp_path / "adapter"), "--output", str(tmp_path / "merged")]) == 0
     report = json.loads((tmp_path / "merged" / "merge_report.json").read_text())

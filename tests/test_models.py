@@ -11,10 +11,10 @@ import torch
 from conftest import make_char_tokenizer, tiny_model
 
 from data_tools import bundled
+from data_tools.errors import ModelLoadError
 from longlora import bundled_model, models
 from longlora.bundled_model import convert_default_model
 from longlora.models import (
-    ModelLoadError,
     load_model,
     resolve_dtype,
     resolve_model_path,

@@ -16,8 +16,6 @@ from longlora.qa import AnswerUpdate, QAEngine
 from longlora.qa.prompt import normalize_history, prompt_parts
 from longlora.qa.sampling import banned_ngram_tokens
 from longlora.retrieval import GAP_MARKER, fit_document
-from webapp.cards import card_markdown
-from webapp.loading import BackgroundEngine
 
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike".split()
 
@@ -115,11 +113,10 @@ def test_card_reports_tokens_and_fit(engine):
     small = engine.open_document(load_text("A short note."), material_type="other")
     card = small.card()
     assert card.fits and card.tokens == len("A short note.") and card.context_length == 256
-    assert "Fits whole" in card_markdown(card) and "short" not in card.file_name
+    assert "short" not in card.file_name
     big = engine.open_document(load_text(filler(80)), material_type="book")
     card = big.card("truncate-middle")
-    assert not card.fits and card.tokens > card.budget_tokens
-    assert "truncate-middle" in card_markdown(card)
+    assert not card.fits and card.tokens > card.budget_tokens and card.strategy == "truncate-middle"
     with pytest.raises(ValueError, match="unknown strategy"):
         big.card("summarize")
 
@@ -379,22 +376,6 @@ def test_injected_model_context_checks():
     assert engine.context_length == 128 and engine.state == "ready"
     with pytest.raises(ValueError, match="both model= and tokenizer="):
         QAEngine(model=tiny_model())
-
-
-def test_background_load_failure_sets_error_state(tmp_path):
-    engine = BackgroundEngine.from_spec(str(tmp_path / "missing"))
-    with pytest.raises(ValueError, match="unknown model"):
-        engine.wait_ready(timeout=60)
-    assert engine.state == "error"
-    assert "could not be loaded" in engine.status_message
-
-
-def test_background_load_of_a_local_dir(tiny_model_dir):
-    engine = BackgroundEngine.from_spec(str(tiny_model_dir), dtype="float32", max_new_tokens=4)
-    engine.wait_ready(timeout=60)
-    assert engine.state == "ready" and engine.context_length == 256
-    session = engine.open_document(load_text("Hello there."), material_type="other")
-    assert isinstance(engine.answer(session, "Hi?"), str)
 
 
 def test_guess_material_type():

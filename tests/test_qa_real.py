@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import FIXTURES
+from conftest import fixture_path
 
 from data_tools import load_text
 
@@ -46,7 +46,7 @@ def test_short_document_facts_are_answered(engine):
 
 
 def test_long_pdf_retrieval_reports_the_page_of_the_answer(engine):
-    session = engine.open_document(FIXTURES / "zoo-faq.pdf")
+    session = engine.open_document(fixture_path("zoo-faq.pdf"))
     assert session.material_type == "paper" and session.document.num_pages == 15
     card = session.card()
     assert not card.fits and card.tokens > card.budget_tokens

@@ -15,12 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES
+from conftest import EMMA, PRIDE_AND_PREJUDICE
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAIN, EVAL = FIXTURES / "austen-emma.txt", FIXTURES / "austen-prideprejudice.txt"
-
-pytestmark = pytest.mark.skipif(not (TRAIN.is_file() and EVAL.is_file()), reason="fixture books missing")
+TRAIN, EVAL = EMMA, PRIDE_AND_PREJUDICE
 
 
 @pytest.fixture(scope="module")
