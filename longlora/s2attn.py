@@ -116,34 +116,18 @@ def s2_attention(
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
     scaling = scaling if scaling is not None else 1.0 / math.sqrt(dim)
-    if backend == "flex":
-        check_flex(query, key, value, dropout)
-        return s2_flex_attention(
-            query,
-            key,
-            value,
-            group_size,
-            scaling=scaling,
-            attention_mask=attention_mask,
-            cu_seqlens=cu_seqlens,
-            shift=shift,
-            window=window,
-            softcap=softcap,
-        )
-    return grouped_s2_attention(
-        query,
-        key,
-        value,
-        group_size,
+    common = dict(
         scaling=scaling,
         attention_mask=attention_mask,
         cu_seqlens=cu_seqlens,
         shift=shift,
-        dropout=dropout,
-        backend=backend,
         window=window,
         softcap=softcap,
     )
+    if backend == "flex":
+        check_flex(query, key, value, dropout)
+        return s2_flex_attention(query, key, value, group_size, **common)
+    return grouped_s2_attention(query, key, value, group_size, dropout=dropout, backend=backend, **common)
 
 
 # ----------------------------------------------------------------------------- transformers adapter
