@@ -266,50 +266,12 @@ def build(config: BuildConfig, log=print) -> tuple[list[dict], dict]:
     ``DataError`` when a ``--docs`` path is missing, holds no document or is not one)."""
     rng = random.Random(config.seed)
     dropped: Counter = Counter()
-    read: Counter = Counter()
-    docs, failed_docs = [], {}
-    if config.docs:
-        for source in find_sources(config.docs, ("document",), flag="--docs"):
-            try:
-                docs.append(read_document(source, drop_references=config.drop_references))
-            except DocumentError as e:
-                failed_docs[source.path.name] = str(e)
-                log(f"FAILED {source.path}: {e}")
-    failed_names = set(failed_docs) | {os.path.splitext(n)[0] for n in failed_docs}
-
-    cands: list[Candidate] = []
-    index = document_index(docs)
-    for path in config.qa:
-        before = sum(dropped.values())
-        got = qa_candidates(path, index, failed_names, config.material_type, dropped)
-        read[f"qa:{os.path.basename(path)}"] += len(got) + sum(dropped.values()) - before
-        cands += got
-    for kind, paths in (("long", config.longalpaca), ("short", config.short)):
-        for path in paths:
-            before = sum(dropped.values())
-            got = record_candidates(path, kind, dropped)
-            read[f"{'longalpaca' if kind == 'long' else 'short'}:{os.path.basename(path)}"] += (
-                len(got) + sum(dropped.values()) - before
-            )
-            cands += got
-
+    docs, failed_docs = _read_docs(config, log)
+    cands, read = _candidates(config, docs, failed_docs, dropped)
     cands, n_dup = dedupe(cands)
     if n_dup:
         dropped["duplicate"] += n_dup
-
-    unit = "words"
-    if config.tokenizer:
-        from .tokenizer import load_tokenizer
-
-        tok = load_tokenizer(config.tokenizer)
-        unit = f"tokens ({tok.name})"
-        for start in range(0, len(cands), 64):
-            chunk = cands[start : start + 64]
-            for c, n in zip(chunk, tok.count([record_text(c.record) for c in chunk])):
-                c.length = n
-    else:
-        for c in cands:
-            c.length = len(record_text(c.record).split())
+    unit = _measure(cands, config.tokenizer)
     kept = []
     for c in cands:
         if config.max_tokens and c.length > config.max_tokens:
@@ -325,7 +287,62 @@ def build(config: BuildConfig, log=print) -> tuple[list[dict], dict]:
     n_unsampled = len(short) - sum(c.kind == "short" for c in final)
     if n_unsampled:
         dropped[f"short records beyond --short-fraction {config.short_fraction}"] += n_unsampled
+    stats = _stats(config, final, read, dropped, unit)
+    stats["documents"] = {"loaded": len(docs), "failed": failed_docs}
+    return [c.record for c in final], stats
 
+
+def _read_docs(config: BuildConfig, log) -> tuple[list, dict[str, str]]:
+    """The ``--docs`` documents read, and the files that failed (name -> why)."""
+    docs, failed = [], {}
+    if config.docs:
+        for source in find_sources(config.docs, ("document",), flag="--docs"):
+            try:
+                docs.append(read_document(source, drop_references=config.drop_references))
+            except DocumentError as e:
+                failed[source.path.name] = str(e)
+                log(f"FAILED {source.path}: {e}")
+    return docs, failed
+
+
+def _candidates(config: BuildConfig, docs, failed_docs, dropped: Counter) -> tuple[list[Candidate], Counter]:
+    """Every candidate record from the QA, LongAlpaca and short files, and how many each file gave."""
+    read: Counter = Counter()
+    failed_names = set(failed_docs) | {os.path.splitext(n)[0] for n in failed_docs}
+    cands: list[Candidate] = []
+    index = document_index(docs)
+    for path in config.qa:
+        before = sum(dropped.values())
+        got = qa_candidates(path, index, failed_names, config.material_type, dropped)
+        read[f"qa:{os.path.basename(path)}"] += len(got) + sum(dropped.values()) - before
+        cands += got
+    for kind, paths in (("long", config.longalpaca), ("short", config.short)):
+        for path in paths:
+            before = sum(dropped.values())
+            got = record_candidates(path, kind, dropped)
+            name = f"{'longalpaca' if kind == 'long' else 'short'}:{os.path.basename(path)}"
+            read[name] += len(got) + sum(dropped.values()) - before
+            cands += got
+    return cands, read
+
+
+def _measure(cands: list[Candidate], tokenizer: str | None) -> str:
+    """Set each candidate's length (tokens with a tokenizer, else words); returns the unit."""
+    if not tokenizer:
+        for c in cands:
+            c.length = len(record_text(c.record).split())
+        return "words"
+    from .tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tokenizer)
+    for start in range(0, len(cands), 64):
+        chunk = cands[start : start + 64]
+        for c, n in zip(chunk, tok.count([record_text(c.record) for c in chunk])):
+            c.length = n
+    return f"tokens ({tok.name})"
+
+
+def _stats(config: BuildConfig, final: list[Candidate], read: Counter, dropped: Counter, unit: str) -> dict:
     sources = {}
     for source in sorted(read):
         mine = [c for c in final if c.source == source]
@@ -335,7 +352,7 @@ def build(config: BuildConfig, log=print) -> tuple[list[dict], dict]:
             "lengths": percentiles([c.length for c in mine]),
         }
     n_short = sum(c.kind == "short" for c in final)
-    stats = {
+    return {
         "output": config.output,
         "records": len(final),
         "long": len(final) - n_short,
@@ -349,13 +366,11 @@ def build(config: BuildConfig, log=print) -> tuple[list[dict], dict]:
         "lengths": percentiles([c.length for c in final]),
         "sources": sources,
         "dropped": dict(sorted(dropped.items())),
-        "documents": {"loaded": len(docs), "failed": failed_docs},
+        "_lengths": {
+            "long": [c.length for c in final if c.kind == "long"],
+            "short": [c.length for c in final if c.kind == "short"],
+        },
     }
-    stats["_lengths"] = {
-        "long": [c.length for c in final if c.kind == "long"],
-        "short": [c.length for c in final if c.kind == "short"],
-    }
-    return [c.record for c in final], stats
 
 
 # --------------------------------------------------------------------------------------------- CLI
