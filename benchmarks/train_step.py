@@ -4,10 +4,17 @@ Each configuration (context length x method x data x attention) runs in a fresh 
 memory (RSS on a CPU, max allocated on CUDA) is its own, and does what ``longlora.finetune`` does per
 micro-step: Position Interpolation to the length, S2/short attention (G = N/4) or SDPA, LoRA+ (or full
 fine-tuning), gradient checkpointing, bf16 activations with fp32 trainable weights under autocast, the
-chunked cross-entropy (no tokens x vocabulary logits), AdamW. It reports training tokens/s (the mean of
-the median of the timed steps after ``--warmup`` untimed ones), forward-only tokens/s of the same model in the same
-dtype (no_grad, train mode so S2 is used), their ratio, and the peak. Ratios are computed from numbers
-of this one run.
+chunked cross-entropy (no tokens x vocabulary logits), AdamW. It reports training tokens/s (from the
+median of the timed steps after ``--warmup`` untimed ones; every step's time is kept in ``step_s``),
+forward-only tokens/s of the same model in the same dtype (no_grad, train mode so S2 is used; one pass
+after the training steps, in the same warm process), their ratio, and the peak. Ratios are computed from
+numbers of this one run.
+
+Full attention on ``packed`` rows is what a user of transformers gets on a CPU: the SDPA backend with
+the 4-D block-diagonal mask transformers builds from the restarting positions (a dense T x T mask; on a
+CPU no kernel skips the masked blocks: flex_attention has no CPU backward, flash-attn varlen needs CUDA).
+It is therefore slower than full attention over the same tokens as one document, and ``S2/full`` on
+packed rows measures S2 against that, not against an ideal per-document kernel.
 
 Data: ``book`` is one row cut from one long book (``--book``, a fixture by default); ``packed`` is the
 same tokens cut into documents of log-normal lengths (median ~600 tokens) and packed as
