@@ -3,13 +3,13 @@
 For benchmarks and tools that print tables but write no result file of their own: the file gets a
 header with the command, the git commit, the machine, the date (``longlora.provenance.run_record``),
 the thread settings and niceness it ran under, the load average before and after and the wall time of
-each run, then the command's stdout. With
-``--runs N`` the command runs N times in a row and every run's output is kept, so a figure quoted from
-the file can give the median and the range.
+each run, then the command's stdout (and with ``--stderr-lines N`` the last N lines of its stderr, for
+tools that report there). With ``--runs N`` the command runs N times in a row and every run's output is
+kept, so a figure quoted from the file can give the median and the range.
 
 Usage:
     python benchmarks/record.py -o results/extraction.txt -- python benchmarks/extraction.py --pypdf
-    python benchmarks/record.py --runs 3 -o results/tokenize-austen.txt -- \\
+    python benchmarks/record.py --runs 3 --stderr-lines 1 -o results/tokenize-austen.txt -- \\
         python -m data_tools tokenize ../shared/fixtures/austen-emma.txt --tokenizer default -o /tmp/a.bin
 """
 
@@ -39,6 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("-o", "--output", type=Path, required=True, help="the result file to write")
     p.add_argument("--runs", type=int, default=1, help="run the command this many times (default 1)")
+    p.add_argument(
+        "--stderr-lines",
+        type=int,
+        default=0,
+        help="also keep the last N lines of stderr of each run (default 0)",
+    )
     p.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
     args = p.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -66,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
             f"load average (1 min) before {load_before[0]:.2f}, after {load_after[0]:.2f}"
         )
         parts.append(head + "\n" + done.stdout.rstrip("\n") + "\n")
+        if args.stderr_lines:  # tools that report on stderr: its last lines, progress bars collapsed
+            lines = [ln for ln in done.stderr.replace("\r", "\n").splitlines() if ln.strip()]
+            kept = [f"stderr: {ln}" for ln in lines[-args.stderr_lines :]]
+            parts.append("\n".join(kept) + "\n" if kept else "")
         print(head, file=sys.stderr, flush=True)
         if done.returncode:
             print(done.stderr[-4000:], file=sys.stderr)
