@@ -55,3 +55,8 @@ def test_code_versions_factors_fractions_and_targets_are_not_figures(tmp_path):
 def test_fractions_times_and_memory_are_figures(tmp_path):
     _, uncovered = _check(tmp_path, "18/40 answered, first token after 83.5 s, peak 8157 MiB.\n")
     assert uncovered[0].figures == ["18/40", "83.5 s", "8157 MiB"]
+
+
+def test_every_figure_in_the_readme_and_docs_cites_a_result_file():
+    covered, uncovered = figures.check(figures.documents())
+    assert not uncovered, "\n".join(f"{b.path.name}:{b.line} {b.figures[:6]}" for b in uncovered)
