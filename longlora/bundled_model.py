@@ -81,7 +81,7 @@ def convert_default_model(target: Path | None = None, *, status: Status | None =
             return target
         if status:
             status(
-                f"Converting the bundled {DEFAULT_MODEL_NAME} model to {target} (first run only, ~30 s)..."
+                f"Converting the bundled {DEFAULT_MODEL_NAME} model to {target} (first run only, under a minute)..."
             )
         start = time.perf_counter()
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
