@@ -35,6 +35,7 @@ state, the Markdown and the background loading live in the ``webapp`` package be
 from __future__ import annotations
 
 import threading
+import time
 from functools import partial
 from typing import Any
 
@@ -69,16 +70,26 @@ def _user_error(message: str, title: str) -> gr.Error:
     return gr.Error(message, title=title, print_exception=False)
 
 
+LOAD_POLL_S = 0.25  # how often a request waiting for the model looks at the loader's progress
+
+
 def _require_model(engine) -> None:
-    """Raise a visible error instead of blocking while the model loads or after it failed to."""
-    if engine.state == "loading":
-        raise _user_error(
-            f"The model is still loading ({engine.status_message or 'please wait'}). "
-            "Try again when the status line says the model is ready.",
-            title="Model not ready",
-        )
+    """Raise a visible error when the model failed to load (a request made while it loads waits)."""
     if engine.state == "error":
         raise gr.Error(status_markdown(engine), title="Model unavailable")
+
+
+def _loading_messages(engine, stop_event: threading.Event | None = None):
+    """While the model loads: yield its status message whenever it changes (and at least every few
+    seconds), waiting in between. Returns once it is ready or failed, or ``stop_event`` is set."""
+    shown, since = None, 0.0
+    while engine.state == "loading" and not (stop_event is not None and stop_event.is_set()):
+        message = engine.status_message or "Loading the model..."
+        if message != shown or since >= 5.0:
+            shown, since = message, 0.0
+            yield message
+        time.sleep(LOAD_POLL_S)
+        since += LOAD_POLL_S
 
 
 def _open_session(engine, state: ChatState, strategy: str, material_type: str | None = None) -> str:
@@ -104,8 +115,13 @@ def _open_session(engine, state: ChatState, strategy: str, material_type: str | 
 # --------------------------------------------------------------------------------------------------
 
 
-def upload_document(engine, file_path: str | None, state: ChatState | None, strategy: str = "retrieve"):
-    """A file -> (document card markdown, new session state). A new upload starts a new conversation."""
+def upload_document(
+    engine, file_path: str | None, state: ChatState | None, strategy: str = "retrieve", progress=gr.Progress()
+):
+    """A file -> (document card markdown, new session state). A new upload starts a new conversation.
+
+    Sent while the model loads, the upload waits for it (the loader's progress shows in the browser) and
+    returns the full card; only a model that failed to load leaves a card pending."""
     from data_tools import DocumentError, load_document
 
     if not file_path:
@@ -121,6 +137,8 @@ def upload_document(engine, file_path: str | None, state: ChatState | None, stra
     # The material type is guessed once, here (data_tools.prompts' rule, the engine's too), whether or not
     # the model is ready; the session is opened with it now or when the model is ready (poll_status).
     new = ChatState(document=document, pdf=pdf, material_type=guess_material_type(document))
+    for message in _loading_messages(engine):
+        progress(None, desc=f"Waiting for the model: {message}")
     if engine.state == "ready":
         card = _open_session(engine, new, strategy, new.material_type)
     else:
@@ -198,8 +216,8 @@ def _begin_turn(engine, question: str | None, state: ChatState) -> Turn:
         raise _user_error("Please type a question about the document first.", title="Empty question")
     if state.document is None:
         raise _user_error("Upload a PDF, TXT or MD document first, then ask about it.", title="No document")
-    _require_model(engine)
-    if state.session is None:  # uploaded while the model was loading
+    _require_model(engine)  # a loading model is waited for when the answer streams (_stream_turn)
+    if state.session is None and engine.state == "ready":  # uploaded while the model was loading
         _open_session(engine, state, "retrieve", state.material_type)
     if state.turns and not state.turns[-1].done:
         raise _user_error("An answer is still being written; press Stop or wait for it.", title="Busy")
@@ -217,6 +235,17 @@ def _stream_turn(engine, state: ChatState, turn: Turn, strategy, max_new_tokens,
     state.stop_event = stop_event = threading.Event()  # local: a later turn gets its own
     history = engine_history([t for t in state.turns if t is not turn])
     try:
+        for message in _loading_messages(engine, stop_event):  # asked while the model loads: wait
+            turn.status = f"Waiting for the model to load: {message}"
+            yield turn
+        turn.status = ""
+        if stop_event.is_set():
+            turn.stopped = turn.done = True
+            yield turn
+            return
+        _require_model(engine)
+        if state.session is None:  # the document was uploaded before the model was ready
+            _open_session(engine, state, strategy or "retrieve", state.material_type)
         updates = engine.ask(
             state.session,
             turn.question,
@@ -236,6 +265,10 @@ def _stream_turn(engine, state: ChatState, turn: Turn, strategy, max_new_tokens,
                 turn.sources = list(update.fit.sources)
                 turn.done = True
             yield turn
+    except gr.Error as exc:  # the model failed to load, or the document cannot be opened
+        turn.error, turn.done = str(exc.message), True
+        yield turn
+        raise
     except ValueError as exc:
         turn.error, turn.done = str(exc), True
         yield turn

@@ -34,6 +34,7 @@ class Turn:
     stopped: bool = False
     error: str = ""
     waiting: bool = False  # queued behind another answer (one model serves every session)
+    status: str = ""  # progress shown before the answer starts (the model still loading)
     sources: list = field(default_factory=list)  # longlora.qa.Source: the passages the model read
 
 
@@ -96,7 +97,9 @@ def _sources_block(turn: Turn) -> str:
 def display_answer(turn: Turn) -> str:
     """Answer text plus the notes a reader needs: stopped, error, pages used."""
     parts = [turn.answer]
-    if turn.waiting and not turn.answer:
+    if turn.status and not turn.answer:
+        parts.append(f"*{turn.status}*")
+    elif turn.waiting and not turn.answer:
         parts.append("*Waiting for another answer to finish...*")
     if turn.stopped:
         parts.append("*(stopped)*")
