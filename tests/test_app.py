@@ -68,6 +68,7 @@ class FakeEngine:
         self.opened = 0
         self.closed: list[FakeSession] = []
         self.fail_with: Exception | None = None
+        self.fail_at = 2  # the word before which fail_with is raised (0: before the first update)
         self.queued_first = False
 
     def open_document(self, path_or_document, material_type=None):
@@ -138,7 +139,7 @@ class FakeEngine:
             yield AnswerUpdate("", "", False, fit, queued=True)
         words = self.answer.split(" ")
         for i, word in enumerate(words):
-            if self.fail_with is not None and i == 2:
+            if self.fail_with is not None and i == self.fail_at:
                 raise self.fail_with
             if stop_event is not None and stop_event.is_set():
                 yield AnswerUpdate(text, "", True, fit, stopped=True)
@@ -175,6 +176,35 @@ def txt_file(tmp_path):
 
 def _drain(gen):
     return list(gen)
+
+
+WAIT_S = 30  # every wait in these tests ends: a handler that fails must fail the test, not hang it
+
+
+def _wait_for(condition, what: str, timeout: float = WAIT_S) -> None:
+    """Poll ``condition()`` until it is true; fail with a message naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} after {timeout} s")
+        time.sleep(0.005)
+
+
+def _stream_in_thread(engine, state):
+    """Run ``app.stream_answer`` in a thread as gradio does; (thread, frames, errors) filled as it runs."""
+    frames: list = []
+    errors: list = []
+
+    def consume():
+        try:
+            for frame in app.stream_answer(engine, state):
+                frames.append(frame)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test, never lost in the thread
+            errors.append(exc)
+
+    worker = threading.Thread(target=consume, daemon=True)
+    worker.start()
+    return worker, frames, errors
 
 
 def _upload(engine, path, state=None, strategy="retrieve"):
@@ -515,6 +545,46 @@ def test_model_error_is_shown_and_app_keeps_serving(engine, paper):
     assert engine.calls[-1]["history"] is None  # the failed turn is not fed back to the model
 
 
+@pytest.mark.parametrize("where", ["at-the-call", "before-the-first-update"])
+def test_model_error_before_the_first_word_is_shown_and_app_keeps_serving(engine, paper, where):
+    """The engine fails before the answer's first word: when called (as QAEngine.ask's own checks do) or
+    on its first update. The chat still gets a frame showing the error, a modal says so, the /ask API
+    gives the same message, and the next question is answered."""
+    _, state = _upload(engine, paper)
+    message = "CUDA error: device-side assert triggered"
+    if where == "at-the-call":
+
+        def fail(*args, **kwargs):
+            raise RuntimeError(message)
+
+        engine.ask = fail  # this test's engine only
+    else:
+        engine.fail_with, engine.fail_at = RuntimeError(message), 0
+    shown = f"**Error:** The model failed while answering: {message}"
+
+    app.start_turn(engine, "What is zoo?", state)
+    worker, frames, errors = _stream_in_thread(engine, state)
+    worker.join(timeout=WAIT_S)
+    assert not worker.is_alive(), f"stream_answer did not end within {WAIT_S} s of the engine failing"
+    assert [frame[-1] for frame in frames] == [{"role": "assistant", "content": shown}], frames
+    assert len(errors) == 1 and isinstance(errors[0], gr.Error), errors
+    assert errors[0].title == "Model error" and message in errors[0].message
+    turn = state.turns[-1]
+    assert turn.done and turn.answer == "" and turn.error == shown.removeprefix("**Error:** ")
+
+    values = []  # the API reports it the same way
+    with pytest.raises(gr.Error, match=re.escape(message)):
+        for text, _ in app.ask(engine, "And now?", state):
+            values.append(text)
+    assert values == [shown]
+
+    vars(engine).pop("ask", None)  # the engine works again: the app still answers, without the failed turns
+    engine.fail_with = None
+    frames, state = _ask_ui(engine, state, "Try again?")
+    assert frames[-1][-1]["content"] == engine.answer
+    assert engine.calls[-1]["history"] is None
+
+
 def test_engine_value_error_reaches_user(engine, paper):
     _, state = _upload(engine, paper)
     engine.fail_with = ValueError("the question alone is longer than the context; shorten it")
@@ -538,11 +608,9 @@ def test_stop_stops_generation(engine, paper):
     slow = FakeEngine(answer=" ".join(f"w{i}" for i in range(200)), delay=0.01)
     _, state = _upload(slow, paper)
     app.start_turn(slow, "Go on and on", state)
-    frames: list = []
-    worker = threading.Thread(target=lambda: frames.extend(app.stream_answer(slow, state)))
-    worker.start()
-    while not frames:
-        time.sleep(0.005)
+    worker, frames, errors = _stream_in_thread(slow, state)
+    _wait_for(lambda: frames or errors, "first frame of the answer")
+    assert not errors, f"stream_answer failed before its first frame: {errors[0]!r}"
     chat = app.stop(state)
     worker.join(timeout=10)
     assert not worker.is_alive()
@@ -779,8 +847,8 @@ def test_client_session_upload_ask_follow_up_stop(paper, served):
     # stop from the API: the engine sees the stop event and the answer ends early
     engine.delay = 0.2
     job = client.submit("Long answer please", api_name="/ask")
-    while not job.outputs():
-        time.sleep(0.05)
+    _wait_for(lambda: job.outputs() or job.done(), "first output of /ask")
+    assert job.outputs(), f"/ask ended without output: {job.exception()!r}"
     client.predict(api_name="/stop")
     job.result(timeout=30)
     assert engine.calls[-1]["stop_event"].is_set()
@@ -788,6 +856,20 @@ def test_client_session_upload_ask_follow_up_stop(paper, served):
 
     status = client.predict(api_name="/status")
     assert status[0].startswith("**Model ready:** the bundled SmolLM2")
+
+
+def test_client_sees_a_model_error_before_the_first_word(paper, served):
+    from gradio_client import Client, handle_file
+
+    engine, url, _ = served
+    client = Client(url, verbose=False, httpx_kwargs={"timeout": 120})
+    client.predict(handle_file(str(paper)), api_name="/upload")
+    engine.fail_with, engine.fail_at = RuntimeError("CUDA error: device-side assert triggered"), 0
+    job = client.submit("What is zoo?", api_name="/ask")
+    with pytest.raises(Exception, match="model failed while answering: CUDA error: device-side assert"):
+        job.result(timeout=WAIT_S)  # a TimeoutError (a failure, not a hang) if the error never arrives
+    engine.fail_with = None
+    assert client.predict("Again?", api_name="/ask") == engine.answer
 
 
 def test_clear_chat_keeps_the_document(engine, paper):

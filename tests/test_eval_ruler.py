@@ -167,12 +167,35 @@ def test_assemble_is_exact_and_places_needles_between_blocks():
         (": 123456", ["1234567"], "all", 0.0),
         ("ABCDE, fghij", ["abcde", "FGHIJ", "KLMNO"], "all", 2 / 3),  # case-insensitive
         ("", ["x"], "all", 0.0),
+        ("USLNH then gqngk", ["GQNGK", "NGFXS", "RPYLD", "USLNH", "EMHDB"], "all", 2 / 5),
+        ("12345678", ["1234567"], "all", 1.0),  # a substring match, as in RULER
+        ("cec216ea-c17e", ["cec216ea-c17e-4121-bba8-60553c0747a1"], "all", 0.0),  # a prefix is not enough
         (" Hendrix", ["Hendrix", "Jimi Hendrix"], "part", 1.0),
         (" Jimi", ["Hendrix", "Jimi Hendrix"], "part", 0.0),
+        ("It was JIMI HENDRIX.", ["Hendrix", "Jimi Hendrix"], "part", 1.0),  # both found: still 1
+        ("the Experience", ["Hendrix", "the experience"], "part", 1.0),  # any gold answer, case-insensitive
+        ("", ["Hendrix"], "part", 0.0),
     ],
 )
 def test_scoring_is_rulers_string_match(output, answers, metric, expected):
     assert score_output(output, answers, metric) == pytest.approx(expected)
+
+
+def test_an_unknown_metric_is_an_error():
+    with pytest.raises(ValueError, match="unknown metric 'exact'"):
+        score_output("x", ["x"], "exact")
+
+
+def reference_score(output: str, answers: list[str], metric: str) -> float:
+    """RULER's string_match_all / string_match_part, written out by hand for checking the command."""
+    found = 0
+    for answer in answers:
+        if answer.lower() in output.lower():
+            found += 1
+    if metric == "all":
+        return found / len(answers)
+    assert metric == "part"
+    return 1.0 if found > 0 else 0.0
 
 
 def _rec(task, length, score, seconds=1.0):
@@ -267,7 +290,7 @@ def test_cli_end_to_end_writes_scores_records_and_plot(model_dir, haystack_file,
     assert len(payload["records"]) == len(TASKS_SMALL) * 2 * 2
     for r in payload["records"]:
         assert r["prompt_tokens"] == r["length"] - 4
-        assert r["score"] == score_output(r["output"], r["answers"], r["metric"])
+        assert r["score"] == pytest.approx(reference_score(r["output"], r["answers"], r["metric"]))
     for task in TASKS_SMALL:
         for n in (1024, 1500):
             mine = [r["score"] for r in payload["records"] if (r["task"], r["length"]) == (task, n)]
@@ -278,6 +301,61 @@ def test_cli_end_to_end_writes_scores_records_and_plot(model_dir, haystack_file,
     assert "average" in capsys.readouterr().out
     log = Path(str(out) + ".samples.jsonl")
     assert len(log.read_text().splitlines()) == len(payload["records"])
+
+
+def _rotate(answer: str) -> str:
+    """A wrong answer of the right shape: each digit +5 (mod 10), each letter 13 places on."""
+    out = []
+    for ch in answer:
+        if ch.isdigit():
+            out.append(str((int(ch) + 5) % 10))
+        elif ch.isascii() and ch.isalpha():
+            base = ord("a") if ch.islower() else ord("A")
+            out.append(chr(base + (ord(ch) - base + 13) % 26))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+@needs_qa
+@pytest.mark.parametrize("correct", [True, False], ids=["answers-right", "answers-wrong"])
+def test_a_model_that_answers_right_scores_1_and_one_that_answers_wrong_scores_0(
+    model_dir, haystack_file, tmp_path, monkeypatch, correct
+):
+    """The whole command (samples, prompts, scoring, summary, effective context, the JSON), with a stub
+    in place of generation: it reads the answers hidden in each sample and says them (or says wrong
+    answers of the same shape). Every task, the part-scored qa included."""
+    import longlora.eval.ruler as ruler
+
+    seen = []
+
+    def stub_generate(model, tokenizer, sample):
+        assert model is not None and tokenizer is not None and len(sample.input_ids) == sample.prompt_tokens
+        seen.append((sample.task, sample.length, sample.index))
+        if correct:
+            return ", ".join(sample.answers)
+        output = ", ".join(_rotate(a) for a in sample.answers)
+        assert not any(a.lower() in output.lower() for a in sample.answers), (sample.answers, output)
+        return "The answer is " + output
+
+    monkeypatch.setattr(ruler, "generate", stub_generate)
+    out = tmp_path / "ruler.json"
+    argv = ["--model", str(model_dir), "--torch-dtype", "float32", "--haystack", str(haystack_file)]
+    argv += ["--qa-data", str(QA), "--lengths", "2k", "3k", "--samples", "2", "--seed", "5"]
+    argv += ["--chat-template", "off", "--output", str(out), "--no-progress"]
+    assert ruler.main(argv) == 0
+    payload = json.loads(out.read_text())
+    expected = 1.0 if correct else 0.0
+    grid = {(t, n, i) for t in TASKS for n in (2048, 3072) for i in range(2)}
+    assert len(seen) == len(grid) and set(seen) == grid  # every sample generated, once
+    assert payload["complete"] and len(payload["records"]) == len(grid)
+    assert {r["metric"] for r in payload["records"]} == {"all", "part"}
+    assert all(r["score"] == expected for r in payload["records"]), [
+        (r["task"], r["score"]) for r in payload["records"] if r["score"] != expected
+    ]
+    assert payload["scores"] == {t: {"2048": expected, "3072": expected} for t in TASKS}
+    assert payload["average"] == {"2048": expected, "3072": expected}
+    assert payload["effective_context"]["length"] == (3072 if correct else None)
 
 
 def test_resume_after_a_kill_neither_redoes_nor_loses_samples(model_dir, haystack_file, tmp_path):

@@ -8,6 +8,8 @@ eval -> one QA answer. Plus, per family: S2-Attn really runs in training and sta
 from __future__ import annotations
 
 import json
+import math
+import re
 
 import pytest
 import torch
@@ -59,8 +61,9 @@ def test_family_end_to_end(name, tmp_path, book, sft_records, capsys):
     trained = json.loads((pre / "config.json").read_text())
     assert trained["max_position_embeddings"] >= CONTEXT, "the saved window must cover what was trained"
     run_args = json.loads((pre / "longlora_args.json").read_text())
-    saved_rope = trained.get("rope_parameters") or {}
-    assert run_args["resolved"].get("rope_parameters", saved_rope) == saved_rope
+    rope = expected_rope_parameters(name)
+    assert trained["rope_parameters"] == rope, "the saved config must carry the RoPE it was trained with"
+    assert run_args["resolved"]["rope_parameters"] == rope
 
     sft = tmp_path / "sft"
     # Character tokens: a chat template's own text (Qwen 2.5's default system prompt) takes ~100 of them.
@@ -90,6 +93,7 @@ def test_family_end_to_end(name, tmp_path, book, sft_records, capsys):
         assert merge.main(["--adapter", str(pre), "--output", str(merged), "--dtype", dtype]) == 0
         model = AutoModelForCausalLM.from_pretrained(merged)  # plain transformers, no longlora code
         assert model.config.max_position_embeddings >= CONTEXT
+        assert _plain(model.config.rope_parameters) == rope, "merging must keep the trained RoPE"
         with torch.no_grad():
             assert torch.isfinite(model(ids).logits.float()).all()
 
@@ -111,18 +115,22 @@ def test_family_end_to_end(name, tmp_path, book, sft_records, capsys):
         ]
     )
     assert rc == 0
-    ppl = json.loads(out.read_text())
-    assert all(torch.isfinite(torch.tensor(float(v))) for v in _numbers(ppl["results"]))
+    results = json.loads(out.read_text())["results"]
+    assert [row["seq_len"] for row in results] == [CONTEXT], results
+    row = results[0]
+    assert row["tokens"] > 0 and math.isfinite(row["loss"]) and row["loss"] > 0
+    assert row["ppl"] == pytest.approx(math.exp(row["loss"]))
 
     from longlora import qa
 
     capsys.readouterr()
+    question, window = "Who is handsome?", 4 * CONTEXT
     rc = qa.main(
         [
             "--doc",
             str(book),
             "--question",
-            "Who is handsome?",
+            question,
             "--model",
             str(merged),
             "--max-new-tokens",
@@ -130,18 +138,74 @@ def test_family_end_to_end(name, tmp_path, book, sft_records, capsys):
             "--dtype",
             "fp32",
             "--context-length",
-            str(4 * CONTEXT),
+            str(window),
+            "--json",
         ]
     )
-    assert rc == 0
-    assert "tokens" in capsys.readouterr().err
+    streams = capsys.readouterr()
+    assert rc == 0, streams.err
+    (line,) = streams.out.splitlines()  # one question, one JSON answer
+    answer = json.loads(line)
+    assert answer["question"] == question
+    fit = answer["fit"]
+    # the 12,000-character book does not fit 512 tokens: the prompt holds retrieved passages of it
+    assert not fit["fits_whole"] and 0 < fit["kept_tokens"] <= fit["budget_tokens"] < fit["document_tokens"]
+    text = " ".join(book.read_text().split())
+    assert answer["sources"] and all(" ".join(src["text"].split()) in text for src in answer["sources"])
+    assert re.search(r"^\[emma\.txt: [\d,]+ tokens, budget [\d,]+, retrieve\]$", streams.err, re.M)
+    expected, prompt_tokens = _greedy_reference_answer(merged, book, question, window, max_new_tokens=3)
+    assert fit["prompt_tokens"] == prompt_tokens
+    assert answer["answer"] == expected, "the answer must be the model's own greedy continuation"
 
 
-def _numbers(results):
-    for row in results if isinstance(results, list) else [results]:
-        for key in ("ppl", "perplexity", "loss"):
-            if key in row:
-                yield row[key]
+def _plain(rope: dict) -> dict:
+    """RoPE parameters as a saved config.json holds them (JSON types)."""
+    return json.loads(json.dumps(rope))
+
+
+def expected_rope_parameters(name: str) -> dict:
+    """The RoPE a pretraining run at CONTEXT must end with, from the family's shipped settings alone.
+
+    A family whose shipped window already covers CONTEXT (an extended release: Llama 3.x, Phi-3 128k,
+    Gemma 3) keeps its RoPE as shipped. The others were pre-trained at TINY_ORIGINAL = CONTEXT / 2 with
+    plain RoPE: the paper's Position Interpolation makes them linear at factor ceil(CONTEXT / 64) = 2, with
+    every other setting (theta) kept.
+    """
+    config = family_config(name)
+    shipped = _plain(config.rope_parameters)
+    if config.max_position_embeddings >= CONTEXT:
+        return shipped
+    assert config.max_position_embeddings == TINY_ORIGINAL and shipped["rope_type"] == "default", shipped
+    return {**shipped, "rope_type": "linear", "factor": 2.0}
+
+
+def _greedy_reference_answer(model_dir, book, question: str, window: int, max_new_tokens: int):
+    """(answer, prompt tokens): the prompt the QA engine builds, continued greedily the slow way (the whole
+    sequence through the model for every token, no KV cache), up to an end-of-answer token."""
+    from longlora.qa import QAEngine
+
+    engine = QAEngine(
+        str(model_dir),
+        context_length=window,
+        dtype="fp32",
+        device="cpu",
+        max_new_tokens=max_new_tokens,
+        status=lambda message: None,
+    )
+    profile = engine.profile
+    assert profile.repetition_penalty == 1.0 and not 0 < profile.no_repeat_ngram_size <= max_new_tokens, (
+        "plain greedy is the engine's rule only without repetition rules that can act within the answer"
+    )
+    session = engine.open_document(str(book))
+    prompt, _ = engine.build_prompt(session, question, max_new_tokens=max_new_tokens)
+    generated: list[int] = []
+    with torch.no_grad():
+        while len(generated) < max_new_tokens:
+            token = int(engine.model(torch.tensor([prompt + generated])).logits[0, -1].argmax())
+            if token in engine.eos_ids:
+                break
+            generated.append(token)
+    return engine.tokenizer.decode(generated, skip_special_tokens=True).strip(), len(prompt)
 
 
 @pytest.mark.parametrize("name", FAMILIES)
