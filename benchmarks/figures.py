@@ -3,7 +3,8 @@
 A *figure* is a number with a unit of measurement (``1.76x``, ``12.4%``, ``83.5 s``, ``8157 MiB``,
 ``61.3 tokens/s``, ``18/40``) or a decimal in a table (perplexities, scores). Not figures: numbers inside
 code (``--max-steps 32``), version numbers, whole-number factors (``4x`` longer context), small fractions
-(``1/4`` of the context) and targets (a number right after "target", ">=", "<=", "≥" or "≤"). Each Markdown block holding figures (a
+(``1/4`` of the context), confidence levels (a "95% interval") and targets (a number right after
+"target", ">=", "<=", "≥" or "≤"). Each Markdown block holding figures (a
 paragraph, a list, a table) must name an existing file under ``results/`` in the block itself or in the
 block right before or after it (a table's caption), for example ``(results/train-step-16k.json)``.
 
@@ -90,9 +91,14 @@ WHOLE_FACTOR = re.compile(r"\d+\s?(?:x|×)")
 SMALL_FRACTION = re.compile(r"\d+/[1-4]")
 
 
+CONFIDENCE = re.compile(r"\s*(?:Wilson\s+|score\s+)*(?:confidence|interval|CI)\b", re.IGNORECASE)
+
+
 def _is_figure(text: str, m: re.Match) -> bool:
     token = m.group(0).strip()
     if WHOLE_FACTOR.fullmatch(token) or SMALL_FRACTION.fullmatch(token):
+        return False
+    if token.endswith("%") and CONFIDENCE.match(text, m.end()):  # a 95% interval: a level, not a result
         return False
     return not TARGET.search(text[max(0, m.start() - 16) : m.start()])
 

@@ -46,7 +46,8 @@ def test_code_versions_factors_fractions_and_targets_are_not_figures(tmp_path):
     text = (
         "Run `--max-steps 32 --lr 3e-4` with torch 2.13.0.\n\n"
         "```\npython x.py  # 12.5 s\n```\n\n"
-        "Extending 4x with groups of 1/4 of the context, target >= 1.8x and ≤ 5%.\n"
+        "Extending 4x with groups of 1/4 of the context, target >= 1.8x and ≤ 5%.\n\n"
+        "Each average has a 95% interval (a 95% Wilson score interval).\n"
     )
     covered, uncovered = _check(tmp_path, text)
     assert not covered and not uncovered

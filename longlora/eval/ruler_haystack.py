@@ -1,5 +1,5 @@
-"""Haystack text for the RULER-style tasks: sentences of local documents, a word vocabulary, and
-reading-comprehension records, with their token ids cached per tokenizer.
+"""Haystack text for the RULER-style tasks: sentences and paragraphs of local documents, a word
+vocabulary, and reading-comprehension records, with their token ids cached per tokenizer.
 
 Documents are read through ``data_tools.load_document`` (.txt, .md, PDF text extraction), so any
 book, paper or folder of them can serve as the haystack (``--haystack``).
@@ -20,11 +20,22 @@ def split_sentences(text: str) -> list[str]:
     return [s for s in re.split(r"(?<=[.!?])\s+(?=[A-Z\"'])", flat) if s]
 
 
+def split_paragraphs(text: str, min_words: int = 20, max_words: int = 300) -> list[str]:
+    """Whitespace-normalised paragraphs (separated by a blank line) of ``min_words`` to ``max_words``
+    words: the documents of the ``qa`` haystack (chapter headings and one-line replies are left out)."""
+    paragraphs = (" ".join(p.split()) for p in re.split(r"\n\s*\n", text))
+    return [p for p in paragraphs if min_words <= len(p.split()) <= max_words]
+
+
 def read_qa_records(path: str | Path) -> list[dict]:
-    """Reading-comprehension records ``{"passage", "question", "answers"}`` from a JSONL file of
-    ``{"input": "Passage: ...\\nQuestion: ...", "output": ..., "all_targets": [...]}`` records
-    (the BIG-bench sample in the fixtures); records whose answer is not a span of the passage are
-    skipped, so every gold answer really is in its passage."""
+    """Reading-comprehension records ``{"passage", "question", "answers"}`` from a JSONL file.
+
+    Two formats: the project's ``{"question", "answers", "paragraph", "book", "offset"}`` records
+    (``data/ruler/austen-qa.jsonl``: each answer stated verbatim in its paragraph of a book; a record
+    whose answer is not in its paragraph is an error), and BIG-bench's short-QA records
+    ``{"input": "Passage: ... Question: ...", "output", "all_targets"}`` (the sample in the fixtures),
+    of which those whose answer is not a span of the passage are skipped. Either way every gold
+    answer is in its passage."""
     out = []
     path = Path(path)
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -34,6 +45,24 @@ def read_qa_records(path: str | Path) -> list[dict]:
             rec = json.loads(line)
         except json.JSONDecodeError as err:
             raise DataError(f"{path}:{number}: not JSON ({err}); give a JSONL file of QA records") from None
+        if "paragraph" in rec:
+            passage = " ".join(str(rec["paragraph"]).split())
+            answers = [str(a) for a in rec.get("answers") or []]
+            missing = [a for a in answers if a not in passage]
+            if not rec.get("question") or not answers or missing:
+                raise DataError(
+                    f"{path}:{number}: a QA record needs a question and answers stated verbatim in its "
+                    f"paragraph (not found: {missing or 'no answers'})"
+                )
+            out.append(
+                {
+                    "passage": passage,
+                    "question": str(rec["question"]).strip(),
+                    "answers": answers,
+                    "id": str(rec.get("id", number)),
+                }
+            )
+            continue
         text = str(rec.get("input", ""))
         if not text.startswith("Passage:") or "\nQuestion:" not in text:
             continue
@@ -42,13 +71,15 @@ def read_qa_records(path: str | Path) -> list[dict]:
         targets = rec.get("all_targets") or [rec.get("output", "")]
         answers = [a for a in (str(t).strip().rstrip(".").strip() for t in targets) if a and a in passage]
         if answers:
-            out.append({"passage": passage, "question": question.strip(), "answers": answers})
+            out.append(
+                {"passage": passage, "question": question.strip(), "answers": answers, "id": str(number)}
+            )
     return out
 
 
 class Haystack:
-    """Local text turned into filler: sentences of real documents, a vocabulary for keys and word
-    lists, and QA records. Token ids are computed once per tokenizer."""
+    """Local text turned into filler: sentences and paragraphs of real documents, a vocabulary for
+    keys and word lists, and QA records. Token ids are computed once per tokenizer."""
 
     def __init__(
         self, texts: list[str], qa_records: list[dict] | None = None, sources: list[str] | None = None
@@ -66,6 +97,9 @@ class Haystack:
                 f"the haystack text has only {len(self.vocabulary)} distinct words; give longer "
                 "documents with --haystack"
             )
+        self.paragraphs = [p for t in texts for p in split_paragraphs(t)]
+        if len(self.paragraphs) < 20:  # text without blank lines (some PDFs): paragraphs of 8 sentences
+            self.paragraphs = [" ".join(self.sentences[i : i + 8]) for i in range(0, len(self.sentences), 8)]
         self.qa_records = list(qa_records or [])
         self.sources = list(sources or [])
         self._ids: dict[tuple, list[list[int]]] = {}
@@ -90,13 +124,6 @@ class Haystack:
         key = ("sentences", id(tokenizer))
         if key not in self._ids:
             self._ids[key] = encode_all(tokenizer, [" " + s for s in self.sentences])
-        return self._ids[key]
-
-    def passage_ids(self, tokenizer) -> list[list[int]]:
-        """Each QA passage as a ``Passage: ...`` block, in record order."""
-        key = ("passages", id(tokenizer))
-        if key not in self._ids:
-            self._ids[key] = encode_all(tokenizer, [f"Passage: {r['passage']}\n\n" for r in self.qa_records])
         return self._ids[key]
 
 
