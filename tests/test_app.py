@@ -434,9 +434,7 @@ def test_loading_model_shows_state_and_document_opens_when_ready(txt_file):
     card, state = _upload(engine, txt_file)
     assert "notes.txt" in card and "counted when the model is ready" in card and state.session is None
     assert state.material_type == "book"
-    with pytest.raises(gr.Error, match="still loading.*Converting the bundled model"):
-        app.start_turn(engine, "Who is Elizabeth?", state)
-    assert state.turns == []
+    # a question asked now is accepted and waits for the model (tests/test_app_loading.py)
     status, timer, card, state = app.poll_status(engine, state)
     assert "Loading" in status and timer.active is True and engine.opened == 0
 
