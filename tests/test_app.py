@@ -25,7 +25,7 @@ from data_tools.errors import ModelLoadError
 from data_tools.prompts import QUESTIONS_FOR
 from longlora.qa import AnswerUpdate, DocumentCard, FitReport, QAEngine, QAEngineLike, Source
 from longlora.qa.protocol import PROTOCOL_ATTRIBUTES, PROTOCOL_METHODS
-from webapp.cards import EMPTY_CARD, card_markdown, status_markdown
+from webapp.cards import EMPTY_CARD, card_markdown, pending_card_markdown, status_markdown
 from webapp.chat import EXAMPLE_LABELS, ChatState, example_visibility, release_state
 from webapp.layout import PAGE_PICK_HELP
 from webapp.loading import BackgroundEngine
@@ -390,7 +390,7 @@ def test_card_shows_the_reader_warning(engine, tmp_path, paper):
     clean, _ = _upload(engine, paper)
     assert "Warning" not in clean
     # the card shown while the model loads says it too
-    pending, _ = _upload(FakeEngine(state="loading"), path)
+    pending = pending_card_markdown(state.document)
     assert "counted when the model is ready" in pending and f"**Warning:** {warning}." in pending
 
 
@@ -429,12 +429,13 @@ def test_real_engine_cards_as_markdown():
 
 
 def test_loading_model_shows_state_and_document_opens_when_ready(txt_file):
+    from data_tools import load_document
+
     engine = FakeEngine(state="loading")
     assert "Loading the model" in status_markdown(engine) and "Converting" in status_markdown(engine)
-    card, state = _upload(engine, txt_file)
-    assert "notes.txt" in card and "counted when the model is ready" in card and state.session is None
-    assert state.material_type == "book"
-    # a question asked now is accepted and waits for the model (tests/test_app_loading.py)
+    # a document without a session yet (uploads and questions made while the model loads wait for it:
+    # tests/test_app_loading.py); the status timer opens it once the model is ready
+    state = ChatState(document=load_document(txt_file), material_type="book")
     status, timer, card, state = app.poll_status(engine, state)
     assert "Loading" in status and timer.active is True and engine.opened == 0
 

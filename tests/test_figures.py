@@ -61,3 +61,16 @@ def test_fractions_times_and_memory_are_figures(tmp_path):
 def test_every_figure_in_the_readme_and_docs_cites_a_result_file():
     covered, uncovered = figures.check(figures.documents())
     assert not uncovered, "\n".join(f"{b.path.name}:{b.line} {b.figures[:6]}" for b in uncovered)
+
+
+def test_the_provenance_index_is_current():
+    """results/PROVENANCE.md lists every result file with where its provenance is (or that it has none)."""
+    spec = importlib.util.spec_from_file_location(
+        "provenance_index", ROOT / "benchmarks" / "provenance_index.py"
+    )
+    index = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(index)
+    assert index.main(["--check"]) == 0, "run python benchmarks/provenance_index.py"
+    text = (ROOT / "results" / "PROVENANCE.md").read_text()
+    for path in (ROOT / "results").rglob("*.json"):
+        assert f"`{path.relative_to(ROOT / 'results').as_posix()}`" in text

@@ -207,6 +207,10 @@ def emit_results(payload: dict, args: argparse.Namespace, table: str, plot=None)
 
     print(table)
     if getattr(args, "output", None):
+        if "provenance" not in payload:  # the command, commit, machine and date of this result
+            from longlora.provenance import run_record
+
+            payload = {**payload, "provenance": run_record()}
         write_json(args.output, payload)
         print(f"wrote {args.output}", file=sys.stderr)
     if getattr(args, "plot", None):
