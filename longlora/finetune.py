@@ -249,6 +249,11 @@ def _check_runtime(cfg: FinetuneConfig, dtype: torch.dtype):
 
     if cfg.method == "qlora":
         require_qlora_support()
+    if cfg.s2_backend == "flex" and cfg.attention != "full" and not torch.cuda.is_available():
+        raise InputError(
+            "--s2-backend flex trains on CUDA only (torch has no flex_attention backward on a CPU); "
+            "use --s2-backend auto (or sdpa) here"
+        )
     plugin = deepspeed_plugin(cfg, dtype) if cfg.deepspeed else None
     if cfg.offload_activations:
         check_offload_device("cuda" if torch.cuda.is_available() else "cpu")

@@ -469,3 +469,15 @@ def test_keep_checkpoints_sets_how_many_stay(base_dir, text_file, tmp_path, monk
     names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert names == ["step-2", "step-3", "step-4"]
     assert run(base_dir, text_file, tmp_path / "x", "--keep-checkpoints", "0") == 2
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
+def test_flex_kernel_is_refused_before_training_without_cuda(base_dir, text_file, tmp_path, capsys):
+    out = tmp_path / "flex"
+    assert (
+        run(base_dir, text_file, out, "--context-length", "256", "--max-steps", "1", "--s2-backend", "flex")
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "--s2-backend flex trains on CUDA only" in err and "--s2-backend auto" in err
+    assert not out.exists() or not (out / "train_log.jsonl").exists()  # refused before anything ran

@@ -129,3 +129,26 @@ def test_cuda_forward_and_gradients_match_the_reference(mix, window):
     want = torch.autograd.grad(ref, ref_leaves, grad.double())
     for name, a, b in zip("qkv", got, want):
         _close(a.cpu(), b, 1e-3, f"d{name}")
+
+
+def test_the_model_backend_runs_the_flex_kernel_when_asked():
+    """enable_s2_attention(backend="flex") reaches the kernel through the transformers backend: the same
+    logits as the group-by-group kernel (forward only on a CPU; S2 kept in eval for the comparison)."""
+    from conftest import tiny_model
+
+    from longlora.s2attn import enable_s2_attention
+
+    torch.manual_seed(0)
+    ids = torch.randint(6, 100, (2, 40))
+    logits = {}
+    for backend in ("sdpa", "flex"):
+        model = tiny_model("llama")
+        enable_s2_attention(model, group_size=8, in_eval=True, backend=backend)
+        assert model.config.s2_backend == backend
+        with torch.no_grad():
+            logits[backend] = model.eval()(ids).logits
+    full = tiny_model("llama").eval()(ids).logits.detach()
+    _close(logits["flex"], logits["sdpa"], 1e-4, "flex vs sdpa")
+    assert (logits["flex"] - full).abs().max() > 1e-3  # S2 was on: not full attention
+    with pytest.raises(ValueError, match="s2 backend must be one of"):
+        enable_s2_attention(tiny_model("llama"), backend="fast")
