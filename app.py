@@ -497,7 +497,14 @@ def main(argv: list[str] | None = None) -> None:
     # the page comes up now and shows the loading status
     engine = BackgroundEngine.from_args(args, max_new_tokens=args.max_new_tokens)
     demo = build_demo(engine, max_new_tokens=args.max_new_tokens, concurrency=args.concurrency)
-    launch(demo, host=args.host, port=args.port, share=args.share, concurrency=args.concurrency)
+    launch(
+        demo,
+        host=args.host,
+        port=args.port,
+        share=args.share,
+        concurrency=args.concurrency,
+        max_upload_mb=args.max_upload_mb,
+    )
 
 
 if __name__ == "__main__":

@@ -120,3 +120,35 @@ def test_fresh_cache_upload_at_once_succeeds_after_loading(tmp_path, monkeypatch
         assert isinstance(answer, str) and answer.strip()
     finally:
         demo.close()
+
+
+def test_an_upload_over_the_size_limit_is_refused_naming_the_limit(tmp_path, monkeypatch):
+    """--max-upload-mb: a larger file is refused (the app keeps serving), a smaller one is read."""
+    from gradio_client import Client, handle_file
+
+    from webapp.server import launch, parse_args
+
+    assert parse_args([]).max_upload_mb == 200
+    with pytest.raises(SystemExit):
+        parse_args(["--max-upload-mb", "0"])
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    demo = app.build_demo(FakeEngine(), max_new_tokens=16)
+    for attempt in range(3):  # as launch_with_retry: a loaded machine can fail gradio's self-check once
+        try:
+            _, url, _ = launch(demo, port=None, prevent_thread_lock=True, quiet=True, max_upload_mb=1)
+            break
+        except ValueError:
+            demo.close()
+            if attempt == 2:
+                raise
+    try:
+        client = Client(url, verbose=False)
+        big = tmp_path / "big.txt"
+        big.write_text("word " * 300_000)  # 1.5 MB
+        with pytest.raises(Exception, match="exceeds the maximum file size of 1048576 bytes"):
+            client.predict(handle_file(str(big)), api_name="/upload")
+        small = tmp_path / "small.txt"
+        small.write_text("The grass is green. " * 50)
+        assert "small.txt" in client.predict(handle_file(str(small)), api_name="/upload")
+    finally:
+        demo.close()

@@ -10,6 +10,8 @@ import gradio as gr
 from .layout import CSS
 
 DEFAULT_CONCURRENCY = 1
+DEFAULT_MAX_UPLOAD_MB = 200  # uploads above it are refused (--max-upload-mb)
+
 LIGHT = dict(concurrency_limit=None, show_progress="hidden")  # quick events: never queued behind answers
 
 
@@ -22,6 +24,7 @@ def launch(
     concurrency: int = DEFAULT_CONCURRENCY,
     prevent_thread_lock: bool = False,
     quiet: bool = False,
+    max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB,
 ):
     """Queue + launch with the app's privacy settings (no share link unless asked, no run history)."""
     demo.queue(default_concurrency_limit=concurrency, max_size=64)
@@ -36,7 +39,7 @@ def launch(
         enable_monitoring=False,
         mcp_server=False,
         footer_links=["api"],
-        max_file_size="200mb",
+        max_file_size=f"{int(max_upload_mb)}mb",  # larger uploads are refused with the limit named
         # System fonts: the page must look right with no internet access.
         theme=gr.themes.Soft(
             font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
@@ -63,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-new-tokens", type=int, default=512, help="default answer length limit in tokens"
     )
     parser.add_argument(
+        "--max-upload-mb",
+        type=int,
+        default=DEFAULT_MAX_UPLOAD_MB,
+        help="largest upload accepted, in MB; a larger file is refused with a message naming the limit",
+    )
+    parser.add_argument(
         "--concurrency",
         type=int,
         default=DEFAULT_CONCURRENCY,
@@ -78,6 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
     if args.concurrency < 1:
         parser.error(f"--concurrency must be at least 1, got {args.concurrency}")
+    if args.max_upload_mb < 1:
+        parser.error(f"--max-upload-mb must be at least 1, got {args.max_upload_mb}")
     if not 0 < args.port < 65536:
         parser.error(f"--port must be between 1 and 65535, got {args.port}")
     return args
