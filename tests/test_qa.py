@@ -573,3 +573,34 @@ def test_prompt_styles_have_one_home_and_wrap_the_document_alike():
     assert prompt_prefix("paper") == prompt_prefix("paper", "paper")  # the paper's template by default
     with pytest.raises(ValueError, match="unknown prompt style 'long'; choose one of paper, brief"):
         prompt_prefix("paper", "long")
+
+
+def test_a_whole_document_answer_cites_the_passages_that_support_it():
+    """Whole-document mode reads every page, yet its sources are the passages that support the answer
+    (found after generation from the answer and the question), each with its page."""
+    from longlora.qa.engine import supporting_spans
+    from longlora.qa.reports import AnswerUpdate
+
+    profile_kw = dict(prompt_style="brief", whole_document=True, whole_document_style="paper")
+    engine = make_engine(context=1024, budget=32, passage=16, profile_kw=profile_kw)
+    pages = [filler(4, seed=1), filler(4, seed=2) + " The zebra code is 4417.", filler(4, seed=3)]
+    session = engine.open_document(paged_document(pages), material_type="paper")
+    index = session.passage_index(16)
+    spans, _ = supporting_spans(index, "What is the zebra code?", "The zebra code is 4417.")
+    cited = [session.document.text[slice(*session.char_span(s, e))] for s, e in spans]
+    assert spans and all(2 in session.pages_for([span]) for span in spans)  # a window may run into page 3
+    assert any("4417" in c for c in cited) and len(spans) <= 3
+    assert supporting_spans(index, "qqq?", "xxyyzz")[0] == []  # no word of either in the document
+
+    _, report = engine.build_prompt(session, "What is the zebra code?")
+    assert report.fits_whole and len(report.sources) == 1 and report.sources[0].pages == [1, 2, 3]
+    final = AnswerUpdate("The zebra code is 4417.", "", True, report)
+    streamed = list(engine._cite_after(session, "What is the zebra code?", iter([final])))
+    assert [src.pages for src in streamed[-1].sources] == [session.pages_for([span]) for span in spans]
+    assert [(src.start, src.end) for src in streamed[-1].sources] == [
+        session.char_span(s, e) for s, e in spans
+    ]
+    # through ask: the whole document is read, and the final update carries cited passages, not it
+    last = list(engine.ask(session, "What is the zebra code?"))[-1]
+    assert last.done and last.fit.fits_whole
+    assert not last.text.strip() or all(src.pages != [1, 2, 3] for src in last.sources)

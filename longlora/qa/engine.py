@@ -309,7 +309,22 @@ class QAEngine:
             session, question.strip(), history=history, strategy=strategy, max_new_tokens=max_new
         )
         job = _Job(session.id, prompt, report, sampling, max_new, stop_event or threading.Event())
-        return self._stream(job)
+        updates = self._stream(job)
+        if report.kept_tokens == report.document_tokens > self.profile.passage_tokens:
+            # the whole document was read: its sources are found after the answer, not before
+            return self._cite_after(session, question.strip(), updates)
+        return updates
+
+    def _cite_after(self, session: DocumentSession, question: str, updates) -> Iterator[AnswerUpdate]:
+        """Pass ``updates`` on; before the last one, replace the whole document as its source with the
+        passages that support the answer (:func:`supporting_spans`), each with its pages."""
+        for update in updates:
+            if update.done and update.text.strip():
+                index = session.passage_index(self.profile.passage_tokens)
+                spans, scores = supporting_spans(index, question, update.text)
+                if spans:
+                    update.fit.sources = _sources(session, spans, index.windows, scores)
+            yield update
 
     def answer(self, session: DocumentSession, question: str, **kwargs) -> str:
         """The complete answer text (non-streaming convenience)."""
@@ -434,6 +449,26 @@ class _Job:
 def _check_strategy(strategy: str) -> None:
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+
+
+def supporting_spans(index, question: str, answer: str, most: int = 3) -> tuple[list[Span], list[float]]:
+    """The passages (token spans, in document order) that support an answer given from the whole
+    document, and every window's score: the windows that score best by BM25 for the answer's words
+    with the question's, up to ``most``, keeping those within half the best score. Nothing when no
+    word of either occurs in the document."""
+    scores = index.scores(f"{answer} {question}")
+    best = max(scores, default=0.0)
+    if best <= 0:
+        return [], scores
+    ranked = sorted(range(len(scores)), key=lambda i: -scores[i])[:most]
+    spans = sorted(index.windows[i] for i in ranked if scores[i] >= best / 2)
+    merged: list[Span] = []
+    for s, e in spans:  # overlapping windows become one passage
+        if merged and s <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], e))
+        else:
+            merged.append((s, e))
+    return merged, scores
 
 
 def _sources(session: DocumentSession, spans: Sequence[Span], passages, scores) -> list[Source]:
