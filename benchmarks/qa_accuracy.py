@@ -177,6 +177,27 @@ def evidence_char_span(text: str, quote: str) -> tuple[int, int] | None:
     return kept[owner[at]], kept[owner[end]] + 1
 
 
+def evidence_pages(document, item: dict) -> list[int]:
+    """The pages holding the item's evidence quote (empty when it has none, or the document no pages)."""
+    span = evidence_char_span(document.text, item["evidence"]) if item.get("evidence") else None
+    if span is None:
+        return []
+    return [p.number for p in document.pages if p.start < span[1] and p.end > span[0]]
+
+
+def cited_evidence(session, item: dict, sources) -> dict:
+    """The answer's sources (pages) and their precision: the share of cited sources whose pages
+    include a page of the evidence (None when the evidence has no page or nothing was cited)."""
+    want = set(evidence_pages(session.document, item))
+    cited = [list(s.pages) for s in sources]
+    hits = [bool(want & set(pages)) for pages in cited]
+    return {
+        "evidence_pages": sorted(want),
+        "cited_pages": cited,
+        "source_precision": (sum(hits) / len(hits)) if want and hits else None,
+    }
+
+
 def centred_tokens(offsets, span: tuple[int, int], budget: int) -> tuple[int, int]:
     """Token span of ``budget`` tokens centred on a character span (clipped to the document)."""
     first = next(i for i, (a, b) in enumerate(offsets) if b > span[0])
@@ -339,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
                     "prompt_tokens": final.fit.prompt_tokens,
                     "fits_whole": final.fit.fits_whole,
                     "seconds": round(time.perf_counter() - start, 2),
+                    **cited_evidence(session, item, final.sources),
                 }
                 out.write(json.dumps(row) + "\n")
                 out.flush()
@@ -354,6 +376,12 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"kind": "qa-accuracy", "provenance": run_record(), "rows": str(args.out), "table": table}
     atomic_write_text(Path(f"{args.out}.meta.json"), json.dumps(meta, indent=2) + "\n")
     return 0
+
+
+def _precision(rows: list[dict]) -> str:
+    """Mean source precision over the answers with a paged evidence and some source, and how many."""
+    values = [r["source_precision"] for r in rows if r.get("source_precision") is not None]
+    return f"{sum(values) / len(values):.2f} ({len(values)})" if values else "-"
 
 
 def run_name(mode: str, config: str) -> str:
@@ -386,9 +414,9 @@ def print_table(items: list[dict], runs, rows_by_run: dict[str, list[dict]]) -> 
     out(
         "\n| mode | config | accuracy | "
         + " | ".join(splits + types)
-        + " | vs evidence | degenerate | prompt tokens |"
+        + " | vs evidence | degenerate | prompt tokens | source precision |"
     )
-    out("| --- " * (6 + len(splits) + len(types)) + "|")
+    out("| --- " * (7 + len(splits) + len(types)) + "|")
     for rows in rows_by_run.values():  # rows kept from before the strict rule are scored again
         for r in rows:
             if r["id"] in by_id and "answer" in r:
@@ -417,7 +445,7 @@ def print_table(items: list[dict], runs, rows_by_run: dict[str, list[dict]]) -> 
         out(
             f"| {mode} | `{config.name}` | {acc}/{len(rows)} ({100 * acc / len(rows):.0f}%) | "
             + " | ".join(cells)
-            + f" | {share} | {degenerate} | {prompt:,.0f} |"
+            + f" | {share} | {degenerate} | {prompt:,.0f} | {_precision(rows)} |"
         )
     text = "\n".join(lines)
     print(text)
