@@ -604,3 +604,50 @@ def test_a_whole_document_answer_cites_the_passages_that_support_it():
     last = list(engine.ask(session, "What is the zebra code?"))[-1]
     assert last.done and last.fit.fits_whole
     assert not last.text.strip() or all(src.pages != [1, 2, 3] for src in last.sources)
+
+
+def test_kv_caches_are_bounded_in_bytes_as_well_as_in_sessions():
+    """Sixteen sessions on a small budget: the least recently used caches go until the bytes fit, a
+    cache larger than the budget by itself is not kept, and the count bound still holds."""
+    from types import SimpleNamespace
+
+    from longlora.qa.cache import PromptCaches, cache_bytes
+
+    def fake_cache(tokens: int):  # two layers of keys and values, fp32, 4 values per token
+        layer = lambda: SimpleNamespace(keys=torch.zeros(tokens, 4), values=torch.zeros(tokens, 4))  # noqa: E731
+        return SimpleNamespace(layers=[layer(), layer()], get_seq_length=lambda: tokens)
+
+    assert cache_bytes(fake_cache(10)) == 2 * 2 * 10 * 4 * 4  # 640 bytes
+    caches = PromptCaches(max_sessions=16, max_bytes=2000)
+    for i in range(16):
+        caches.keep(f"s{i}", list(range(10)), fake_cache(10))
+        assert caches.nbytes <= 2000
+    assert len(caches) == 3 and caches.nbytes == 1920  # 3 x 640
+    cache, reused = caches.take("s15", list(range(10)) + [99], lambda: "new")
+    assert reused == 10  # the most recent one is kept ...
+    assert caches.take("s0", list(range(11)), lambda: "new") == ("new", 0)  # ... the oldest went
+    caches.keep("big", list(range(40)), fake_cache(40))  # 2,560 bytes: more than the budget
+    assert caches.take("big", list(range(41)), lambda: "new") == ("new", 0)
+    counted = PromptCaches(max_sessions=2, max_bytes=None)
+    for i in range(4):
+        counted.keep(f"s{i}", list(range(10)), fake_cache(10))
+    assert len(counted) == 2
+
+
+def test_the_engine_bounds_its_caches_by_the_memory_of_its_device():
+    import os
+
+    from longlora.qa.engine import default_cache_bytes
+
+    ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert default_cache_bytes(torch.device("cpu")) == ram // 4
+    engine = make_engine(max_cache_bytes=12345)
+    assert engine._caches.max_bytes == 12345 and make_engine()._caches.max_bytes == ram // 4
+    # a real transformers cache is measured (not 0 bytes), and one over the budget is not kept
+    roomy = make_engine(context=512)
+    session = roomy.open_document(paged_document([filler(3, seed=4)]), material_type="paper")
+    roomy.answer(session, "Anything?")
+    assert len(roomy._caches) == 1 and roomy._caches.nbytes > 1000
+    tight = make_engine(context=512, max_cache_bytes=1000)
+    tight.answer(tight.open_document(paged_document([filler(3, seed=4)]), material_type="paper"), "Anything?")
+    assert len(tight._caches) == 0

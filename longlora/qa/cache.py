@@ -1,7 +1,10 @@
 """The KV cache of each session's last prompt, so a follow-up question prefills only what differs.
 
-An LRU of at most ``max_sessions`` entries, keyed by session id. ``take`` removes the entry and crops
-its cache to the longest common prefix with the new prompt; ``keep`` puts it back after generation.
+An LRU keyed by session id, bounded by a count (``max_sessions``) and by bytes (``max_bytes``: the
+keys and values the caches hold; those of one 16k-token document of an 8B model take gigabytes, so a
+count alone does not bound memory). ``take`` removes the entry and crops its cache to the longest common prefix
+with the new prompt; ``keep`` puts it back after generation, evicting the least recently used entries
+until both bounds hold (a cache larger than ``max_bytes`` by itself is not kept).
 """
 
 from __future__ import annotations
@@ -16,6 +19,19 @@ from dataclasses import dataclass
 class _Entry:
     ids: list[int]
     cache: object  # transformers DynamicCache holding exactly `ids`
+    nbytes: int = 0
+
+
+def cache_bytes(cache) -> int:
+    """Bytes of the key and value tensors a transformers cache holds (its ``layers``' ``keys`` and
+    ``values``)."""
+    total = 0
+    for layer in getattr(cache, "layers", None) or []:
+        for name in ("keys", "values"):
+            t = getattr(layer, name, None)
+            if t is not None and hasattr(t, "element_size"):
+                total += t.numel() * t.element_size()
+    return total
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -35,8 +51,9 @@ def crop(cache, length: int) -> None:
 class PromptCaches:
     """Per-session KV caches (LRU). Thread-safe."""
 
-    def __init__(self, max_sessions: int = 4):
+    def __init__(self, max_sessions: int = 4, max_bytes: int | None = None):
         self.max_sessions = int(max_sessions)
+        self.max_bytes = None if max_bytes is None else int(max_bytes)
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -57,10 +74,16 @@ class PromptCaches:
             return
         if cache.get_seq_length() != len(ids):  # interrupted mid-forward: do not trust it
             return
+        nbytes = cache_bytes(cache)
+        if self.max_bytes is not None and nbytes > self.max_bytes:
+            self.drop(session_id)
+            return
         with self._lock:
-            self._entries[session_id] = _Entry(list(ids), cache)
+            self._entries[session_id] = _Entry(list(ids), cache, nbytes)
             self._entries.move_to_end(session_id)
-            while len(self._entries) > self.max_sessions:
+            while len(self._entries) > self.max_sessions or (
+                self.max_bytes is not None and self.nbytes > self.max_bytes
+            ):
                 self._entries.popitem(last=False)
 
     def drop(self, session_id: str) -> None:
@@ -69,3 +92,8 @@ class PromptCaches:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the kept caches."""
+        return sum(e.nbytes for e in self._entries.values())

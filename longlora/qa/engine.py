@@ -10,6 +10,7 @@ session's document and cache are its own. Loading in the background belongs to t
 from __future__ import annotations
 
 import dataclasses
+import os
 import queue
 import sys
 import threading
@@ -69,6 +70,7 @@ class QAEngine:
         adapter: str | None = None,
         profile: ModelProfile | None = None,
         max_cached_sessions: int = 4,
+        max_cache_bytes: int | None = None,
         prefill_chunk: int = 1024,
         status=_print_status,
     ):
@@ -105,7 +107,9 @@ class QAEngine:
         self.prefill_chunk = int(prefill_chunk)
         self.eos_ids = eos_ids(model, tokenizer)
         self._gap_ids = tokenizer(GAP_MARKER, add_special_tokens=False)["input_ids"]
-        self._caches = PromptCaches(max_cached_sessions)
+        if max_cache_bytes is None:
+            max_cache_bytes = default_cache_bytes(next(model.parameters()).device)
+        self._caches = PromptCaches(max_cached_sessions, max_cache_bytes)
         self._generate_lock = threading.Lock()
 
     @classmethod
@@ -444,6 +448,17 @@ class _Job:
             new_tokens=new_tokens,
             first_token_s=self.first_token_s,
         )
+
+
+def default_cache_bytes(device) -> int:
+    """The sessions' KV caches may hold a quarter of the memory of the device the model is on (GPU
+    memory on CUDA, RAM otherwise); with the model and one prompt's activations that leaves room."""
+    if getattr(device, "type", str(device)) == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory // 4
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    except (ValueError, OSError, AttributeError):  # no sysconf (Windows): 2 GiB
+        return 2 << 30
 
 
 def _check_strategy(strategy: str) -> None:
