@@ -183,14 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def text_files(specs: list[str]) -> list[Path]:
-    files = []
-    for spec in specs:
-        path = Path(spec)
-        files += sorted(path.glob("*.txt")) if path.is_dir() else [path]
-    missing = [str(f) for f in files if not f.is_file()]
-    if not files or missing:
-        raise SystemExit(f"error: --text: no such text file {', '.join(missing) or specs}")
-    return files
+    """The documents named by ``--text`` (files, folders, globs), by the reader's rules and messages."""
+    from data_tools.errors import InputError
+    from data_tools.reader import find_sources
+
+    try:
+        return [source.path for source in find_sources(specs, ("document",), flag="--text")]
+    except InputError as err:
+        raise SystemExit(f"error: {err}") from None
 
 
 def text_tokens(files: list[Path], tokenizer_dir: str | None, vocab_size: int):
@@ -198,7 +198,9 @@ def text_tokens(files: list[Path], tokenizer_dir: str | None, vocab_size: int):
     bytes when it is None."""
     import numpy as np
 
-    text = "\n\n".join(f.read_text(encoding="utf-8", errors="replace") for f in files)
+    from data_tools.reader import Source, read_texts
+
+    text = "\n\n".join(t for f in files for _, t in read_texts(Source(f, "document")))
     if tokenizer_dir is None:
         ids = np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int64)
     else:

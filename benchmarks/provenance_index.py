@@ -48,9 +48,6 @@ def embedded(path: Path) -> dict | None:
         except (OSError, json.JSONDecodeError):
             continue
         block = data.get("provenance") if isinstance(data, dict) else None
-        if block is None and isinstance(data, dict) and c.name == "recipe.json":
-            runs = data.get("invocations") or data.get("runs") or []
-            block = runs[-1] if runs else None
         if isinstance(block, dict):
             return {"where": c.relative_to(RESULTS).as_posix(), **block}
     return None

@@ -182,7 +182,7 @@ def evidence_pages(document, item: dict) -> list[int]:
     span = evidence_char_span(document.text, item["evidence"]) if item.get("evidence") else None
     if span is None:
         return []
-    return [p.number for p in document.pages if p.start < span[1] and p.end > span[0]]
+    return document.pages_for_span(*span)
 
 
 def cited_evidence(session, item: dict, sources) -> dict:

@@ -345,7 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="bf16", help="compute dtype")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--book", default=str(FIXTURES / "austen-emma.txt"), help="the long document")
-    p.add_argument("--steps", type=int, default=3, help="timed training steps per configuration (median kept)")
+    p.add_argument(
+        "--steps", type=int, default=3, help="timed training steps per configuration (median kept)"
+    )
     p.add_argument("--warmup", type=int, default=1, help="untimed training steps before them")
     p.add_argument("--chunk-size", type=int, default=None, help="loss chunk in tokens (default ~128 MB)")
     p.add_argument("--offload-activations", action="store_true", help="CUDA: checkpoints in pinned CPU RAM")

@@ -184,3 +184,26 @@ def tiny_model_dir(tmp_path):
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+def bpe_tokenizer(text: str, vocab_size: int):
+    """A byte-level BPE tokenizer trained offline on ``text``, with a BOS and a chat template: merges
+    make token counts of joined text differ from the sum of its parts."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE(unk_token=None))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    backend.train_from_iterator([text], trainer)
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", backend.token_to_id("<s>"))]
+    )
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>")
+    tok.chat_template = make_char_tokenizer().chat_template
+    return tok

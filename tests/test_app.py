@@ -775,12 +775,12 @@ def test_usage_block_in_module_docstring():
 # --------------------------------------------------------------------------------------------------
 
 
-def launch_with_retry(demo, attempts: int = 3) -> str:
+def launch_with_retry(demo, attempts: int = 3, **launch_kwargs) -> str:
     """Launch on a free 127.0.0.1 port. On a heavily loaded machine gradio's self-check of
     localhost (one HEAD request with a 3 s timeout) can time out; launching again then works."""
     for attempt in range(attempts):
         try:
-            _, url, _ = launch(demo, port=None, prevent_thread_lock=True, quiet=True)
+            _, url, _ = launch(demo, port=None, prevent_thread_lock=True, quiet=True, **launch_kwargs)
             return url
         except ValueError as exc:
             demo.close()

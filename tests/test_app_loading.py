@@ -126,21 +126,14 @@ def test_an_upload_over_the_size_limit_is_refused_naming_the_limit(tmp_path, mon
     """--max-upload-mb: a larger file is refused (the app keeps serving), a smaller one is read."""
     from gradio_client import Client, handle_file
 
-    from webapp.server import launch, parse_args
+    from webapp.server import parse_args
 
     assert parse_args([]).max_upload_mb == 200
     with pytest.raises(SystemExit):
         parse_args(["--max-upload-mb", "0"])
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
     demo = app.build_demo(FakeEngine(), max_new_tokens=16)
-    for attempt in range(3):  # as launch_with_retry: a loaded machine can fail gradio's self-check once
-        try:
-            _, url, _ = launch(demo, port=None, prevent_thread_lock=True, quiet=True, max_upload_mb=1)
-            break
-        except ValueError:
-            demo.close()
-            if attempt == 2:
-                raise
+    url = launch_with_retry(demo, max_upload_mb=1)
     try:
         client = Client(url, verbose=False)
         big = tmp_path / "big.txt"

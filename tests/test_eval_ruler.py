@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import EMMA, FIXTURES, make_char_tokenizer, needs_fixtures, tiny_model
+from conftest import EMMA, FIXTURES, bpe_tokenizer, make_char_tokenizer, needs_fixtures, tiny_model
 
 from data_tools.errors import InputError
 from longlora.eval.ruler import effective_context, main, read_log, summarize
@@ -54,22 +54,7 @@ def char_tok():
 def bpe_tok():
     """A byte-level BPE tokenizer trained offline on the book: merges make token counts of joined
     text differ from the sum of its parts, the case exact lengths must survive."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    backend = Tokenizer(models.BPE(unk_token=None))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=600, special_tokens=["<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    backend.train_from_iterator([BOOK.read_text(encoding="utf-8")[:200_000]], trainer)
-    backend.post_processor = processors.TemplateProcessing(
-        single="<s> $A", special_tokens=[("<s>", backend.token_to_id("<s>"))]
-    )
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>")
-    tok.chat_template = make_char_tokenizer().chat_template
-    return tok
+    return bpe_tokenizer(BOOK.read_text(encoding="utf-8")[:200_000], vocab_size=600)
 
 
 def _context_words(text: str) -> list[str]:

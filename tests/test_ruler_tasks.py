@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import EMMA, PRIDE_AND_PREJUDICE, make_char_tokenizer, tiny_model
+from conftest import EMMA, PRIDE_AND_PREJUDICE, bpe_tokenizer, make_char_tokenizer, tiny_model
 
 from longlora.eval.ruler import (
     DEFAULT_HAYSTACK,
@@ -47,22 +47,7 @@ def hay(books):
 @pytest.fixture(scope="module")
 def bpe_tok():
     """A byte-level BPE tokenizer trained offline on a novel, with a BOS and a chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    backend = Tokenizer(models.BPE(unk_token=None))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=800, special_tokens=["<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    backend.train_from_iterator([PRIDE_AND_PREJUDICE.read_text(encoding="utf-8")[:200_000]], trainer)
-    backend.post_processor = processors.TemplateProcessing(
-        single="<s> $A", special_tokens=[("<s>", backend.token_to_id("<s>"))]
-    )
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>")
-    tok.chat_template = make_char_tokenizer().chat_template
-    return tok
+    return bpe_tokenizer(PRIDE_AND_PREJUDICE.read_text(encoding="utf-8")[:200_000], vocab_size=800)
 
 
 def _span(tok, sample, start, tokens) -> str:
