@@ -27,7 +27,7 @@ pipeline answers are reused only when they were given with the engine's current 
     python benchmarks/qa_accuracy.py --qa-set benchmarks/qa_set.jsonl --configs retrieve:1024:256 truncate-end:4096
     python benchmarks/qa_accuracy.py --model ./merged-32k --configs retrieve:full --modes pipeline
 
-A config is ``strategy[:budget[:passage_tokens[:repetition_penalty[:no_repeat_ngram]]]][@prompt_style]``;
+A config is ``strategy[:budget[:passage_tokens[:repetition_penalty[:no_repeat_ngram[:lead_tokens]]]]][@prompt_style]``;
 budget ``full`` means the whole context window; prompt styles are ``data_tools.prompts.PROMPT_STYLES``.
 Strategy ``whole[/STYLE]`` is ``retrieve`` with the profile's whole-document mode: a document that fits
 the window goes in whole, in STYLE (default the paper's template); ``--fitting-only`` keeps the
@@ -95,6 +95,7 @@ class Config:
     no_repeat_ngram_size: int = 0
     prompt_style: str = "paper"
     whole_style: str | None = None  # "whole[/STYLE]": a document that fits the window goes in whole
+    lead_tokens: int = 0  # the document's opening kept in every retrieval prompt
 
     @classmethod
     def parse(cls, text: str) -> Config:
@@ -114,10 +115,11 @@ class Config:
                 passage_tokens=int(parts[2]) if len(parts) > 2 else 256,
                 repetition_penalty=float(parts[3]) if len(parts) > 3 else 1.0,
                 no_repeat_ngram_size=int(parts[4]) if len(parts) > 4 else 0,
+                lead_tokens=int(parts[5]) if len(parts) > 5 else 0,
             )
         except ValueError:
             raise SystemExit(
-                f"bad config {text!r}; use strategy[:budget[:passage[:rep_penalty[:ngram]]]]"
+                f"bad config {text!r}; use strategy[:budget[:passage[:rep_penalty[:ngram[:lead]]]]]"
             ) from None
 
     @property
@@ -129,8 +131,10 @@ class Config:
         name = f"{strategy}:{budget}"
         if self.strategy == "retrieve":
             name += f":{self.passage_tokens}"
-        if self.repetition_penalty != 1.0 or self.no_repeat_ngram_size:
+        if self.repetition_penalty != 1.0 or self.no_repeat_ngram_size or self.lead_tokens:
             name += f":{self.repetition_penalty:g}:{self.no_repeat_ngram_size}"
+        if self.lead_tokens:
+            name += f":{self.lead_tokens}"
         if self.prompt_style != "paper":
             name += f"@{self.prompt_style}"
         return name
@@ -331,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
                 prompt_style=config.prompt_style,
                 whole_document=config.whole_style is not None,
                 whole_document_style=config.whole_style or "paper",
+                lead_tokens=config.lead_tokens,
             )
             if mode == "windows" and config.strategy != "retrieve":
                 continue

@@ -51,6 +51,8 @@ class ModelProfile:
     whole_document: a document that fits the whole context window goes in whole, in
     ``whole_document_style`` (the paper's demo: full attention over all of it), whatever
     ``document_budget`` says; longer documents are fitted by the settings above.
+    lead_tokens: the document's first tokens (title, authors, abstract) kept in every retrieval
+    prompt before the retrieved passages (0: only for bibliographic questions).
     """
 
     document_budget: int | None = None
@@ -60,6 +62,7 @@ class ModelProfile:
     no_repeat_ngram_size: int = 0
     whole_document: bool = False
     whole_document_style: str = "paper"
+    lead_tokens: int = 0
 
 
 # The config key that carries the profile name through save / merge / Position Interpolation.

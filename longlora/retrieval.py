@@ -290,17 +290,27 @@ class PassageIndex:
         return self.bm25.scores(question)
 
     def select(
-        self, question: str, budget: int, *, separator_len: int = 0, scores: Sequence[float] | None = None
+        self,
+        question: str,
+        budget: int,
+        *,
+        separator_len: int = 0,
+        scores: Sequence[float] | None = None,
+        lead_tokens: int = 0,
     ) -> list[tuple[int, int]]:
         """Token spans (merged, in document order) that fit ``budget`` tokens, gap markers included.
 
         ``scores``: the windows' scores for the question when the caller already has them.
+        ``lead_tokens``: the document's first tokens given with every question (its title and
+        abstract say what it is, which passages picked by words alone often miss); bibliographic
+        questions get at least ``front_tokens`` of it.
         """
         if self.num_tokens <= budget:
             return [(0, self.num_tokens)] if self.num_tokens else []
-        required = []
-        if is_bibliographic(question) and self.front_tokens > 0:
-            required = [(0, min(self.front_tokens, self.num_tokens))]
+        lead = max(0, lead_tokens)
+        if is_bibliographic(question):
+            lead = max(lead, self.front_tokens)
+        required = [(0, min(lead, self.num_tokens))] if lead > 0 else []
         if scores is None:
             scores = self.scores(question)
         return select_spans(self.windows, scores, budget, separator_len=separator_len, required=required)

@@ -250,6 +250,20 @@ def test_passage_index_adds_front_matter_only_for_bibliographic_questions():
         assert brute_force_cost(spans, 2) <= 60
 
 
+def test_lead_tokens_keep_the_opening_for_every_question_and_still_fit_the_budget():
+    offsets = word_offsets(DOC)
+    index = PassageIndex(offsets, DOC, 32, front_tokens=12)
+    q = "How many times per crank does gear 117 turn?"
+    spans = index.select(q, budget=60, separator_len=2, lead_tokens=8)
+    assert spans[0] == (0, 8) and brute_force_cost(spans, 2) <= 60
+    kept = " ".join(DOC[offsets[s][0] : offsets[e - 1][1]] for s, e in spans)
+    assert "Seamless Widgets" in kept and "gear 117 of the engine, which turns 351 times" in kept
+    # a bibliographic question gets the longer of the two openings
+    assert index.select("Who wrote this paper?", 60, separator_len=2, lead_tokens=8)[0] == (0, 12)
+    assert index.select("Who wrote this paper?", 60, separator_len=2, lead_tokens=20)[0] == (0, 20)
+    assert index.select(q, 60, separator_len=2, lead_tokens=0) == index.select(q, 60, separator_len=2)
+
+
 def test_passage_index_is_deterministic_and_keeps_short_documents_whole():
     offsets = word_offsets(DOC)
     q = "Which gear turns 300 times per crank?"

@@ -269,7 +269,13 @@ class QAEngine:
         """(spans, windows, window scores) for a document longer than ``budget`` (``PassageIndex``)."""
         index = session.passage_index(self.profile.passage_tokens)
         scores = index.scores(question)
-        spans = index.select(question, budget, separator_len=len(self._gap_ids), scores=scores)
+        spans = index.select(
+            question,
+            budget,
+            separator_len=len(self._gap_ids),
+            scores=scores,
+            lead_tokens=self.profile.lead_tokens,
+        )
         if not spans:
             # No word of the question occurs in the document: its opening (title, abstract,
             # contents) is a better guess than an empty prompt.
