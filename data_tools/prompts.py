@@ -50,6 +50,14 @@ PROMPT_STYLES: dict[str, tuple[str, str]] = {
         "Read {material_phrase} below and answer the question after it.\n\n",
         "\n\nQuestion: {question}\nAnswer in one short sentence.",
     ),
+    # "brief" plus leave to say the answer is not there: without it a small model names whatever the
+    # passages hold when asked about something the document never mentions (benchmarks/qa_accuracy.py,
+    # the development set's "absent" questions).
+    "grounded": (
+        "Read {material_phrase} below and answer the question after it. If the {material_noun} does not "
+        "give the answer, say that it does not.\n\n",
+        "\n\nQuestion: {question}\nAnswer in one short sentence.",
+    ),
 }
 # The original LongLoRA SFT wrapping, used when the tokenizer has no chat template.
 PLAIN_TEMPLATE = ("[INST]", "[/INST]")

@@ -564,14 +564,14 @@ def test_prompt_styles_have_one_home_and_wrap_the_document_alike():
     from data_tools.prompts import PROMPT_STYLES
     from longlora.qa.prompt import first_turn
 
-    assert set(PROMPT_STYLES) == {"paper", "brief"}
+    assert set(PROMPT_STYLES) == {"paper", "brief", "grounded"}
     for style in PROMPT_STYLES:
         turn = first_turn(" Who wrote it? ", "book", style)
         head, tail = turn.split("\u0000LONGLORA_CONTENT\u0000")
         assert head == prompt_prefix("book", style) and tail == prompt_suffix("Who wrote it?", style)
         assert "a book" in head and "Who wrote it?" in tail
     assert prompt_prefix("paper") == prompt_prefix("paper", "paper")  # the paper's template by default
-    with pytest.raises(ValueError, match="unknown prompt style 'long'; choose one of paper, brief"):
+    with pytest.raises(ValueError, match="unknown prompt style 'long'; choose one of paper, brief, grounded"):
         prompt_prefix("paper", "long")
 
 
