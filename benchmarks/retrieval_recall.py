@@ -388,10 +388,11 @@ def main(argv: list[str] | None = None) -> int:
     sizes = args.passage or [engine.profile.passage_tokens if engine else bundled.passage_tokens]
 
     types = [t for t in TYPES if any(r["type"] == t for r in items)]
+    kinds = [k for k in KINDS if any(r["kind"] == k for r in items)]
     print(f"\ngap marker {gap_len} tokens\n")
-    header = "| method | budget | passage | recall | dev | holdout | " + " | ".join(types) + " |"
+    header = "| method | budget | passage | recall | dev | holdout | " + " | ".join(types + kinds) + " |"
     print(header)
-    print("| --- " * (6 + len(types)) + "|")
+    print("| --- " * (6 + len(types) + len(kinds)) + "|")
     for method in args.methods:
         if args.budgets:
             budgets = args.budgets
@@ -414,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
                         spans = select(method, doc, rec["question"], budget, size, gap_len, args.front)
                         pieces = [doc.piece(s) for s in spans]
                     hits[rec["id"]] = all(contains_evidence(pieces, q) for q in quotes(rec))
-                print_row(method, budget, size, items, hits, types)
+                print_row(method, budget, size, items, hits, types + kinds)
                 if args.misses:
                     for rec in items:
                         if not hits[rec["id"]] and rec["split"] == "dev":
@@ -423,10 +424,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_row(method: str, budget, size: int, items: list[dict], hits: dict[str, bool], types) -> None:
+    """One table row: recall overall, per split, then per group of ``types`` (document types, kinds)."""
     groups: dict[str, list[bool]] = defaultdict(list)
     for rec in items:
         groups[rec["split"]].append(hits[rec["id"]])
         groups[rec["type"]].append(hits[rec["id"]])
+        groups[rec["kind"]].append(hits[rec["id"]])
     total = sum(hits.values())
     cells = [_frac(groups[g]) for g in ("dev", "holdout", *types)]
     print(
