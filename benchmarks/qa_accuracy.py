@@ -13,7 +13,17 @@ modes with the same model, prompt and token budget:
   and the engine reads only them (to compare window sizes without changing the engine);
 - ``evidence``: the engine reads the budget's worth of tokens centred on the evidence quote: a
   reference for what retrieval could give this model, not a bound (one sampled answer per question, and
-  the pipeline's passages sometimes serve the model better).
+  the pipeline's passages sometimes serve the model better). A two-passage question gets half the
+  budget centred on each of its two quotes (``evidence2``), joined by the gap marker (one span when they
+  overlap). An absent question (the document does not answer it) has no evidence: its reference reading
+  is the document's first budget of tokens, the title page and opening where a reader would look to
+  learn what a document covers (``evidence_spans``).
+
+Answers are graded by ``qa_scoring.grade``: the strict rule, with the rules of the kinds users ask
+first (``about``, ``author``, ``two-passage``, ``absent``). Every row carries its question's split and
+kind; the summary gives the counts per split and document type, and a second table per kind and split,
+so a tuning run is read on the dev split without looking at held-out answers one by one (``--split dev``
+runs only the dev split; the progress lines on stderr show a held-out answer's mark, never its text).
 
 It also counts degenerate answers (echoing the prompt's "Now the material ends." / "Below is", or
 repeating a phrase). With ``--qa-set benchmarks/qa_set.jsonl`` (no evidence quotes) only
@@ -24,6 +34,7 @@ pipeline answers are reused only when they were given with the engine's current 
 
     python benchmarks/qa_accuracy.py                                   # dev set, bundled model profile
     python benchmarks/qa_accuracy.py --limit 6 --modes pipeline evidence
+    python benchmarks/qa_accuracy.py --split dev                       # tuning: the dev split only
     python benchmarks/qa_accuracy.py --qa-set benchmarks/qa_set.jsonl --configs retrieve:1024:256 truncate-end:4096
     python benchmarks/qa_accuracy.py --model ./merged-32k --configs retrieve:full --modes pipeline
 
@@ -52,8 +63,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from qa_scoring import lenient, strict  # noqa: E402
-from retrieval_recall import TYPES, evidence_key, shared_root  # noqa: E402
+from qa_scoring import grade, grade_lenient  # noqa: E402
+from retrieval_recall import KINDS, TYPES, evidence_key, quotes, shared_root  # noqa: E402
 
 DEFAULT_SET = HERE / "qa_dev_set.jsonl"
 # Real documents live in shared/fixtures beside the repository; LONGLORA_FIXTURES overrides.
@@ -141,8 +152,15 @@ class Config:
 
 
 def is_correct(answer: str, item: dict) -> bool:
-    """The strict rule of ``qa_scoring`` (whole tokens, one candidate)."""
-    return strict(answer, item["answers"], item["question"])[0]
+    """The strict rule of ``qa_scoring`` for the item's kind (whole tokens, one candidate; absent: says so)."""
+    return grade(answer, item)[0]
+
+
+def select_items(items: list[dict], split: str = "all", limit: int | None = None) -> list[dict]:
+    """The questions of one split (``dev``, ``holdout``; ``all`` keeps every one), then the first ``limit``."""
+    if split not in ("all", "dev", "holdout"):
+        raise SystemExit(f"--split {split!r}: use dev, holdout or all")
+    return [i for i in items if split == "all" or i.get("split") == split][:limit]
 
 
 def is_degenerate(answer: str) -> bool:
@@ -182,11 +200,13 @@ def evidence_char_span(text: str, quote: str) -> tuple[int, int] | None:
 
 
 def evidence_pages(document, item: dict) -> list[int]:
-    """The pages holding the item's evidence quote (empty when it has none, or the document no pages)."""
-    span = evidence_char_span(document.text, item["evidence"]) if item.get("evidence") else None
-    if span is None:
-        return []
-    return document.pages_for_span(*span)
+    """The pages holding the item's evidence quotes (empty when it has none, or the document no pages)."""
+    pages: set[int] = set()
+    for quote in quotes(item):
+        span = evidence_char_span(document.text, quote)
+        if span is not None:
+            pages.update(document.pages_for_span(*span))
+    return sorted(pages)
 
 
 def cited_evidence(session, item: dict, sources) -> dict:
@@ -213,6 +233,26 @@ def centred_tokens(offsets, span: tuple[int, int], budget: int) -> tuple[int, in
     return start, end
 
 
+def evidence_spans(
+    offsets, spans: list[tuple[int, int]], budget: int, gap_len: int = 0
+) -> list[tuple[int, int]]:
+    """Token spans the ``evidence`` mode reads for an item whose quotes lie at character ``spans``.
+
+    No quote (an absent question): the document's first ``budget`` tokens. One quote: ``budget`` tokens
+    centred on it. Two quotes: half of what is left after one gap marker (``gap_len`` tokens) centred on
+    each, merged into one span when they overlap or touch.
+    """
+    if not spans:
+        return [(0, min(budget, len(offsets)))]
+    if len(spans) == 1:
+        return [centred_tokens(offsets, spans[0], budget)]
+    half = (budget - gap_len) // 2
+    (a0, a1), (b0, b1) = sorted(centred_tokens(offsets, s, half) for s in spans)
+    if b0 <= a1:
+        return [(a0, max(a1, b1))]
+    return [(a0, a1), (b0, b1)]
+
+
 def reading(engine, session, item: dict, mode: str, passage_tokens: int):
     """The session the engine answers from in this mode (a short document holding the selection)."""
     from data_tools import load_text
@@ -222,20 +262,17 @@ def reading(engine, session, item: dict, mode: str, passage_tokens: int):
         return session
     budget = engine.document_budget(session, item["question"]) - SLACK
     text, offsets = session.document.text, session.offsets
+    gap_len = len(engine.tokenizer(GAP_MARKER, add_special_tokens=False)["input_ids"])
     if mode == "windows":
         index = session.passage_index(passage_tokens)
-        spans = index.select(
-            item["question"],
-            budget,
-            separator_len=len(engine.tokenizer(GAP_MARKER, add_special_tokens=False)["input_ids"]),
-        )
+        spans = index.select(item["question"], budget, separator_len=gap_len)
     else:
-        span = evidence_char_span(text, item["evidence"])
-        if span is None:
+        chars = [evidence_char_span(text, q) for q in quotes(item)]
+        if None in chars:
             raise SystemExit(
                 f"{item['id']}: evidence not found in {item['doc']}; run retrieval_recall.py --check"
             )
-        spans = [centred_tokens(offsets, span, budget)]
+        spans = evidence_spans(offsets, chars, budget, gap_len)
     pieces = [text[offsets[s][0] : offsets[e - 1][1]] for s, e in spans]
     document = load_text(GAP_MARKER.join(pieces), name=f"{item['id']}-{mode}")
     return engine.open_document(document, material_type=session.material_type)
@@ -267,6 +304,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=48, help="answer length limit")
     parser.add_argument("--limit", type=int, default=None, help="only the first N questions")
     parser.add_argument(
+        "--split",
+        default="all",
+        choices=("dev", "holdout", "all"),
+        help="run only the dev split (tuning) or the held-out one (default: all)",
+    )
+    parser.add_argument(
         "--out", type=Path, default=Path("outputs/qa_accuracy.jsonl"), help="per-answer results"
     )
     parser.add_argument("--fresh", action="store_true", help="ignore results already in --out")
@@ -285,8 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from longlora.qa import QAEngine
 
-    items = load_set(args.qa_set)[: args.limit]
-    has_evidence = all("evidence" in i for i in items)
+    items = select_items(load_set(args.qa_set), args.split, args.limit)
+    # absent questions have no evidence by design; the evidence mode reads the document's opening for them
+    has_evidence = all("evidence" in i or i.get("absent") for i in items)
     modes = args.modes if has_evidence else ["pipeline"]
     if args.runs or (has_evidence and args.configs is None):
         runs = [parse_run(r) for r in args.runs or DEV_RUNS]
@@ -357,9 +401,11 @@ def main(argv: list[str] | None = None) -> int:
                     "config": config.name,
                     "retrieval": RETRIEVAL,
                     "id": item["id"],
+                    "split": item.get("split"),
+                    "kind": item.get("kind"),
                     "answer": final.text,
                     "correct": is_correct(final.text, item),
-                    "correct_lenient": lenient(final.text, item["answers"], item.get("match", "substring")),
+                    "correct_lenient": grade_lenient(final.text, item),
                     "degenerate": is_degenerate(final.text),
                     "kept_tokens": final.fit.kept_tokens,
                     "prompt_tokens": final.fit.prompt_tokens,
@@ -371,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
                 out.flush()
                 rows_by_run[name].append(row)
                 mark = "+" if row["correct"] else ("~" if row["degenerate"] else "-")
-                print(f"{name:40s} {mark} {item['id']:22s} {final.text[:80]!r}", file=sys.stderr)
+                shown = "(held out)" if item.get("split") == "holdout" else repr(final.text[:80])
+                print(f"{name:40s} {mark} {item['id']:22s} {shown}", file=sys.stderr)
 
     table = print_table(items, runs, rows_by_run)
     # provenance beside the per-answer rows: the command, commit, machine and date of this run, and its table
@@ -408,9 +455,17 @@ def parse_run(text: str) -> tuple[str, Config]:
     return mode, Config.parse(config)
 
 
+def _ratio(rows: list[dict], ceiling: list[dict]) -> str:
+    """Correct answers of ``rows`` as a share of those of the ``evidence`` reference on the same questions."""
+    ids = {r["id"] for r in rows}
+    reference = sum(r["correct"] for r in ceiling if r["id"] in ids)
+    return f"{100 * sum(r['correct'] for r in rows) / reference:.0f}%" if reference else "-"
+
+
 def print_table(items: list[dict], runs, rows_by_run: dict[str, list[dict]]) -> str:
-    """Markdown table: accuracy per run, per split and per document type, and the ratio to the ``evidence``
-    run (a noisy reference, not a bound: the pipeline can beat it)."""
+    """Markdown tables: accuracy per run, per split and per document type, and the ratio to the
+    ``evidence`` run (a noisy reference, not a bound: the pipeline can beat it), overall and on the
+    held-out split; then correct answers per kind of question and split, run by run."""
     by_id = {i["id"]: i for i in items}
     types = [t for t in TYPES if any(doc_type(i) == t for i in items)]
     splits = [s for s in ("dev", "holdout") if any(i.get("split") == s for i in items)]
@@ -419,17 +474,19 @@ def print_table(items: list[dict], runs, rows_by_run: dict[str, list[dict]]) -> 
     out(
         "\n| mode | config | accuracy | "
         + " | ".join(splits + types)
-        + " | vs evidence | degenerate | prompt tokens | source precision |"
+        + " | vs evidence | vs evidence (holdout) | degenerate | prompt tokens | source precision |"
     )
-    out("| --- " * (7 + len(splits) + len(types)) + "|")
+    out("| --- " * (8 + len(splits) + len(types)) + "|")
     for rows in rows_by_run.values():  # rows kept from before the strict rule are scored again
         for r in rows:
             if r["id"] in by_id and "answer" in r:
                 r["correct"] = is_correct(r["answer"], by_id[r["id"]])
+    table: list[tuple[str, list[dict]]] = []
     for mode, config in runs:
         rows = [r for r in rows_by_run.get(run_name(mode, config.name), []) if r["id"] in by_id]
         if not rows:
             continue
+        table.append((f"{mode} `{config.name}`", rows))
         acc = sum(r["correct"] for r in rows)
         cells = []
         for group in splits + types:
@@ -442,16 +499,30 @@ def print_table(items: list[dict], runs, rows_by_run: dict[str, list[dict]]) -> 
             for r in rows_by_run.get(run_name(m, c.name), [])
             if r["id"] in by_id
         ]
-        share = "-"
-        if ceiling and sum(r["correct"] for r in ceiling):
-            share = f"{100 * acc / sum(r['correct'] for r in ceiling):.0f}%"
+        held = [r for r in rows if by_id[r["id"]].get("split") == "holdout"]
         degenerate = sum(r["degenerate"] for r in rows)
         prompt = sum(r["prompt_tokens"] for r in rows) / len(rows)
         out(
             f"| {mode} | `{config.name}` | {acc}/{len(rows)} ({100 * acc / len(rows):.0f}%) | "
             + " | ".join(cells)
-            + f" | {share} | {degenerate} | {prompt:,.0f} | {_precision(rows)} |"
+            + f" | {_ratio(rows, ceiling)} | {_ratio(held, ceiling)} | {degenerate} | {prompt:,.0f} "
+            + f"| {_precision(rows)} |"
         )
+    kinds = [k for k in KINDS if any(i.get("kind") == k for i in items)]
+    if kinds and table:
+        out("\n| kind | " + " | ".join(f"{name} {split}" for name, _ in table for split in splits) + " |")
+        out("| --- " * (1 + len(table) * len(splits)) + "|")
+        for kind in kinds:
+            cells = []
+            for _, rows in table:
+                for split in splits:
+                    sub = [
+                        r
+                        for r in rows
+                        if (by_id[r["id"]].get("kind"), by_id[r["id"]].get("split")) == (kind, split)
+                    ]
+                    cells.append(f"{sum(r['correct'] for r in sub)}/{len(sub)}")
+            out(f"| {kind} | " + " | ".join(cells) + " |")
     text = "\n".join(lines)
     print(text)
     return text

@@ -86,3 +86,156 @@ def test_rescore_counts_both_rules_and_lists_changed_verdicts(tmp_path):
     cell = table["answers.jsonl pipeline c"]
     assert (cell["questions"], cell["lenient"], cell["strict"]) == (2, 2, 1)
     assert [c["id"] for c in cell["changed"]] == ["a"]
+
+
+# The kinds added for the questions users ask first: what is it about, who wrote it, two passages,
+# and questions the document does not answer. Real-looking answers, both ways.
+RCPP_ABOUT = {
+    "kind": "about",
+    "question": "What software does this paper describe?",
+    "answers": ["Rcpp"],
+    "others": ["RInside", "RQuantLib", "RcppArmadillo", "convolve4cpp"],
+}
+ZOO_ABOUT = {
+    "kind": "about",
+    "question": "What software is this FAQ about?",
+    "answers": ["zoo"],
+    "others": ["chron", "read.zoo", "aggregate.zoo"],
+}
+
+
+@pytest.mark.parametrize(
+    "answer,item",
+    [
+        ("The paper describes the Rcpp package, which integrates R and C++.", RCPP_ABOUT),
+        # the software described, then the packages it cites or compares with
+        ("It describes Rcpp; it also compares it with RInside and RcppArmadillo.", RCPP_ABOUT),
+        (
+            "Rcpp: seamless R and C++ integration, with vectors, matrices, functions and environments.",
+            RCPP_ABOUT,
+        ),
+        ("The zoo package for ordered observations, with read.zoo and aggregate.zoo.", ZOO_ABOUT),
+    ],
+)
+def test_about_answers_naming_the_subject_first_are_right(answer, item):
+    assert qa_scoring.grade(answer, item) == (True, "gold found")
+
+
+@pytest.mark.parametrize(
+    "answer,item,why",
+    [
+        # the regression: a package the paper only cites, a function from a code listing
+        (
+            "The paper describes the RInside package, which builds on Rcpp.",
+            RCPP_ABOUT,
+            "names rinside before",
+        ),
+        ("The read.zoo function of the zoo package.", ZOO_ABOUT, "names read.zoo before"),
+        ("It is about read.zoo.", ZOO_ABOUT, "no gold"),  # "zoo" inside read.zoo is not the gold
+        ("It describes convolve4cpp.", RCPP_ABOUT, "no gold"),
+        ("Rcpp and RInside.", RCPP_ABOUT, "beside another candidate: rinside"),
+        ("Either Rcpp or inline.", RCPP_ABOUT, "several candidates"),
+    ],
+)
+def test_about_answers_naming_a_cited_package_or_listing_are_wrong(answer, item, why):
+    ok, reason = qa_scoring.grade(answer, item)
+    assert not ok and why in reason, reason
+    if "convolve4cpp" not in answer:
+        assert lenient(answer, item["answers"])  # the old rule gave them the credit
+
+
+AUTHORS = {
+    "kind": "author",
+    "question": "Who wrote this paper?",
+    "answers": ["Eddelbuettel", "François", "Francois"],
+    "others": ["Samperi", "Chambers"],
+}
+
+
+def test_author_answers_may_list_every_author_but_not_someone_else():
+    talk = {"kind": "author", "question": "Who gave this talk?", "answers": ["Gramm", "Sharan", "Tantau"]}
+    five = "Jens Gramm, Tzvika Hartman, Till Nierhoff, Roded Sharan and Till Tantau."
+    assert qa_scoring.grade(five, talk)[0]
+    assert not strict(five, talk["answers"], talk["question"])[0]  # the plain list rule would refuse it
+    assert qa_scoring.grade("Dirk Eddelbuettel and Romain François.", AUTHORS)[0]
+    assert qa_scoring.grade("Eddelbuettel; Samperi wrote the first version.", AUTHORS)[0]
+    for wrong, why in [
+        ("Dominick Samperi and Dirk Eddelbuettel.", "names samperi before"),
+        ("Eddelbuettel, Chambers.", "beside another candidate: chambers"),
+        ("Dominick Samperi.", "no gold"),
+    ]:
+        ok, reason = qa_scoring.grade(wrong, AUTHORS)
+        assert not ok and why in reason, (wrong, reason)
+
+
+def test_two_passage_answers_may_show_their_working_but_not_rival_numbers():
+    item = {
+        "kind": "two-passage",
+        "question": "How many years after Rcpp first appeared did its redesign start?",
+        "answers": ["4", "four"],
+        "working": "2009 - 2005 = 4",
+    }
+    shown = "It first appeared in 2005 and the redesign began in 2009: 4 years."
+    assert qa_scoring.grade(shown, item)[0]
+    assert not strict(shown, item["answers"], item["question"])[0]  # without the working: rival numbers
+    ok, reason = qa_scoring.grade("4 or 5 years.", item)
+    assert not ok and "other numbers named: 5" in reason
+
+
+LICENSE = {
+    "kind": "absent",
+    "absent": True,
+    "question": "Under which license is the Rcpp package released?",
+    "answers": [],
+    "absent_terms": ["license", "GPL"],
+}
+YEAR = {
+    "kind": "absent",
+    "absent": True,
+    "question": "In which year was this novel first published?",
+    "answers": [],
+    "absent_terms": ["1815", "published", "publication"],
+}
+
+
+@pytest.mark.parametrize(
+    "answer,item",
+    [
+        ("The document does not mention the license of Rcpp.", LICENSE),
+        ("The license is not stated in the paper.", LICENSE),
+        ("There is no information about the license in the text.", LICENSE),
+        ("It cannot be determined from the document.", LICENSE),
+        ("The text doesn't say when it was published.", YEAR),
+        ("The year of publication is not given in the document.", YEAR),  # lower-case terms are fine
+        ("Unknown.", YEAR),
+        ("I don't know.", YEAR),
+    ],
+)
+def test_absent_answers_that_say_so_are_right(answer, item):
+    assert qa_scoring.grade(answer, item) == (True, "says the document does not give it")
+
+
+@pytest.mark.parametrize(
+    "answer,item,why",
+    [
+        ("Rcpp is released under the GPL.", LICENSE, "does not say"),
+        ("The license is not stated in the paper, but it is probably GPL-2.", LICENSE, "goes on to guess"),
+        ("The paper does not say; Rcpp uses the GPL.", LICENSE, "names 'GPL'"),
+        ("It was first published in 1815; the text does not say so.", YEAR, "names a number: 1815"),
+        ("1815.", YEAR, "does not say"),
+        ("The year is not given, although it is likely to be 1813.", YEAR, "goes on to guess"),
+    ],
+)
+def test_absent_answers_that_assert_an_answer_are_wrong(answer, item, why):
+    ok, reason = qa_scoring.grade(answer, item)
+    assert not ok and why in reason, reason
+
+
+def test_rescore_grades_absent_questions_by_their_rule(tmp_path):
+    dev = tmp_path / "dev.jsonl"
+    dev.write_text(json.dumps({"id": "lic", **LICENSE}) + "\n")
+    rows = tmp_path / "answers.jsonl"
+    answers = ["Not mentioned in the paper.", "Not mentioned, but probably the GPL.", "GPL-2."]
+    rows.write_text("".join(json.dumps({"id": "lic", "mode": "m", "answer": a}) + "\n" for a in answers))
+    cell = qa_scoring.rescore([rows], dev)["answers.jsonl m"]
+    assert (cell["questions"], cell["lenient"], cell["strict"]) == (3, 2, 1)
