@@ -71,6 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--short-len", type=int, default=256)
     p.add_argument("--eval-book", type=Path, default=FIXTURES / "austen-prideprejudice.txt")
     p.add_argument("--rows", type=int, default=24, help="rows of --target tokens scored per model")
+    p.add_argument(
+        "--extra",
+        nargs="*",
+        default=[],
+        metavar="NAME=PATH",
+        help="more fine-tuned models per seed; {seed} in PATH is the seed (e.g. probes of other settings)",
+    )
     p.add_argument("--output", type=Path)
     args = p.parse_args(argv)
 
@@ -87,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         root = args.workdir / f"seed-{seed}"
         models = {"none": root / "pretrained"}
         models.update({r: root / f"full-{r}-{args.target}" for r in REGIMES})
+        for spec in args.extra:
+            name, _, path = spec.partition("=")
+            models[name] = Path(path.format(seed=seed))
         per: dict = {}
         for name, path in models.items():
             if not (path / "config.json").is_file():
