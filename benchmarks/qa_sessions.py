@@ -21,7 +21,8 @@ repeated for each ``--configs`` entry:
 Reported per configuration: per-session upload and answer latency (median and range: the answers
 queue behind one another, the model answers one at a time), the total wall time, the server's RSS
 after loading the model and its peak, and the KV caches (most kept at once, their most bytes, the
-budget, evicted, refused), sampled every 0.1 s in the server.
+budget, evicted, refused), sampled every 0.1 s in the server, and the server's CPU time for the
+uploads and answers (on a shared machine the wall times also measure the other jobs).
 
 Usage (CPU)::
 
@@ -138,6 +139,7 @@ def serve(args) -> int:
 
     def report() -> dict:
         return {
+            "cpu_s": round(time.process_time(), 2),  # all the server's threads
             "rss_mib": round(_rss_mib(), 1),
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "cache": engine.cache_stats(),
@@ -298,6 +300,7 @@ def run_config(name: str, settings: dict, args, texts: dict[str, str], sessions)
         "errors": [r["error"] for r in rows_list if "error" in r],
         "mixing_found": mixed,
         "wall_s": round(wall, 1),
+        "server_cpu_s": round(final["cpu_s"] - server.ready["cpu_s"], 1),  # uploads and answers
         "upload_s": spread(uploads) if uploads else None,
         "answer_s": spread(answers) if answers else None,
         "first_answer_s": spread([r["answer_s"][0] for r in rows_list if r["answer_s"]]) if answers else None,
@@ -349,9 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     runs = {name: run_config(name, CONFIGS[name], args, texts, sessions) for name in args.configs}
     load_after = os.getloadavg()[0]
 
-    print("| run | answered | mixing | wall | upload (median, range) | answer (median, range) | "
+    print("| run | answered | mixing | wall | server CPU | upload (median, range) | answer (median, range) | "
           "server peak RSS | caches most kept | their most MiB | budget MiB | evicted |")  # fmt: skip
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     ok = True
     for name, run in runs.items():
         s = run["summary"]
@@ -359,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         up, ans = s["upload_s"] or {}, s["answer_s"] or {}
         print(
             f"| {name} | {s['questions_answered']}/{s['questions_asked']} | {s['mixing_found']} | {s['wall_s']:.0f} s | "
+            f"{s['server_cpu_s']:.0f} s | "
             f"{up.get('median')} s ({up.get('range')}) | {ans.get('median')} s ({ans.get('range')}) | "
             f"{s['server_peak_rss_mib'] / 1024:.2f} GiB | {s['caches_most_kept']} of {s['cache_max_sessions']} | "
             f"{s['cache_most_bytes'] / 2**20:.1f} | {s['cache_budget_bytes'] / 2**20:.0f} | {s['caches_evicted']} |"
