@@ -227,14 +227,14 @@ def converse(url: str, index: int, session, own_text: str, sessions, barrier, ou
     row: dict = {"document": name, "answers": [], "answer_s": [], "sources": []}
     out[index] = row
     try:
-        client = Client(url, verbose=False, httpx_kwargs={"timeout": 900})
+        client = Client(url, verbose=False, httpx_kwargs={"timeout": 3600})
         t0 = time.perf_counter()
         card = client.predict(handle_file(str(path_of(folder, name))), api_name="/upload")
         row["upload_s"] = round(time.perf_counter() - t0, 2)
         row["card_names_document"] = name in card
         for turn, question in enumerate((first, second)):
             if turn:
-                barrier.wait(timeout=1800)  # every session has asked its first question
+                barrier.wait()  # every session has asked its first question (a failed one aborts it)
             t0 = time.perf_counter()
             answer = client.predict(question, api_name="/ask")
             row["answer_s"].append(round(time.perf_counter() - t0, 2))
