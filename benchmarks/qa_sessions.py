@@ -98,6 +98,9 @@ def path_of(folder: str, name: str) -> Path:
 # The server process
 
 
+TAG = "qa_sessions server: "  # the server's reports on its stdout start with this
+
+
 def _rss_mib() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -146,13 +149,13 @@ def serve(args) -> int:
             "cache_most_kept": dict(seen),
         }
 
-    print(json.dumps({"url": url, **report()}), flush=True)
+    print(TAG + json.dumps({"url": url, **report()}), flush=True)
     for line in sys.stdin:
         if line.strip() == "stop":
             break
-        print(json.dumps(report()), flush=True)
+        print(TAG + json.dumps(report()), flush=True)
     done.set()
-    print(json.dumps(report()), flush=True)
+    print(TAG + json.dumps(report()), flush=True)
     demo.close()
     return 0
 
@@ -178,10 +181,11 @@ class Server:
         self.url = self.ready["url"]
 
     def _read(self) -> dict:
-        line = self.proc.stdout.readline()
-        if not line:
-            raise SystemExit(f"the server exited with status {self.proc.wait()} before it was ready")
-        return json.loads(line)
+        for line in self.proc.stdout:  # what gradio or a library prints goes to stderr
+            if line.startswith(TAG):
+                return json.loads(line[len(TAG) :])
+            sys.stderr.write(line)
+        raise SystemExit(f"the server exited with status {self.proc.wait()} without a report")
 
     def stats(self) -> dict:
         self.proc.stdin.write("stats\n")
