@@ -33,6 +33,7 @@ import os
 import re
 import threading
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from .errors import CorruptFileError, EmptyDocumentError, EncryptedPDFError, NoTextLayerError
@@ -213,33 +214,53 @@ def read_pdf_pages(path: str | os.PathLike, password: str | None = None, *, ocr:
         return _read_pdf_pages(path, password, ocr=ocr)
 
 
+@contextmanager
+def _loaded_page(pdf, index: int):
+    """Page ``index`` (0-based) of ``pdf``, closed on leaving. PDFium keeps a loaded page's parsed
+    content (hundreds of KB a page), so the reader holds one page at a time and loads again the few
+    it needs twice (respacing, OCR): a 2,000-page PDF is read in bounded memory
+    (benchmarks/large_pdf.py)."""
+    page = pdf[index]
+    try:
+        yield page
+    finally:
+        page.close()  # closes its text page too
+
+
+def _page_text(pdf, index: int, name: str, *, respace: bool = False) -> str:
+    """The raw text of page ``index`` (0-based), rebuilt from the characters' boxes if ``respace``."""
+    try:
+        with _loaded_page(pdf, index) as page:
+            textpage = page.get_textpage()
+            return respaced_text(textpage) if respace else textpage.get_text_range()
+    except Exception as e:  # noqa: BLE001 - pdfium raises PdfiumError and others on bad pages
+        raise CorruptFileError(
+            f"{name}: page {index + 1} cannot be read ({type(e).__name__}: {e}); the file is "
+            "damaged, repair it (e.g. `qpdf in.pdf out.pdf`) and try again"
+        ) from e
+
+
+def _has_images(pdf, index: int) -> bool:
+    with _loaded_page(pdf, index) as page:
+        return _page_has_images(page)
+
+
 def _read_pdf_pages(path: str | os.PathLike, password: str | None = None, *, ocr: bool = False) -> PdfPages:
     path = os.fspath(path)
     name = os.path.basename(path)
     pdf = _open(path, password)
     try:
-        if len(pdf) == 0:
+        count = len(pdf)
+        if count == 0:
             raise EmptyDocumentError(f"{name}: the PDF has no pages; check that it is the right file")
-        pages, textpages, texts = [], [], []
-        for number in range(1, len(pdf) + 1):
-            try:
-                page = pdf[number - 1]
-                textpage = page.get_textpage()
-                texts.append(textpage.get_text_range())
-            except Exception as e:  # noqa: BLE001 - pdfium raises PdfiumError and others on bad pages
-                raise CorruptFileError(
-                    f"{name}: page {number} cannot be read ({type(e).__name__}: {e}); the file is "
-                    "damaged, repair it (e.g. `qpdf in.pdf out.pdf`) and try again"
-                ) from e
-            pages.append(page)
-            textpages.append(textpage)
+        texts = [_page_text(pdf, i, name) for i in range(count)]
         vocabulary = Counter(w for t in texts for w in _LETTERS.findall(t.lower()))
         rates = [glued_suspects(t, vocabulary) / max(1, len(t.split())) for t in texts]
         whole = sorted(rates)[len(rates) // 2] >= RUN_TOGETHER_DOC
         respaced = []
         for i, rate in enumerate(rates):
             if rate >= RUN_TOGETHER_PAGE or (whole and rate * len(texts[i].split()) >= 2):
-                texts[i] = respaced_text(textpages[i])
+                texts[i] = _page_text(pdf, i, name, respace=True)
                 respaced.append(i + 1)
         texts = [fix_pdfium_quirks(t) for t in texts]
         quality = [page_quality(t) for t in texts]
@@ -247,24 +268,25 @@ def _read_pdf_pages(path: str | os.PathLike, password: str | None = None, *, ocr
         if ocr:
             from .ocr import ocr_page
 
-            for i, page in enumerate(pages):
+            for i in range(count):
                 # a garbled page's glyphs still render right, so OCR reads it too
-                if quality[i].garbled or (not texts[i].strip() and _page_has_images(page)):
-                    texts[i] = ocr_page(page)
+                if quality[i].garbled or (not texts[i].strip() and _has_images(pdf, i)):
+                    with _loaded_page(pdf, i) as page:
+                        texts[i] = ocr_page(page)
                     quality[i] = page_quality(texts[i])
                     ocr_pages.append(i + 1)
         if not any(t.strip() for t in texts):
-            if not any(_page_has_images(p) for p in pages):
+            if not any(_has_images(pdf, i) for i in range(count)):
                 raise EmptyDocumentError(
-                    f"{name}: the PDF's {len(pages)} page(s) hold no text; check that it is the right file"
+                    f"{name}: the PDF's {count} page(s) hold no text; check that it is the right file"
                 )
             if ocr:
                 raise NoTextLayerError(
-                    f"{name}: the PDF has {len(pages)} page(s) of images but no text layer, and OCR "
+                    f"{name}: the PDF has {count} page(s) of images but no text layer, and OCR "
                     "found no text on them either; check that the pages show text"
                 )
             raise NoTextLayerError(
-                f"{name}: the PDF has {len(pages)} page(s) of images but no text layer (a scan?); "
+                f"{name}: the PDF has {count} page(s) of images but no text layer (a scan?); "
                 f"it needs OCR: pass --ocr / ocr=True (needs tesseract), or run "
                 f"`ocrmypdf {name} out.pdf` and load out.pdf"
             )

@@ -139,6 +139,32 @@ def test_tex_style_word_gaps_read_as_spaces(tmp_path):
     assert doc.text == load_document(write_text_pdf(tmp_path / "plain.pdf", PAGES)).text
 
 
+def test_pdf_pages_are_read_one_at_a_time(tmp_path, monkeypatch):
+    """PDFium keeps about 0.3 MB per loaded page, so holding every page until the end took 650 MB
+    for a 2,000-page PDF (benchmarks/large_pdf.py). When the pages are scored, after all of them were
+    read, none may still be loaded; the text stays the same."""
+    import gc
+
+    import pypdfium2 as pdfium
+
+    import data_tools.pdf as pdf_module
+
+    words = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima".split()
+    pages = [[" ".join(words[i:] + words[:i]).capitalize() + "."] for i in range(8)]
+    path = write_text_pdf(tmp_path / "eight.pdf", pages)
+    loaded = []
+
+    def scored_with_pages_counted(text):
+        loaded.append(sum(1 for o in gc.get_objects() if isinstance(o, pdfium.PdfPage) and o.raw))
+        return page_quality(text)
+
+    page_quality = pdf_module.page_quality
+    monkeypatch.setattr(pdf_module, "page_quality", scored_with_pages_counted)
+    doc = load_document(path)
+    assert len(loaded) == 8 and max(loaded) == 0, f"pages still loaded while scoring: {loaded}"
+    assert doc.num_pages == 8 and [doc.text[p.start : p.end] for p in doc.pages] == [p[0] for p in pages]
+
+
 def test_encrypted_pdf_needs_its_password(tmp_path, text_pdf):
     writer = pypdf.PdfWriter(clone_from=text_pdf)
     writer.encrypt("secret", algorithm="RC4-128")

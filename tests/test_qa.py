@@ -623,11 +623,15 @@ def test_kv_caches_are_bounded_in_bytes_as_well_as_in_sessions():
         caches.keep(f"s{i}", list(range(10)), fake_cache(10))
         assert caches.nbytes <= 2000
     assert len(caches) == 3 and caches.nbytes == 1920  # 3 x 640
+    assert caches.stats() == dict(
+        sessions=3, bytes=1920, max_sessions=16, max_bytes=2000, evicted=13, refused=0
+    )
     cache, reused = caches.take("s15", list(range(10)) + [99], lambda: "new")
     assert reused == 10  # the most recent one is kept ...
     assert caches.take("s0", list(range(11)), lambda: "new") == ("new", 0)  # ... the oldest went
     caches.keep("big", list(range(40)), fake_cache(40))  # 2,560 bytes: more than the budget
     assert caches.take("big", list(range(41)), lambda: "new") == ("new", 0)
+    assert caches.stats()["refused"] == 1
     counted = PromptCaches(max_sessions=2, max_bytes=None)
     for i in range(4):
         counted.keep(f"s{i}", list(range(10)), fake_cache(10))

@@ -4,7 +4,8 @@ An LRU keyed by session id, bounded by a count (``max_sessions``) and by bytes (
 keys and values the caches hold; those of one 16k-token document of an 8B model take gigabytes, so a
 count alone does not bound memory). ``take`` removes the entry and crops its cache to the longest common prefix
 with the new prompt; ``keep`` puts it back after generation, evicting the least recently used entries
-until both bounds hold (a cache larger than ``max_bytes`` by itself is not kept).
+until both bounds hold (a cache larger than ``max_bytes`` by itself is not kept). ``stats`` says how
+many are kept, their bytes, and how many were evicted or refused (for a server's load report).
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ class PromptCaches:
         self.max_bytes = None if max_bytes is None else int(max_bytes)
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = threading.Lock()
+        self.evicted = 0  # entries dropped, least recently used first, to keep within the bounds
+        self.refused = 0  # caches larger than max_bytes by themselves, not kept
 
     def take(self, session_id: str, prompt: Sequence[int], new_cache):
         """(cache, reused): the session's cache cropped to its common prefix with ``prompt``, or
@@ -76,15 +79,18 @@ class PromptCaches:
             return
         nbytes = cache_bytes(cache)
         if self.max_bytes is not None and nbytes > self.max_bytes:
-            self.drop(session_id)
+            with self._lock:
+                self._entries.pop(session_id, None)
+                self.refused += 1
             return
         with self._lock:
             self._entries[session_id] = _Entry(list(ids), cache, nbytes)
             self._entries.move_to_end(session_id)
             while len(self._entries) > self.max_sessions or (
-                self.max_bytes is not None and self.nbytes > self.max_bytes
+                self.max_bytes is not None and self._nbytes() > self.max_bytes
             ):
                 self._entries.popitem(last=False)
+                self.evicted += 1
 
     def drop(self, session_id: str) -> None:
         with self._lock:
@@ -96,4 +102,21 @@ class PromptCaches:
     @property
     def nbytes(self) -> int:
         """Bytes held by the kept caches."""
+        with self._lock:
+            return self._nbytes()
+
+    def _nbytes(self) -> int:
         return sum(e.nbytes for e in self._entries.values())
+
+    def stats(self) -> dict:
+        """The kept caches (``sessions``, ``bytes``), the bounds, and the ``evicted`` and ``refused``
+        counts so far, read together (another thread may be keeping a cache)."""
+        with self._lock:
+            return {
+                "sessions": len(self._entries),
+                "bytes": self._nbytes(),
+                "max_sessions": self.max_sessions,
+                "max_bytes": self.max_bytes,
+                "evicted": self.evicted,
+                "refused": self.refused,
+            }

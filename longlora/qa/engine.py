@@ -130,6 +130,11 @@ class QAEngine:
     def max_cached_sessions(self) -> int:
         return self._caches.max_sessions
 
+    def cache_stats(self) -> dict:
+        """The sessions' KV caches now: how many are kept and their bytes, the bounds (``max_sessions``,
+        ``max_bytes``), and how many were evicted or refused so far (``PromptCaches.stats``)."""
+        return self._caches.stats()
+
     def wait_ready(self, timeout: float | None = None) -> None:
         """Nothing to wait for (kept so the app's background loader and the engine read alike)."""
 
