@@ -11,6 +11,10 @@ Usage (CPU examples first; every flag has --help):
     python -m longlora.finetune --model default --mode pretrain --data book.txt \\
         --context-length 16384 --max-steps 2 --gradient-accumulation-steps 1 --output-dir out/smol-16k
 
+    # S2 groups that also attend to the first 4 tokens of each document; Table 2's LoRA + norms
+    python -m longlora.finetune --data book.txt --context-length 16384 --attention s2-sink --sink-tokens 4 \\
+        --method lora+norm --output-dir out/smol-16k-sink
+
     # long-QA supervised fine-tuning on LongAlpaca records
     python -m longlora.finetune --mode sft --data LongAlpaca-12k.json --context-length 16384 \\
         --output-dir out/smol-16k-sft
