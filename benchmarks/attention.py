@@ -1,8 +1,10 @@
-"""S2-Attn vs full causal SDPA vs the paper's naive Algorithm 1: forward+backward time and peak memory.
+"""S2-Attn (with and without sink tokens) vs full causal SDPA vs the paper's naive Algorithm 1:
+forward+backward time and peak memory.
 
 Every case runs in its own subprocess (so peak memory is that case's high-water mark) and the ratios
 are computed from numbers measured in this one run. Head shape defaults to the bundled model's
-(9 query heads, 3 kv heads, head dim 64); G = T/4 as in the paper.
+(9 query heads, 3 kv heads, head dim 64); G = T/4 as in the paper; S2 with sinks (``--attention
+s2-sink``) sees the first ``--sink-tokens`` tokens of each document besides its group.
 
 Usage (CPU):
     OMP_WAIT_POLICY=PASSIVE python benchmarks/attention.py                  # T = 4k, 8k, 16k; fp32 and bf16
@@ -10,6 +12,7 @@ Usage (CPU):
     python benchmarks/attention.py --device cuda                            # on a GPU (flash-attn if installed)
     OMP_WAIT_POLICY=PASSIVE python benchmarks/attention.py --packed --repeats 3   # packed rows, T = 4k-16k
     OMP_WAIT_POLICY=PASSIVE python benchmarks/attention.py --packed --quick --dtypes bf16  # 4k/8k rows only
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/attention.py --seq-lens 4096 --impls s2 s2-sink full  # sink cost
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# s2: the "auto" kernel; s2-flex: S2 as one flex_attention call (CUDA)
-IMPLS = ("s2", "full", "naive", "s2-flex")
+# s2: the "auto" kernel; s2-flex: S2 as one flex_attention call (CUDA); s2-sink(-flex): the same with sink
+# tokens (the first --sink-tokens tokens of each document seen by every query)
+IMPLS = ("s2", "full", "naive", "s2-flex", "s2-sink", "s2-sink-flex")
+DEFAULT_IMPLS = ["s2", "s2-sink", "full", "naive"]
 
 
 def _peak_rss_mb() -> float:
@@ -33,7 +38,15 @@ def _peak_rss_mb() -> float:
 
 
 def run_one(
-    impl: str, seq_len: int, dtype_name: str, device: str, repeats: int, heads: int, kv_heads: int, dim: int
+    impl: str,
+    seq_len: int,
+    dtype_name: str,
+    device: str,
+    repeats: int,
+    heads: int,
+    kv_heads: int,
+    dim: int,
+    sink_tokens: int = 4,
 ):
     """Time forward+backward of one implementation after one untimed call; returns the median seconds of
     ``repeats``, their range, and the peak MB."""
@@ -60,8 +73,10 @@ def run_one(
 
     def step():
         q, k, v = q_.transpose(1, 2), k_.transpose(1, 2), v_.transpose(1, 2)
-        if impl in ("s2", "s2-flex"):
-            out = s2_attention(q, k, v, group, backend="flex" if impl == "s2-flex" else "auto")
+        if impl.startswith("s2"):
+            sinks = sink_tokens if impl.startswith("s2-sink") else 0
+            backend = "flex" if impl.endswith("-flex") else "auto"
+            out = s2_attention(q, k, v, group, backend=backend, sink_tokens=sinks)
         elif impl == "full":
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         else:
@@ -102,6 +117,7 @@ def run_one(
         "seconds_range": [times[0], times[-1]],
         "repeats": repeats,
         "peak_mb": peak,
+        **({"sink_tokens": sink_tokens} if impl.startswith("s2-sink") else {}),
     }
 
 
@@ -134,9 +150,19 @@ def packed_mixes(seq_len: int, seed: int = 0) -> dict[str, list[int]]:
     }
 
 
-def run_packed(seq_len: int, dtype_name: str, device: str, repeats: int, heads: int, kv_heads: int, dim: int):
+def run_packed(
+    seq_len: int,
+    dtype_name: str,
+    device: str,
+    repeats: int,
+    heads: int,
+    kv_heads: int,
+    dim: int,
+    sink_tokens: int = 4,
+):
     """Forward+backward of S2 on one packed row vs the same documents one by one vs full causal attention
-    over the row. Repeats are interleaved across the cases so that a busy machine slows all of them alike;
+    over the row, and S2 with sink tokens on the packed row (``packed_sink``). Repeats are interleaved
+    across the cases so that a busy machine slows all of them alike;
     each case runs once untimed first, then the median of ``repeats`` is kept with the range. On CUDA two more
     cases: S2 as one flex_attention call (``packed_flex``) and full attention inside each document
     (``full_docs``, one flex_attention call). Returns one dict per mix."""
@@ -186,9 +212,9 @@ def run_packed(seq_len: int, dtype_name: str, device: str, repeats: int, heads: 
             bounds.append(bounds[-1] + n)
         cu = torch.tensor(bounds, device=device)
 
-        def packed(cu=cu, backend="auto"):
+        def packed(cu=cu, backend="auto", sinks=0):
             q, k, v = qkv()
-            s2_attention(q, k, v, group, cu_seqlens=cu, backend=backend).backward(grad)
+            s2_attention(q, k, v, group, cu_seqlens=cu, backend=backend, sink_tokens=sinks).backward(grad)
 
         # full causal attention inside each document, one flex_attention call; its block mask is built
         # once here, as S2's is built once per layout and then cached (a training step builds it once)
@@ -212,9 +238,18 @@ def run_packed(seq_len: int, dtype_name: str, device: str, repeats: int, heads: 
                 qd.grad = kd.grad = vd.grad = None
 
         # full attention over the row does not depend on the mix: measured once, beside the first mix
-        cases = {"packed": packed, "one_by_one": one_by_one, **({"full": full} if full_best is None else {})}
+        cases = {
+            "packed": packed,
+            "packed_sink": lambda cu=cu: packed(cu, sinks=sink_tokens),
+            "one_by_one": one_by_one,
+            **({"full": full} if full_best is None else {}),
+        }
         if cuda:  # S2 as one flex_attention call, and full attention that respects the documents
-            cases.update(packed_flex=lambda cu=cu: packed(cu, "flex"), full_docs=full_docs)
+            cases.update(
+                packed_flex=lambda cu=cu: packed(cu, "flex"),
+                packed_sink_flex=lambda cu=cu: packed(cu, "flex", sink_tokens),
+                full_docs=full_docs,
+            )
         for fn in cases.values():
             timed(fn)  # untimed: CUDA context, kernel selection, compilation
         times = {name: [] for name in cases}
@@ -232,6 +267,7 @@ def run_packed(seq_len: int, dtype_name: str, device: str, repeats: int, heads: 
                 "group": group,
                 "docs": len(lengths),
                 "median_len": sorted(lengths)[len(lengths) // 2],
+                "sink_tokens": sink_tokens,
                 "repeats": repeats,
                 **best,
                 **ranges,
@@ -278,16 +314,18 @@ def print_packed(args) -> list[dict]:
     seq_lens = [4096, 8192] if args.quick else args.seq_lens
     print(
         f"\npacked rows: S2 with cu_seqlens vs the same documents one by one vs full causal attention over "
-        f"the row (forward+backward, median of {args.repeats}, G=T/4, H={args.heads} H_kv={args.kv_heads} "
+        f"the row, and S2 with {args.sink_tokens} sink tokens per document on the packed row "
+        f"(forward+backward, median of {args.repeats}, G=T/4, H={args.heads} H_kv={args.kv_heads} "
         f"D={args.head_dim}, device={args.device}, torch threads={torch.get_num_threads()}, "
         f"CPU bf16 support: {cpu_bf16_flags()})",
         flush=True,
     )
     print(
         f"{'dtype':>5} {'T':>6} {'mix':>14} {'docs':>5} {'median':>6} {'packed s':>9} {'1-by-1 s':>9} "
-        f"{'packed/1-by-1':>13} {'full s':>8} {'packed/full':>11}"
+        f"{'packed/1-by-1':>13} {'full s':>8} {'packed/full':>11} {'sink s':>8} {'sink/packed':>11} "
+        f"{'sink/full':>9}"
         + (
-            f" {'flex s':>8} {'flex/full':>10} {'docfull s':>9} {'flex/docfull':>14}"
+            f" {'flex s':>8} {'flex/full':>10} {'docfull s':>9} {'flex/docfull':>14} {'sink flex s':>11}"
             if args.device == "cuda"
             else ""
         )
@@ -296,16 +334,26 @@ def print_packed(args) -> list[dict]:
     for dtype in args.dtypes:
         for seq_len in seq_lens:
             for r in run_packed(
-                seq_len, dtype, args.device, args.repeats, args.heads, args.kv_heads, args.head_dim
+                seq_len,
+                dtype,
+                args.device,
+                args.repeats,
+                args.heads,
+                args.kv_heads,
+                args.head_dim,
+                args.sink_tokens,
             ):
                 results.append(r)
                 print(
                     f"{dtype:>5} {seq_len:>6} {r['mix']:>14} {r['docs']:>5} {r['median_len']:>6} "
                     f"{r['packed']:9.3f} {r['one_by_one']:9.3f} {r['packed'] / r['one_by_one']:12.2f}x "
-                    f"{r['full']:8.3f} {r['packed'] / r['full']:10.2f}x"
+                    f"{r['full']:8.3f} {r['packed'] / r['full']:10.2f}x "
+                    f"{r['packed_sink']:8.3f} {r['packed_sink'] / r['packed']:10.2f}x "
+                    f"{r['packed_sink'] / r['full']:8.2f}x"
                     + (
                         f" {r['packed_flex']:8.3f} {r['packed_flex'] / r['full']:9.2f}x "
-                        f"{r['full_docs']:9.3f} {r['packed_flex'] / r['full_docs']:13.2f}x"
+                        f"{r['full_docs']:9.3f} {r['packed_flex'] / r['full_docs']:13.2f}x "
+                        f"{r['packed_sink_flex']:11.3f}"
                         if "full_docs" in r
                         else ""
                     ),
@@ -320,8 +368,9 @@ def main(argv=None):
     p.add_argument(
         "--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"], help="precisions"
     )
+    p.add_argument("--impls", nargs="+", default=DEFAULT_IMPLS, choices=IMPLS, help="implementations to run")
     p.add_argument(
-        "--impls", nargs="+", default=list(IMPLS[:3]), choices=IMPLS, help="implementations to run"
+        "--sink-tokens", type=int, default=4, help="sink tokens per document of the s2-sink implementations"
     )
     p.add_argument("--repeats", type=int, default=2, help="timed repeats per case (the median is kept)")
     p.add_argument("--heads", type=int, default=9, help="query heads")
@@ -344,7 +393,15 @@ def main(argv=None):
     if args.one:
         impl, seq_len, dtype = args.one
         res = run_one(
-            impl, int(seq_len), dtype, args.device, args.repeats, args.heads, args.kv_heads, args.head_dim
+            impl,
+            int(seq_len),
+            dtype,
+            args.device,
+            args.repeats,
+            args.heads,
+            args.kv_heads,
+            args.head_dim,
+            args.sink_tokens,
         )
         print(json.dumps(res))
         return
@@ -362,7 +419,7 @@ def main(argv=None):
         f"(forward+backward, median of {args.repeats} after one untimed call)",
         flush=True,
     )
-    header = f"{'dtype':>5} {'T':>6} {'impl':>6} {'seconds':>9} {'peak MB':>9}"
+    header = f"{'dtype':>5} {'T':>6} {'impl':>12} {'seconds':>9} {'peak MB':>9}"
     print(header)
     for dtype in args.dtypes:
         for seq_len in args.seq_lens:
@@ -384,24 +441,26 @@ def main(argv=None):
                     str(args.head_dim),
                     "--device",
                     args.device,
+                    "--sink-tokens",
+                    str(args.sink_tokens),
                 ]
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 if proc.returncode != 0:
                     print(
-                        f"{dtype:>5} {seq_len:>6} {impl:>6}   failed: {proc.stderr.strip().splitlines()[-1:]}"
+                        f"{dtype:>5} {seq_len:>6} {impl:>12}   failed: {proc.stderr.strip().splitlines()[-1:]}"
                     )
                     continue
                 res = json.loads(proc.stdout.strip().splitlines()[-1])
                 results.append(res)
                 print(
-                    f"{dtype:>5} {seq_len:>6} {impl:>6} {res['seconds']:9.3f} {res['peak_mb']:9.0f}",
+                    f"{dtype:>5} {seq_len:>6} {impl:>12} {res['seconds']:9.3f} {res['peak_mb']:9.0f}",
                     flush=True,
                 )
 
     print("\nratios (measured in this run):")
     print(
         f"{'dtype':>5} {'T':>6} {'full/s2 time':>13} {'naive/s2 time':>14} {'full/s2 mem':>12} {'naive/s2 mem':>13}"
-        f" {'s2-flex/s2 time':>16}"
+        f" {'s2-flex/s2 time':>16} {'s2-sink/s2 time':>16} {'s2-sink/s2 mem':>15} {'s2-sink/full time':>18}"
     )
     by = {(r["dtype"], r["seq_len"], r["impl"]): r for r in results}
     for dtype in args.dtypes:
@@ -410,13 +469,15 @@ def main(argv=None):
             if not s2:
                 continue
 
-            def ratio(impl, field, s2=s2, dtype=dtype, seq_len=seq_len):
-                other = by.get((dtype, seq_len, impl))
-                return f"{other[field] / max(s2[field], 1e-9):.2f}x" if other else "-"
+            def ratio(impl, field, over="s2", dtype=dtype, seq_len=seq_len):
+                top, bottom = by.get((dtype, seq_len, impl)), by.get((dtype, seq_len, over))
+                return f"{top[field] / max(bottom[field], 1e-9):.2f}x" if top and bottom else "-"
 
             print(
                 f"{dtype:>5} {seq_len:>6} {ratio('full', 'seconds'):>13} {ratio('naive', 'seconds'):>14} "
                 f"{ratio('full', 'peak_mb'):>12} {ratio('naive', 'peak_mb'):>13} {ratio('s2-flex', 'seconds'):>16}"
+                f" {ratio('s2-sink', 'seconds'):>16} {ratio('s2-sink', 'peak_mb'):>15}"
+                f" {ratio('s2-sink', 'seconds', 'full'):>18}"
             )
     if args.output:
         write_results(args.output, "attention", results)

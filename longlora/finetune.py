@@ -11,6 +11,10 @@ Usage (CPU examples first; every flag has --help):
     python -m longlora.finetune --model default --mode pretrain --data book.txt \\
         --context-length 16384 --max-steps 2 --gradient-accumulation-steps 1 --output-dir out/smol-16k
 
+    # S2 groups that also attend to the first 4 tokens of each document; Table 2's LoRA + norms
+    python -m longlora.finetune --data book.txt --context-length 16384 --attention s2-sink --sink-tokens 4 \\
+        --method lora+norm --output-dir out/smol-16k-sink
+
     # long-QA supervised fine-tuning on LongAlpaca records
     python -m longlora.finetune --mode sft --data LongAlpaca-12k.json --context-length 16384 \\
         --output-dir out/smol-16k-sft
@@ -182,6 +186,7 @@ def setup(cfg: FinetuneConfig) -> Run:
             f"--context-length {context_length} is below the model's original context {original}; LongLoRA "
             f"extends a context: pass --context-length {original} or more"
         )
+    _check_sink_tokens(cfg, context_length)
 
     fresh_accelerator_state()
     accelerator = Accelerator(
@@ -264,6 +269,21 @@ def _check_runtime(cfg: FinetuneConfig, dtype: torch.dtype):
     return plugin
 
 
+def _check_sink_tokens(cfg: FinetuneConfig, context_length: int) -> None:
+    """--sink-tokens below the group size the training rows get (the ratio's group needs the context)."""
+    from longlora.s2attn import DEFAULT_GROUP_SIZE_RATIO
+
+    if cfg.attention != "s2-sink" or cfg.s2_group_size:  # an explicit size was checked with the flags
+        return
+    ratio = cfg.s2_group_size_ratio or DEFAULT_GROUP_SIZE_RATIO
+    group = max(2, int(context_length * ratio))
+    if cfg.sink_tokens >= group:
+        raise InputError(
+            f"--sink-tokens {cfg.sink_tokens} must be below the group size, {group} tokens at --context-length "
+            f"{context_length} and --s2-group-size-ratio {ratio}: lower --sink-tokens or raise the group size"
+        )
+
+
 def _base_of(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
@@ -278,7 +298,10 @@ def _context_record(config, context_length: int, original: int) -> dict:
         "pi_factor": pi_factor(context_length, original),
         "rope_parameters": dict(getattr(config, "rope_parameters", None) or {}),
         "max_position_embeddings": getattr(config, "max_position_embeddings", None),
-        **{k: getattr(config, k, None) for k in ("s2_group_size_ratio", "s2_group_size", "s2_shift")},
+        **{
+            k: getattr(config, k, None)
+            for k in ("s2_group_size_ratio", "s2_group_size", "s2_shift", "s2_sink_tokens")
+        },
     }
 
 
@@ -309,8 +332,9 @@ def _load_trainable_model(cfg: FinetuneConfig, accelerator, dtype: torch.dtype, 
             base,
             group_size=cfg.s2_group_size,
             group_size_ratio=None if cfg.s2_group_size else cfg.s2_group_size_ratio,
-            shift=cfg.attention == "s2",
+            shift=cfg.attention in ("s2", "s2-sink"),
             backend=cfg.s2_backend,
+            sink_tokens=cfg.sink_tokens or 0,
         )
     if cfg.adapter:
         if cfg.gradient_checkpointing:

@@ -4,14 +4,16 @@ LongLoRA (paper Sec. 3.3, Table 2) finds plain LoRA on the attention projections
 context: making the input embedding and every normalization layer trainable as well ("LoRA+") closes
 the gap to full fine-tuning (PG19 ppl at 32k: LoRA 11.44, +norm 10.49, +embed 8.29, +both 8.12, full 8.08).
 
-=========  ===========================================================================================
-method     trainable parameters
-=========  ===========================================================================================
-``lora+``  LoRA A/B on q,k,v,o (r=8, alpha=16, dropout 0) + ``embed_tokens`` + every normalization layer
-``lora``   LoRA A/B on q,k,v,o only
-``full``   every parameter
-``qlora``  ``lora+`` on top of a 4-bit NF4 base (bitsandbytes)
-=========  ===========================================================================================
+==============  ======================================================================================
+method          trainable parameters
+==============  ======================================================================================
+``lora+``       LoRA A/B on q,k,v,o (r=8, alpha=16, dropout 0) + ``embed_tokens`` + every normalization layer
+``lora``        LoRA A/B on q,k,v,o only
+``lora+norm``   LoRA A/B on q,k,v,o + every normalization layer (Table 2's "+ Norm")
+``lora+embed``  LoRA A/B on q,k,v,o + ``embed_tokens`` (Table 2's "+ Embed"; a tied LM head follows it)
+``full``        every parameter
+``qlora``       ``lora+`` on top of a 4-bit NF4 base (bitsandbytes)
+==============  ======================================================================================
 
 The embedding and norm layers go through peft's ``modules_to_save``, so one adapter folder holds
 everything (the original LongLoRA shipped them as a separate ``trainable_params.bin``). peft matches
@@ -26,7 +28,15 @@ from __future__ import annotations
 
 import torch
 
-METHODS = ("lora+", "lora", "full", "qlora")
+METHODS = ("lora+", "lora", "full", "qlora", "lora+norm", "lora+embed")
+# the LoRA methods and the extra trainable modules each adds: Table 2's rows (+ Norm, + Embed, + both)
+_EXTRAS = {
+    "lora": (),
+    "lora+norm": ("norm",),
+    "lora+embed": ("embed",),
+    "lora+": ("embed", "norm"),
+    "qlora": ("embed", "norm"),
+}
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 # Phi-3 fuses q, k and v into one projection; LoRA on it adapts the same three (paper: LoRA on q,k,v,o).
 FUSED_LORA_TARGETS = ("qkv_proj", "o_proj")
@@ -63,27 +73,29 @@ def attention_lora_targets(model) -> tuple[str, ...]:
 
 
 def lora_config(model, method: str = "lora+", *, r: int = 8, alpha: int = 16, dropout: float = 0.0):
-    """The peft ``LoraConfig`` for ``method`` (``lora+``/``qlora`` add the embedding and norms)."""
+    """The peft ``LoraConfig`` for ``method`` (``lora+``/``qlora`` add the embedding and norms,
+    ``lora+norm`` the norms, ``lora+embed`` the embedding)."""
     from peft import LoraConfig
 
-    if method not in ("lora+", "lora", "qlora"):
-        raise ValueError(f"method {method!r} uses no LoRA adapter; choose one of lora+, lora, qlora")
+    if method not in _EXTRAS:
+        raise ValueError(f"method {method!r} uses no LoRA adapter; choose one of {', '.join(_EXTRAS)}")
     if r <= 0:
         raise ValueError(f"--lora-r must be a positive rank, got {r}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"--lora-dropout must be in [0, 1), got {dropout}")
     targets = attention_lora_targets(model)
-    modules_to_save = None
-    tie = False
-    if method in ("lora+", "qlora"):
-        modules_to_save = [EMBEDDING_NAME, *norm_module_names(model)]
-        tie = has_tied_embeddings(model)
+    extras = _EXTRAS[method]
+    modules_to_save = [EMBEDDING_NAME] if "embed" in extras else []
+    if "norm" in extras:
+        modules_to_save += norm_module_names(model)
+    # with tied embeddings the LM head must use the trained embedding copy (peft's ensure_weight_tying)
+    tie = "embed" in extras and has_tied_embeddings(model)
     return LoraConfig(
         r=r,
         lora_alpha=alpha,
         lora_dropout=dropout,
         target_modules=list(targets),
-        modules_to_save=modules_to_save,
+        modules_to_save=modules_to_save or None,
         ensure_weight_tying=tie,
         bias="none",
         task_type="CAUSAL_LM",

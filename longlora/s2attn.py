@@ -18,6 +18,10 @@ Contract of :func:`s2_attention` (shapes like ``torch.nn.functional.scaled_dot_p
 
 * A sliding window (``sliding_window``, Mistral / Gemma / Qwen sliding layers) is intersected with every
   group: query i sees key j iff same document, same group, j <= i and i - j < window.
+* ``sink_tokens=k > 0`` is S2 with attention sinks (``--attention s2-sink``, after SinkLoRA's SF-Attn):
+  every query also sees the first k tokens of its own document. Query i sees key j iff same document,
+  j <= i, i - j < window (if any) and (same group or j is among the document's first k tokens). A key in
+  the query's own group is one key, never counted twice; ``sink_tokens=0`` is plain S2.
 
 Kernels: :mod:`longlora.s2sdpa` attends group by group (SDPA buckets of groups, or flash-attn varlen on
 CUDA), the default; :mod:`longlora.s2flex` runs the whole row as one ``flex_attention`` call whose block
@@ -68,6 +72,7 @@ def s2_attention(
     backend: str = "auto",
     sliding_window: int | None = None,
     softcap: float | None = None,
+    sink_tokens: int = 0,
 ) -> torch.Tensor:
     """Shifted sparse attention (LongLoRA S2-Attn) with causal groups and no future-token leakage.
 
@@ -90,6 +95,9 @@ def s2_attention(
             transformers' convention: query i sees key j only if ``i - j < sliding_window``. Each group's
             causal attention is intersected with it, so training never attends farther than inference.
         softcap: attention-logit soft-capping (Gemma 2: ``softcap * tanh(score / softcap)``), or None.
+        sink_tokens: k >= 0; every query also attends to the first k tokens of its document (causally and
+            inside the window), besides its group: S2 with attention sinks. 0 (the default) is plain S2.
+            Not with ``backend="flash"``; ``"auto"`` runs it group by group through SDPA.
 
     Returns:
         ``(B, H, T, D)``; rows of padding tokens are zero.
@@ -112,9 +120,19 @@ def s2_attention(
         raise ValueError(f"group_size must be >= 2 tokens, got {group_size}")
     if sliding_window is not None and int(sliding_window) < 1:
         raise ValueError(f"sliding_window must be >= 1 token or None, got {sliding_window}")
-    window = int(sliding_window) if sliding_window is not None and sliding_window < group_size else None
+    if int(sink_tokens) != sink_tokens or sink_tokens < 0:
+        raise ValueError(f"sink_tokens must be an integer >= 0 (0: plain S2), got {sink_tokens}")
+    sink_tokens = int(sink_tokens)
+    # a window not below the group changes nothing inside a group, but sinks can lie farther back
+    keep_window = sliding_window is not None and (sliding_window < group_size or sink_tokens > 0)
+    window = int(sliding_window) if keep_window else None
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+    if backend == "flash" and sink_tokens:
+        raise ValueError(
+            "backend='flash' cannot attend to sink tokens (flash-attn varlen takes one key range per group): "
+            "use backend='sdpa' or 'flex' with sink_tokens, or sink_tokens=0"
+        )
     scaling = scaling if scaling is not None else 1.0 / math.sqrt(dim)
     common = dict(
         scaling=scaling,
@@ -123,6 +141,7 @@ def s2_attention(
         shift=shift,
         window=window,
         softcap=softcap,
+        sink_tokens=sink_tokens,
     )
     if backend == "flex":
         check_flex(query, key, value, dropout)
@@ -177,6 +196,7 @@ def s2_attention_forward(module, query, key, value, attention_mask, dropout=0.0,
         softcap=softcap,
         dropout=dropout if module.training else 0.0,
         backend=getattr(config, "s2_backend", None) or "auto",
+        sink_tokens=getattr(config, "s2_sink_tokens", None) or 0,
     )
     return out.transpose(1, 2), None  # (B, T, H, D) as transformers expects
 
@@ -221,12 +241,14 @@ def enable_s2_attention(
     shift: bool = True,
     in_eval: bool = False,
     backend: str = "auto",
+    sink_tokens: int = 0,
 ):
     """Switch a model to S2-Attn and record the settings in its config (they are saved with the model).
 
     Give ``group_size`` (tokens) or ``group_size_ratio`` (fraction of the training length; default 0.25),
     not both. ``shift=False`` is the paper's "short attention" ablation; ``in_eval=True`` keeps S2 on in
-    eval mode (the paper's "test with S2" ablation). ``backend`` is :func:`s2_attention`'s.
+    eval mode (the paper's "test with S2" ablation). ``backend`` and ``sink_tokens`` (S2 with attention
+    sinks, ``config.s2_sink_tokens``) are :func:`s2_attention`'s.
     """
     if group_size is not None and group_size_ratio is not None:
         raise ValueError("give s2 group_size or group_size_ratio, not both")
@@ -236,6 +258,15 @@ def enable_s2_attention(
         raise ValueError(f"s2 group_size_ratio must be in (0, 1], got {group_size_ratio}")
     if backend not in BACKENDS:
         raise ValueError(f"s2 backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if int(sink_tokens) != sink_tokens or sink_tokens < 0:
+        raise ValueError(f"s2 sink_tokens must be an integer >= 0 (0: plain S2), got {sink_tokens}")
+    if sink_tokens and group_size is not None and sink_tokens >= int(group_size):
+        raise ValueError(
+            f"s2 sink_tokens ({sink_tokens}) must be below the group size ({group_size}): the sinks are a few "
+            "tokens at the start of each document; lower sink_tokens or raise group_size"
+        )
+    if sink_tokens and backend == "flash":
+        raise ValueError("s2 backend 'flash' cannot attend to sink tokens; use 'auto', 'sdpa' or 'flex'")
     register_s2_attention()
     base = _base(model)
     config = base.config
@@ -246,6 +277,7 @@ def enable_s2_attention(
     config.s2_shift = bool(shift)
     config.s2_in_eval = bool(in_eval)
     config.s2_backend = backend
+    config.s2_sink_tokens = int(sink_tokens)
     base.set_attn_implementation(ATTN_NAME)
     return model
 

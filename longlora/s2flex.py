@@ -8,7 +8,9 @@ more than full attention over the whole row. Here the whole row goes through one
 * both are real tokens of the same document, and j <= i;
 * they fall in the same group of the head's half: ``(pos + s) // G`` equal, with ``s = 0`` for heads
   ``[0, split)`` and ``s = G - G//2`` (groups ``[0, G/2), [G/2, 3G/2), ...``) for heads ``[split, H)``;
-* with a sliding window, ``i - j < window``.
+* with a sliding window, ``i - j < window``;
+* with ``sink_tokens=k``, the group condition is relaxed to "same group, or j is among the document's first
+  k tokens" (S2 with attention sinks).
 
 Soft-capping is a ``score_mod``; GQA is the kernel's own (``enable_gqa``, kv is never repeated). The block
 mask, which lets the kernel skip every 128x128 tile no query of it may see (about 3/4 of causal attention's
@@ -62,19 +64,17 @@ def _compiled_flex():
     return torch.compile(flex_attention, dynamic=False)
 
 
-def _mask_mod(doc, pos, split, group_size: int, window: int | None):
+def _mask_mod(doc, pos, split, group_size: int, window: int | None, sink_tokens: int = 0):
     """The S2 rule over a row's per-token document ids and positions (B, T)."""
     shifted = group_size - group_size // 2
 
     def mask_mod(b, h, q, k):
         dq, dk = doc[b, q], doc[b, k]
         s = (h >= split).to(pos.dtype) * shifted
-        ok = (
-            (dq == dk)
-            & (dq >= 0)
-            & (k <= q)
-            & ((pos[b, q] + s) // group_size == (pos[b, k] + s) // group_size)
-        )
+        seen = (pos[b, q] + s) // group_size == (pos[b, k] + s) // group_size
+        if sink_tokens:
+            seen = seen | (pos[b, k] < sink_tokens)
+        ok = (dq == dk) & (dq >= 0) & (k <= q) & seen
         if window is not None:
             ok = ok & (q - k < window)
         return ok
@@ -85,19 +85,21 @@ def _mask_mod(doc, pos, split, group_size: int, window: int | None):
 _cache: dict = {}
 
 
-def s2_block_mask(doc, pos, heads: int, split: int, group_size: int, window: int | None):
+def s2_block_mask(
+    doc, pos, heads: int, split: int, group_size: int, window: int | None, sink_tokens: int = 0
+):
     """The ``BlockMask`` of S2 over ``heads`` heads (``doc``/``pos`` (B, T)); the last one is cached and
     reused when the layout, heads and settings are the same (every layer of a step)."""
     from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 
-    key = (tuple(doc.shape), str(doc.device), heads, split, group_size, window)
+    key = (tuple(doc.shape), str(doc.device), heads, split, group_size, window, sink_tokens)
     hit = _cache.get("mask")
     if hit is not None and hit[0] == key and torch.equal(hit[1], doc) and torch.equal(hit[2], pos):
         return hit[3]
     batch, seq_len = doc.shape
     # two head patterns (unshifted, shifted) evaluated once each, then spread over the heads of each half
     two = create_block_mask(
-        _mask_mod(doc, pos, 1, group_size, window),
+        _mask_mod(doc, pos, 1, group_size, window, sink_tokens),
         batch,
         2,
         seq_len,
@@ -114,7 +116,7 @@ def s2_block_mask(doc, pos, heads: int, split: int, group_size: int, window: int
         full,
         full_idx,
         BLOCK_SIZE=BLOCK,
-        mask_mod=_mask_mod(doc, pos, split, group_size, window),
+        mask_mod=_mask_mod(doc, pos, split, group_size, window, sink_tokens),
         seq_lengths=(seq_len, seq_len),
     )
     _cache["mask"] = (key, doc.clone(), pos.clone(), mask)
@@ -122,7 +124,18 @@ def s2_block_mask(doc, pos, heads: int, split: int, group_size: int, window: int
 
 
 def s2_flex_attention(
-    query, key, value, group_size: int, *, scaling, attention_mask, cu_seqlens, shift, window, softcap
+    query,
+    key,
+    value,
+    group_size: int,
+    *,
+    scaling,
+    attention_mask,
+    cu_seqlens,
+    shift,
+    window,
+    softcap,
+    sink_tokens: int = 0,
 ):
     """S2-Attn of :func:`longlora.s2attn.s2_attention`'s contract (checked there) in one flex_attention
     call. Returns (B, H, T, D); padding tokens get zeros."""
@@ -130,7 +143,7 @@ def s2_flex_attention(
     doc, pos = document_layout(batch, seq_len, attention_mask, cu_seqlens, query.device)
     doc, pos = doc.view(batch, seq_len), pos.view(batch, seq_len)
     split = heads // 2 if shift else heads
-    mask = s2_block_mask(doc, pos, heads, split, group_size, window)
+    mask = s2_block_mask(doc, pos, heads, split, group_size, window, sink_tokens)
     score_mod = None
     if softcap:
 

@@ -8,11 +8,17 @@ views; the remaining groups are bucketed by length, a bucket padding a group onl
 than one more SDPA call, so packed rows of many short documents cost about what the same documents cost
 one by one. Each bucket is one causal SDPA call (a right-padded ``(n, G_b)`` batch: a causal query never
 sees the padding). With flash-attn, each head half is one ``flash_attn_varlen_func`` call, unpadded.
+
+With sink tokens (S2 with attention sinks), a group that does not start its document attends to
+``[the document's first k tokens] ++ [its own tokens]``: the sink columns precede every query of the group
+(all visible, but for the window and for sinks that lie inside the group itself), the group part is
+causal. A document's first group holds its sinks already and is attended as in plain S2.
 """
 
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -36,13 +42,14 @@ def _flash_attn_varlen():
     return flash_attn_varlen_func
 
 
-def _sdpa(q, k, v, scaling, dropout, window, softcap=None):
+def _sdpa(q, k, v, scaling, dropout, window, softcap=None, mask=None):
     """Causal SDPA over a batch of groups, q (n, h, L, D), k/v (n, hk, L, D); ``window`` (or None) limits
     query i to keys j with i - j < window, transformers' sliding-window convention. ``softcap`` (Gemma 2's
-    ``attn_logit_softcapping``) caps the scores as ``softcap * tanh(s / softcap)`` before the softmax."""
+    ``attn_logit_softcapping``) caps the scores as ``softcap * tanh(s / softcap)`` before the softmax.
+    ``mask`` (boolean (n or 1, 1, L, Lk), True = attend) replaces the causal mask and the window: groups
+    with sink keys in front, k/v (n, hk, Lk, D)."""
     length = q.shape[2]
-    mask = None
-    if window is not None and window < length:
+    if mask is None and window is not None and window < length:
         i = torch.arange(length, device=q.device)
         mask = (i[:, None] >= i[None, :]) & (i[:, None] - i[None, :] < window)  # (L, L)
     if softcap:
@@ -94,10 +101,13 @@ def _head_blocks(head_lo: int, head_hi: int, n_rep: int):
 
 
 def _attend_batch(
-    qb, kb, vb, b: Batch, heads: tuple[int, int], n_rep, scaling, dropout, window, softcap=None
+    qb, kb, vb, b: Batch, heads: tuple[int, int], n_rep, scaling, dropout, window, softcap=None, sinks=None
 ):
     """Causal SDPA of one :class:`Batch` laid out as ``n`` groups of ``b.length`` slots: qb (n*L, h, D)
     for query heads ``heads``, kb/vb (n*L, h_kv, D) for their kv heads. Returns (n*L, h, D).
+
+    ``sinks``: (sink keys, sink values, mask) from :func:`_sink_inputs`, keys/values (n*k, h_kv, D) put in
+    front of each group's keys, mask (n or 1, 1, L, k + L).
 
     Head blocks are cut with ``split`` (whose backward is one concatenation), not with slices (whose
     backward writes each block's gradient into a zero-filled copy of the whole batch)."""
@@ -107,15 +117,24 @@ def _attend_batch(
         return x.view(b.n, b.length, x.shape[1], x.shape[2]).transpose(1, 2)
 
     spec = _head_blocks(lo, hi, n_rep)
+    kv_parts = (kb, vb) if sinks is None else (kb, vb, sinks[0], sinks[1])
     if len(spec) == 1:
-        parts = [(qb, kb, vb)]
+        parts = [(qb, *kv_parts)]
     else:  # consecutive blocks: query heads and kv heads each split exactly
         q_sizes, kv_sizes = [h1 - h0 for h0, h1, _, _ in spec], [k1 - k0 for _, _, k0, k1 in spec]
-        parts = zip(qb.split(q_sizes, dim=1), kb.split(kv_sizes, dim=1), vb.split(kv_sizes, dim=1))
-    blocks = [
-        _sdpa(grouped(qx), grouped(kx), grouped(vx), scaling, dropout, window, softcap).transpose(1, 2)
-        for qx, kx, vx in parts
-    ]  # each (n, L, h_block, D)
+        parts = zip(qb.split(q_sizes, dim=1), *(x.split(kv_sizes, dim=1) for x in kv_parts))
+    blocks = []
+    for qx, kx, vx, *sink_kv in parts:
+        mask = None
+        kx, vx = grouped(kx), grouped(vx)
+        if sinks is not None:  # [sinks ++ group] keys: (n, h_kv, k + L, D)
+            kx, vx = (
+                torch.cat([s.view(b.n, -1, s.shape[1], s.shape[2]).transpose(1, 2), x], dim=2)
+                for s, x in zip(sink_kv, (kx, vx))
+            )
+            mask = sinks[2]
+        blocks.append(_sdpa(grouped(qx), kx, vx, scaling, dropout, window, softcap, mask).transpose(1, 2))
+    # blocks: each (n, L, h_block, D)
     o = torch.cat(blocks, dim=2) if len(blocks) > 1 else blocks[0]
     return o.reshape(b.n * b.length, hi - lo, qb.shape[2])
 
@@ -134,28 +153,87 @@ def _token_views(x, spans: list[tuple[int, int]]):
     return [pieces[i] for i in keep]
 
 
+@dataclass(frozen=True)
+class Sinks:
+    """Attention sinks of the groups of one pass: ``tokens`` (k) first tokens of each document, and each
+    group's position in its document by the group's first flat token (``offset``; every group here starts
+    after its document's first token)."""
+
+    tokens: int
+    offset: dict[int, int]
+
+
+def _sink_mask(offsets: list[int], k: int, length: int, window: int | None):
+    """(n or 1, 1, L, k + L) bool mask of groups of ``length`` slots starting at ``offsets`` in their
+    documents, with the documents' first ``k`` tokens as key columns in front: a query sees sink c iff c is
+    before the group (the group's own tokens are its causal part) and inside the window."""
+    slot = torch.arange(length)
+    causal = slot[:, None] >= slot[None, :]  # (L, L)
+    if window is not None:
+        causal &= slot[:, None] - slot[None, :] < window
+    if window is None and min(offsets) >= k:  # every sink visible to every query: one mask for all
+        sink = torch.ones(1, length, k, dtype=torch.bool)
+    else:
+        off = torch.tensor(offsets)[:, None, None]  # (n, 1, 1)
+        col = torch.arange(k)[None, None, :]  # (1, 1, k)
+        sink = col < off  # sinks at or after the group's start are in the group
+        if window is not None:
+            sink = sink & (off + slot[None, :, None] - col < window)  # query position - sink position
+        sink = sink.expand(len(offsets), length, k)
+    return torch.cat([sink, causal.expand(sink.shape[0], length, length)], dim=2)[:, None]
+
+
+def _sink_inputs(kh, vh, batches: list[Batch], sinks: Sinks, window):
+    """Per batch: the sink keys and values of its groups, (n*k, h_kv, D) each, gathered in one
+    ``index_select`` (backward: one scatter), and the batch's mask (:func:`_sink_mask`)."""
+    k, index, sizes, masks = sinks.tokens, [], [], []
+    for b in batches:
+        starts = list(b.starts) if b.first is None else [b.first + i * b.length for i in range(b.n)]
+        offsets = [sinks.offset[s] for s in starts]
+        # sinks of a group starting at offset o < k beyond o - 1 are in the group: masked, any index will do
+        index += [s - o + min(c, o - 1) for s, o in zip(starts, offsets) for c in range(k)]
+        sizes.append(len(starts) * k)
+        masks.append(_sink_mask(offsets, k, b.length, window).to(kh.device))
+    index = torch.tensor(index).to(kh.device)
+    keys, values = kh.index_select(0, index).split(sizes), vh.index_select(0, index).split(sizes)
+    return list(zip(keys, values, masks))
+
+
 def _attend_pass(
-    qh, kh, vh, batches: list[Batch], heads: tuple[int, int], n_rep, scaling, dropout, window, softcap=None
+    qh,
+    kh,
+    vh,
+    batches: list[Batch],
+    heads: tuple[int, int],
+    n_rep,
+    scaling,
+    dropout,
+    window,
+    softcap=None,
+    sinks: Sinks | None = None,
 ):
     """Grouped causal attention of ``batches`` for query heads ``heads = (lo, hi)``; qh (N, hi - lo, D) is
     q for those heads, kh/vh (N, h_kv, D) k/v for their kv heads (``lo // n_rep`` onwards). Returns pieces
-    (token id per slot (S,), -1 for padded slots; output (S, hi - lo, D)).
+    (token id per slot (S,), -1 for padded slots; output (S, hi - lo, D)). With ``sinks`` every group also
+    attends to its document's first ``sinks.tokens`` tokens.
 
     Contiguous batches (runs of equal groups, single groups) are views of q/k/v, all cut by one ``split``
     (nothing is copied; backward is one concatenation). Padded buckets of short groups are gathered in one
     ``index_select`` and cut apart with one ``split``, whose backward is a single concatenation as well.
     """
     args = dict(heads=heads, n_rep=n_rep, scaling=scaling, dropout=dropout, window=window, softcap=softcap)
-    views = [b for b in batches if b.first is not None]
+    views = sorted((b for b in batches if b.first is not None), key=lambda b: b.first)
     rest = [b for b in batches if b.first is None]
+    sink_parts = [None] * len(batches)
+    if sinks is not None:
+        sink_parts = _sink_inputs(kh, vh, views + rest, sinks, window)
     pieces = []
     if views:
-        views.sort(key=lambda b: b.first)
         spans = [(b.first, b.first + b.n * b.length) for b in views]
-        for b, (a, z), qb, kb, vb in zip(
-            views, spans, _token_views(qh, spans), _token_views(kh, spans), _token_views(vh, spans)
-        ):
-            pieces.append((range(a, z), _attend_batch(qb, kb, vb, b, **args)))  # token ids, not a tensor
+        cut = [_token_views(x, spans) for x in (qh, kh, vh)]
+        for b, (a, z), qb, kb, vb, sink in zip(views, spans, *cut, sink_parts):
+            # token ids as a range, not a tensor
+            pieces.append((range(a, z), _attend_batch(qb, kb, vb, b, **args, sinks=sink)))
     if not rest:
         return pieces
     index, valid = [], []
@@ -176,7 +254,8 @@ def _attend_pass(
     slot_tokens = torch.where(valid, index, -1).split(sizes)
     # one piece per batch: the caller concatenates every piece once, in _scatter_back
     pieces += [
-        (t, _attend_batch(qb, kb, vb, b, **args)) for t, b, qb, kb, vb in zip(slot_tokens, rest, qs, ks, vs)
+        (t, _attend_batch(qb, kb, vb, b, **args, sinks=sink))
+        for t, b, qb, kb, vb, sink in zip(slot_tokens, rest, qs, ks, vs, sink_parts[len(views) :])
     ]
     return pieces
 
@@ -249,18 +328,28 @@ def _use_flash(query, backend: str) -> bool:
     return flash_ok and backend != "sdpa"
 
 
-def _head_ranges_and_groups(query, group_size: int, shift: bool, attention_mask, cu_seqlens):
-    """The head halves as (first head, end, group offset) and each half's groups as (starts, lengths)
-    lists over the flattened tokens; groups None when every token is padding."""
+def _head_ranges_and_groups(
+    query, group_size: int, shift: bool, attention_mask, cu_seqlens, with_offsets: bool = False
+):
+    """The head halves as (first head, end, group offset), each half's groups as (starts, lengths) lists
+    over the flattened tokens (None when every token is padding), and with ``with_offsets`` each group's
+    position in its document as a {start: position} dict per half (else None)."""
     batch, heads, seq_len, _ = query.shape
     split = heads // 2 if shift else heads
     ranges = [(lo, hi, off) for lo, hi, off in ((0, split, 0), (split, heads, group_size // 2)) if lo < hi]
     if attention_mask is None and cu_seqlens is None:  # one document per row, no padding
-        return ranges, [regular_groups(batch, seq_len, group_size, off) for _, _, off in ranges]
+        halves = [regular_groups(batch, seq_len, group_size, off) for _, _, off in ranges]
+        if not with_offsets:
+            return ranges, halves, None
+        return ranges, halves, [{s: s % seq_len for s in starts} for starts, _ in halves]
     doc, pos = document_layout(batch, seq_len, attention_mask, cu_seqlens, query.device)
     if not bool((doc >= 0).any()):
-        return ranges, None
-    return ranges, [[x.tolist() for x in groups(doc, pos, group_size, off)] for _, _, off in ranges]
+        return ranges, None, None
+    halves = [groups(doc, pos, group_size, off) for _, _, off in ranges]
+    offsets = None
+    if with_offsets:
+        offsets = [dict(zip(starts.tolist(), pos[starts].tolist())) for starts, _ in halves]
+    return ranges, [[x.tolist() for x in half] for half in halves], offsets
 
 
 def grouped_s2_attention(
@@ -277,24 +366,29 @@ def grouped_s2_attention(
     backend,
     window,
     softcap,
+    sink_tokens: int = 0,
 ):
     """S2-Attn of :func:`longlora.s2attn.s2_attention`'s contract (arguments checked there, ``window``
-    already dropped when not below the group) group by group. Returns (B, H, T, D); padding rows are zero."""
+    already dropped when it changes nothing) group by group, with ``sink_tokens`` attention sinks.
+    Returns (B, H, T, D); padding rows are zero."""
     batch, heads, seq_len, dim = query.shape
     kv_heads = key.shape[1]
-    use_flash = _use_flash(query, backend)
+    use_flash = _use_flash(query, backend) and not sink_tokens  # flash-attn: one key range per group
 
     n = batch * seq_len
     q = query.transpose(1, 2).reshape(n, heads, dim)  # (B*T, H, D)
     k = key.transpose(1, 2).reshape(n, kv_heads, dim)  # (B*T, H_kv, D)
     v = value.transpose(1, 2).reshape(n, kv_heads, dim)
 
-    ranges, own = _head_ranges_and_groups(query, group_size, shift, attention_mask, cu_seqlens)
+    ranges, own, offsets = _head_ranges_and_groups(
+        query, group_size, shift, attention_mask, cu_seqlens, with_offsets=sink_tokens > 0
+    )
     if own is None:  # nothing but padding
         return query.new_zeros(query.shape)
     shared = ([], [])
     if len(ranges) == 2 and not use_flash:
-        # a group both head halves share (a document shorter than G/2) is attended once with every head
+        # a group both head halves share (a document shorter than G/2) is attended once with every head;
+        # it starts its document, so it holds its sinks already
         shared, own[0], own[1] = split_shared(own[0], own[1])
     call_cost = _CALL_COST_PAIR_HEADS["cuda" if query.is_cuda else "cpu"]  # // heads: pairs per head
     attend = dict(n_rep=heads // kv_heads, scaling=scaling, dropout=dropout, window=window, softcap=softcap)
@@ -317,18 +411,25 @@ def grouped_s2_attention(
                 piece.append((tokens, o_half))
     # each half's query heads by one split (backward: one concatenation, not a zero-filled copy per half)
     q_halves = q.split(widths, dim=1) if len(ranges) == 2 else [q]
-    for piece, (lo, hi, _), (starts, lengths), qh in zip(pieces, ranges, own, q_halves):
+    for half, (piece, (lo, hi, _), (starts, lengths), qh) in enumerate(zip(pieces, ranges, own, q_halves)):
         if not starts:  # every group of this half is shared
             continue
         if use_flash:
             piece.append(_attend_flash(q, k, v, starts, lengths, (lo, hi), **attend))
-        else:
-            kv = slice(lo // attend["n_rep"], (hi - 1) // attend["n_rep"] + 1)
-            kh, vh = (k, v) if kv == slice(0, kv_heads) else (k[:, kv], v[:, kv])
-            piece.extend(
-                _attend_pass(
-                    qh, kh, vh, plan_batches(starts, lengths, call_cost // (hi - lo)), (lo, hi), **attend
-                )
-            )
+            continue
+        kv = slice(lo // attend["n_rep"], (hi - 1) // attend["n_rep"] + 1)
+        kh, vh = (k, v) if kv == slice(0, kv_heads) else (k[:, kv], v[:, kv])
+        cost = call_cost // (hi - lo)
+        if not sink_tokens:
+            piece.extend(_attend_pass(qh, kh, vh, plan_batches(starts, lengths, cost), (lo, hi), **attend))
+            continue
+        # a document's first group holds its sinks: plain S2; every later group gets the sinks in front
+        at = offsets[half]
+        first = [(s, n) for s, n in zip(starts, lengths) if at[s] == 0]
+        later = [(s, n) for s, n in zip(starts, lengths) if at[s] > 0]
+        for part, sinks in ((first, None), (later, Sinks(sink_tokens, at))):
+            if part:
+                batches = plan_batches([s for s, _ in part], [n for _, n in part], cost)
+                piece.extend(_attend_pass(qh, kh, vh, batches, (lo, hi), **attend, sinks=sinks))
     out = torch.cat([_scatter_back(p, n, hi - lo, q) for p, (lo, hi, _) in zip(pieces, ranges)], dim=1)
     return out.reshape(batch, seq_len, heads, dim).transpose(1, 2)  # padding tokens are zero

@@ -167,6 +167,17 @@ def test_attention_choice_is_recorded(base_dir, text_file, tmp_path, attention, 
         assert config["s2_group_size"] == 64 and config["s2_group_size_ratio"] is None
 
 
+@pytest.mark.parametrize("method, embed, norms", [("lora+norm", False, True), ("lora+embed", True, False)])
+def test_table2_methods_are_selectable(base_dir, text_file, tmp_path, method, embed, norms):
+    out = tmp_path / method
+    assert run(base_dir, text_file, out, "--max-steps", "1", "--method", method) == 0
+    weights = load_file(out / "adapter_model.safetensors")
+    assert any("embed_tokens" in k for k in weights) is embed
+    assert any("layernorm" in k for k in weights) is norms
+    assert sum("lora_A" in k for k in weights) == 8
+    assert json.loads((out / "longlora_args.json").read_text())["args"]["method"] == method
+
+
 def test_yaml_recipe_fills_flags_and_the_command_line_wins(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("model: default\ncontext-length: 1024\nmax_steps: 7\nmethod: lora\ndata: [a.txt]\n")

@@ -76,6 +76,47 @@ def test_plain_lora_trains_only_lora():
     assert count_parameters(model)[0] == lora_count()
 
 
+def expected_norm_names(layers=LAYERS):
+    return expected_embed_norm_names(layers) - {"embed_tokens"}
+
+
+# Table 2's rows: LoRA, + norms, + embedding, + both (LoRA+)
+TABLE2 = {
+    "lora": (set(), 0),
+    "lora+norm": (expected_norm_names(), (2 * LAYERS + 1) * HIDDEN),
+    "lora+embed": ({"embed_tokens"}, VOCAB * HIDDEN),
+    "lora+": (expected_embed_norm_names(), VOCAB * HIDDEN + (2 * LAYERS + 1) * HIDDEN),
+}
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral"], ids=["tied", "untied"])
+@pytest.mark.parametrize("method", TABLE2)
+def test_table2_methods_train_exactly_their_modules(method, arch):
+    base = tiny_model(arch)
+    assert has_tied_embeddings(base) is (arch == "llama")
+    model = prepare_model(base, method, gradient_checkpointing=False)
+    extra_names, extra_count = TABLE2[method]
+    names = short_names(model)
+    assert names == expected_lora_names() | extra_names
+    assert not any("lm_head" in n for n in names)  # a tied head follows the embedding; an untied one stays
+    assert count_parameters(model)[0] == lora_count() + extra_count
+    assert all(p.dtype == torch.float32 for p in trainable_parameters(model).values())
+
+
+def test_lora_embed_ties_the_lm_head_to_the_trained_embedding_and_lora_norm_keeps_the_base_tie():
+    ids = torch.randint(3, VOCAB, (1, 12))
+    model = prepare_model(tiny_model("llama"), "lora+embed", gradient_checkpointing=False).eval()
+    trained = model.get_input_embeddings().modules_to_save["default"].weight
+    assert model.base_model.model.lm_head.modules_to_save["default"].weight is trained
+    with torch.no_grad():
+        trained.add_(torch.randn_like(trained))
+        hidden = model.base_model.model.model(ids).last_hidden_state
+        torch.testing.assert_close(model(ids).logits, hidden @ trained.T)
+    model = prepare_model(tiny_model("llama"), "lora+norm", gradient_checkpointing=False)
+    base = model.base_model.model
+    assert base.lm_head.weight is base.model.embed_tokens.weight and not base.lm_head.weight.requires_grad
+
+
 def test_full_trains_everything():
     model = prepare_model(tiny_model("llama"), "full", gradient_checkpointing=False)
     trainable, total = count_parameters(model)

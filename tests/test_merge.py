@@ -86,6 +86,36 @@ def test_logits_equal_before_merge_after_merge_and_after_reload(tmp_path, arch):
         torch.testing.assert_close(merged.model.embed_tokens.weight, trained)
 
 
+@pytest.mark.parametrize("arch", ["llama", "mistral"], ids=["tied", "untied"])
+@pytest.mark.parametrize("method", ["lora+norm", "lora+embed", "lora"])
+def test_table2_method_adapters_merge(tmp_path, method, arch):
+    """LoRA + norms and LoRA + embedding (Table 2's rows) merge like LoRA+: logits equal before merge, after
+    merge and after reload, and a tied LM head stays tied to the (trained) embedding."""
+    from transformers import AutoModelForCausalLM
+
+    base_dir = save_base(tmp_path / "base", arch)
+    peft_model = prepare_model(
+        AutoModelForCausalLM.from_pretrained(base_dir), method, gradient_checkpointing=False
+    )
+    randomize_adapter(peft_model)
+    adapter = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter)
+    peft_model.get_base_model().config.save_pretrained(adapter)
+    make_char_tokenizer().save_pretrained(adapter)
+    ids = torch.randint(3, 128, (1, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = peft_model.eval()(input_ids=ids).logits
+    report = merge(str(adapter), str(tmp_path / "merged"), say=lambda *_: None)
+    assert report["ok"] and report["max_abs_diff_reloaded"] < 1e-4
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, before, atol=1e-4, rtol=1e-4)
+    assert report["tied_embeddings"] is (arch == "llama")
+    if method == "lora+embed":
+        trained = peft_model.get_input_embeddings().modules_to_save["default"].weight
+        torch.testing.assert_close(merged.model.embed_tokens.weight, trained)
+
+
 def plain_transformers_generate(model_dir: Path) -> dict:
     """Load and generate in a fresh interpreter that never imports this project."""
     code = textwrap.dedent(

@@ -24,7 +24,8 @@ from longlora.position import ROPE_TYPES
 from longlora.training.data import PACK_MODES
 
 MODES = ("pretrain", "sft")
-ATTENTIONS = ("s2", "full", "short")
+ATTENTIONS = ("s2", "full", "short", "s2-sink")
+DEFAULT_SINK_TOKENS = 4
 LR_SCHEDULES = ("constant", "cosine")
 
 
@@ -59,12 +60,26 @@ class FinetuneConfig:
     )
     overwrite_output_dir: bool = _opt(False, "allow writing into a non-empty --output-dir")
     method: str = _opt(
-        "lora+", "lora+ (LoRA + embedding + norms), lora, full, qlora (4-bit base)", choices=METHODS
+        "lora+",
+        "lora+ (LoRA + embedding + norms), lora, lora+norm (LoRA + norms), lora+embed (LoRA + embedding), "
+        "full, qlora (4-bit base)",
+        choices=METHODS,
     )
     lora_r: int = _opt(8, "LoRA rank")
     lora_alpha: int = _opt(16, "LoRA alpha")
     lora_dropout: float = _opt(0.0, "LoRA dropout")
-    attention: str = _opt("s2", "s2 (shifted groups), full, short (groups without shift)", choices=ATTENTIONS)
+    attention: str = _opt(
+        "s2",
+        "s2 (shifted groups), full, short (groups without shift), s2-sink (s2 groups that also see the first "
+        "--sink-tokens tokens of each document)",
+        choices=ATTENTIONS,
+    )
+    sink_tokens: int | None = _opt(
+        None,
+        "--attention s2-sink: every query also attends to this many first tokens of its document "
+        f"(>= 1, below the group size; default {DEFAULT_SINK_TOKENS})",
+        default_text=f"{DEFAULT_SINK_TOKENS} with s2-sink",
+    )
     s2_group_size_ratio: float | None = _opt(0.25, "S2 group size as a fraction of the context")
     s2_group_size: int | None = _opt(
         None, "S2 group size in tokens (overrides the ratio)", default_text="from the ratio"
@@ -189,6 +204,23 @@ class FinetuneConfig:
             self.s2_group_size_ratio = None  # an explicit size wins over the default ratio
         elif self.s2_group_size_ratio is not None and not 0 < self.s2_group_size_ratio <= 1:
             raise ValueError(f"--s2-group-size-ratio must be in (0, 1], got {self.s2_group_size_ratio}")
+        if self.attention == "s2-sink":
+            if self.sink_tokens is None:
+                self.sink_tokens = DEFAULT_SINK_TOKENS
+            if int(self.sink_tokens) < 1:
+                raise ValueError(
+                    f"--sink-tokens must be at least 1, got {self.sink_tokens} (for plain S2 use --attention s2)"
+                )
+            if self.s2_group_size is not None and self.sink_tokens >= self.s2_group_size:
+                raise ValueError(
+                    f"--sink-tokens {self.sink_tokens} must be below the group size (--s2-group-size "
+                    f"{self.s2_group_size}): lower --sink-tokens or raise --s2-group-size"
+                )
+        elif self.sink_tokens is not None:
+            raise ValueError(
+                f"--sink-tokens applies to --attention s2-sink only (got --attention {self.attention}); "
+                "drop --sink-tokens or pass --attention s2-sink"
+            )
         if self.adapter is not None and self.method == "full":
             raise ValueError("--adapter continues a LoRA adapter; it cannot be combined with --method full")
 
