@@ -70,11 +70,12 @@ DEFAULT_SET = HERE / "qa_dev_set.jsonl"
 # Real documents live in shared/fixtures beside the repository; LONGLORA_FIXTURES overrides.
 FIXTURES = Path(os.environ.get("LONGLORA_FIXTURES") or HERE.parents[1] / "shared" / "fixtures")
 MODES = ("pipeline", "windows", "evidence")
-# The bundled model's profile (data_tools.profiles: 64-token PassageIndex windows) through the engine,
+# The bundled model's profile (data_tools.profiles: 128-token PassageIndex windows after the document's
+# first 64 tokens) through the engine,
 # and the ceiling, both at its 256-token budget. ``windows`` runs (the engine reading only what
 # PassageIndex picks, e.g. "windows=retrieve:256:128:1.0:4@brief") compare window sizes.
 DEV_RUNS = [
-    "pipeline=retrieve:256:64:1.0:4@brief",
+    "pipeline=retrieve:256:128:1.0:4:64@brief",
     "evidence=retrieve:256:64:1.0:4@brief",
 ]
 # The engine's retrieval, recorded with each pipeline answer: answers of an older engine are not reused.
