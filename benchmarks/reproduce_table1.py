@@ -14,7 +14,8 @@ What this script does, end to end:
    16k over Llama 2's 4k; ``--targets 512 1024 2048`` adds its 32k) with Position Interpolation and the same number of fine-tuning steps
    and tokens under each regime: full attention, short attention without shift (``--attention
    short``), S2-Attn (``--attention s2``) and S2-Attn whose groups also see the first
-   ``--sink-tokens`` tokens of each document (``--attention s2-sink``), group size = 1/4 of the target
+   ``--sink-tokens`` tokens and every ``--sink-stride``-th earlier token of each document (``--attention
+   s2-sink``), group size = 1/4 of the target
    as in the paper (``--regimes`` picks among them);
    LoRA+ rows (``--method lora+``) are added at ``--lora-targets`` (e.g. ``--lora-targets 1024``);
    the paper's Table 2 rows at ``--table2-targets``: full fine-tuning, LoRA, LoRA + norms, LoRA +
@@ -115,6 +116,7 @@ class Settings:
     eval_tokens: int = 49152
     dtype: str = "bf16"
     sink_tokens: int = 4
+    sink_stride: int = 8
 
     def key(self) -> dict:
         """The settings that decide results (seeds, rows and columns may grow between runs of one workdir).
@@ -129,7 +131,7 @@ class Settings:
         return d
 
 
-ADDED_LATER = {"sink_tokens": 4}
+ADDED_LATER = {"sink_tokens": 4, "sink_stride": 8}
 
 
 # ----------------------------------------------------------------------------- stages
@@ -377,7 +379,9 @@ def run_seed(s: Settings, work: Path, tokenizer_dir: Path, seed: int) -> dict:
             lr = s.finetune_lr if method == "full" else s.lora_lr
             name = stage_name(method, regime, target)
             trained_before = (root / name / "longlora_args.json").is_file()
-            sinks = ["--sink-tokens", str(s.sink_tokens)] if regime == "s2-sink" else []
+            sinks = []
+            if regime == "s2-sink":
+                sinks = ["--sink-tokens", str(s.sink_tokens), "--sink-stride", str(s.sink_stride)]
             log(f"seed {seed}: {target} tokens, {METHOD_NAMES[method]}, {REGIME_NAMES[regime]}")
             t1 = time.perf_counter()
             model = finetune(
@@ -717,6 +721,7 @@ HELP = {
     "finetune_lr": "full fine-tuning learning rate (constant)",
     "lora_lr": "learning rate of the LoRA methods (constant)",
     "sink_tokens": "--attention s2-sink: first tokens of each document every query also attends to",
+    "sink_stride": "--attention s2-sink: every query also attends to every this-many-th earlier token (0: none)",
 }
 
 
@@ -766,6 +771,7 @@ def build_parser() -> argparse.ArgumentParser:
         "warmup_steps",
         "eval_tokens",
         "sink_tokens",
+        "sink_stride",
     ):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=d[name].default, help=HELP[name])
     for name in ("pretrain_lr", "finetune_lr", "lora_lr"):
@@ -820,6 +826,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{min(groups)} tokens (1/4 of the shortest target)",
             file=sys.stderr,
         )
+        return 2
+    if args.sink_stride == 1 or args.sink_stride < 0:
+        print(f"error: --sink-stride {args.sink_stride} must be 0 (none) or at least 2", file=sys.stderr)
         return 2
     s = Settings(
         train_book=str(args.train_book.resolve()),
