@@ -300,7 +300,7 @@ def _context_record(config, context_length: int, original: int) -> dict:
         "max_position_embeddings": getattr(config, "max_position_embeddings", None),
         **{
             k: getattr(config, k, None)
-            for k in ("s2_group_size_ratio", "s2_group_size", "s2_shift", "s2_sink_tokens")
+            for k in ("s2_group_size_ratio", "s2_group_size", "s2_shift", "s2_sink_tokens", "s2_sink_stride")
         },
     }
 
@@ -335,6 +335,7 @@ def _load_trainable_model(cfg: FinetuneConfig, accelerator, dtype: torch.dtype, 
             shift=cfg.attention in ("s2", "s2-sink"),
             backend=cfg.s2_backend,
             sink_tokens=cfg.sink_tokens or 0,
+            sink_stride=cfg.sink_stride or 0,
         )
     if cfg.adapter:
         if cfg.gradient_checkpointing:

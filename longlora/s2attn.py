@@ -22,6 +22,17 @@ Contract of :func:`s2_attention` (shapes like ``torch.nn.functional.scaled_dot_p
   every query also sees the first k tokens of its own document. Query i sees key j iff same document,
   j <= i, i - j < window (if any) and (same group or j is among the document's first k tokens). A key in
   the query's own group is one key, never counted twice; ``sink_tokens=0`` is plain S2.
+* ``sink_stride=s >= 2`` adds strided keys to S2 with attention sinks: every query also sees every s-th
+  earlier token of its document, those at document positions p with ``p % s == s - 1``. With pi, pj the
+  document positions of query i and key j, and o the position of the first token of i's group, i sees j
+  iff same document, pj <= pi, i - j < window (if any) and (same group or pj < k or pj % s == s - 1); a
+  strided or sink key inside the query's own group comes through the group only (the extra keys of a
+  group are those before o). Why: on the small Table 1 protocol (a 4x extension, held-out perplexity with
+  full attention) first-k sinks alone closed about half of S2's gap to full attention, strided keys most
+  of it, more with s = 8 than with s = 16 (one seed; the figures go to the docs with their results file).
+  The models put little attention on the first token and S2's deficit grows with the distance into the
+  row: what S2 misses at small scale is training on long distances, which strided keys provide, at a
+  cost of up to T/s more keys per query. ``sink_stride=0`` (the default) adds none.
 
 Kernels: :mod:`longlora.s2sdpa` attends group by group (SDPA buckets of groups, or flash-attn varlen on
 CUDA), the default; :mod:`longlora.s2flex` runs the whole row as one ``flex_attention`` call whose block
@@ -73,6 +84,7 @@ def s2_attention(
     sliding_window: int | None = None,
     softcap: float | None = None,
     sink_tokens: int = 0,
+    sink_stride: int = 0,
 ) -> torch.Tensor:
     """Shifted sparse attention (LongLoRA S2-Attn) with causal groups and no future-token leakage.
 
@@ -98,6 +110,9 @@ def s2_attention(
         sink_tokens: k >= 0; every query also attends to the first k tokens of its document (causally and
             inside the window), besides its group: S2 with attention sinks. 0 (the default) is plain S2.
             Not with ``backend="flash"``; ``"auto"`` runs it group by group through SDPA.
+        sink_stride: s = 0 (the default: none) or >= 2; every query also attends to the earlier tokens of
+            its document at positions p with ``p % s == s - 1`` (causally and inside the window), besides
+            its group and its sinks. With or without ``sink_tokens``; not with ``backend="flash"``.
 
     Returns:
         ``(B, H, T, D)``; rows of padding tokens are zero.
@@ -123,15 +138,18 @@ def s2_attention(
     if int(sink_tokens) != sink_tokens or sink_tokens < 0:
         raise ValueError(f"sink_tokens must be an integer >= 0 (0: plain S2), got {sink_tokens}")
     sink_tokens = int(sink_tokens)
+    _check_sink_stride(sink_stride, "sink_stride")
+    sink_stride = int(sink_stride)
+    extra_keys = sink_tokens > 0 or sink_stride > 0
     # a window not below the group changes nothing inside a group, but sinks can lie farther back
-    keep_window = sliding_window is not None and (sliding_window < group_size or sink_tokens > 0)
+    keep_window = sliding_window is not None and (sliding_window < group_size or extra_keys)
     window = int(sliding_window) if keep_window else None
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
-    if backend == "flash" and sink_tokens:
+    if backend == "flash" and extra_keys:
         raise ValueError(
-            "backend='flash' cannot attend to sink tokens (flash-attn varlen takes one key range per group): "
-            "use backend='sdpa' or 'flex' with sink_tokens, or sink_tokens=0"
+            "backend='flash' cannot attend to sink tokens or strided keys (flash-attn varlen takes one key "
+            "range per group): use backend='sdpa' or 'flex' with sink_tokens/sink_stride, or set both to 0"
         )
     scaling = scaling if scaling is not None else 1.0 / math.sqrt(dim)
     common = dict(
@@ -142,11 +160,20 @@ def s2_attention(
         window=window,
         softcap=softcap,
         sink_tokens=sink_tokens,
+        sink_stride=sink_stride,
     )
     if backend == "flex":
         check_flex(query, key, value, dropout)
         return s2_flex_attention(query, key, value, group_size, **common)
     return grouped_s2_attention(query, key, value, group_size, dropout=dropout, backend=backend, **common)
+
+
+def _check_sink_stride(stride, name: str) -> None:
+    if int(stride) != stride or stride < 0 or stride == 1:
+        raise ValueError(
+            f"{name} must be 0 (no strided keys) or an integer >= 2, got {stride} (a stride of 1 would be "
+            "every earlier token: full attention)"
+        )
 
 
 # ----------------------------------------------------------------------------- transformers adapter
@@ -197,6 +224,7 @@ def s2_attention_forward(module, query, key, value, attention_mask, dropout=0.0,
         dropout=dropout if module.training else 0.0,
         backend=getattr(config, "s2_backend", None) or "auto",
         sink_tokens=getattr(config, "s2_sink_tokens", None) or 0,
+        sink_stride=getattr(config, "s2_sink_stride", None) or 0,  # configs saved before strides: none
     )
     return out.transpose(1, 2), None  # (B, T, H, D) as transformers expects
 
@@ -242,13 +270,15 @@ def enable_s2_attention(
     in_eval: bool = False,
     backend: str = "auto",
     sink_tokens: int = 0,
+    sink_stride: int = 0,
 ):
     """Switch a model to S2-Attn and record the settings in its config (they are saved with the model).
 
     Give ``group_size`` (tokens) or ``group_size_ratio`` (fraction of the training length; default 0.25),
     not both. ``shift=False`` is the paper's "short attention" ablation; ``in_eval=True`` keeps S2 on in
-    eval mode (the paper's "test with S2" ablation). ``backend`` and ``sink_tokens`` (S2 with attention
-    sinks, ``config.s2_sink_tokens``) are :func:`s2_attention`'s.
+    eval mode (the paper's "test with S2" ablation). ``backend``, ``sink_tokens`` (S2 with attention
+    sinks, ``config.s2_sink_tokens``) and ``sink_stride`` (strided keys, ``config.s2_sink_stride``) are
+    :func:`s2_attention`'s.
     """
     if group_size is not None and group_size_ratio is not None:
         raise ValueError("give s2 group_size or group_size_ratio, not both")
@@ -265,8 +295,11 @@ def enable_s2_attention(
             f"s2 sink_tokens ({sink_tokens}) must be below the group size ({group_size}): the sinks are a few "
             "tokens at the start of each document; lower sink_tokens or raise group_size"
         )
-    if sink_tokens and backend == "flash":
-        raise ValueError("s2 backend 'flash' cannot attend to sink tokens; use 'auto', 'sdpa' or 'flex'")
+    _check_sink_stride(sink_stride, "s2 sink_stride")
+    if (sink_tokens or sink_stride) and backend == "flash":
+        raise ValueError(
+            "s2 backend 'flash' cannot attend to sink tokens or strided keys; use 'auto', 'sdpa' or 'flex'"
+        )
     register_s2_attention()
     base = _base(model)
     config = base.config
@@ -278,6 +311,7 @@ def enable_s2_attention(
     config.s2_in_eval = bool(in_eval)
     config.s2_backend = backend
     config.s2_sink_tokens = int(sink_tokens)
+    config.s2_sink_stride = int(sink_stride)
     base.set_attn_implementation(ATTN_NAME)
     return model
 

@@ -10,7 +10,8 @@ more than full attention over the whole row. Here the whole row goes through one
   ``[0, split)`` and ``s = G - G//2`` (groups ``[0, G/2), [G/2, 3G/2), ...``) for heads ``[split, H)``;
 * with a sliding window, ``i - j < window``;
 * with ``sink_tokens=k``, the group condition is relaxed to "same group, or j is among the document's first
-  k tokens" (S2 with attention sinks).
+  k tokens" (S2 with attention sinks), and with ``sink_stride=s`` further to "... or j's document position
+  p has ``p % s == s - 1``" (strided keys).
 
 Soft-capping is a ``score_mod``; GQA is the kernel's own (``enable_gqa``, kv is never repeated). The block
 mask, which lets the kernel skip every 128x128 tile no query of it may see (about 3/4 of causal attention's
@@ -64,7 +65,9 @@ def _compiled_flex():
     return torch.compile(flex_attention, dynamic=False)
 
 
-def _mask_mod(doc, pos, split, group_size: int, window: int | None, sink_tokens: int = 0):
+def _mask_mod(
+    doc, pos, split, group_size: int, window: int | None, sink_tokens: int = 0, sink_stride: int = 0
+):
     """The S2 rule over a row's per-token document ids and positions (B, T)."""
     shifted = group_size - group_size // 2
 
@@ -74,6 +77,8 @@ def _mask_mod(doc, pos, split, group_size: int, window: int | None, sink_tokens:
         seen = (pos[b, q] + s) // group_size == (pos[b, k] + s) // group_size
         if sink_tokens:
             seen = seen | (pos[b, k] < sink_tokens)
+        if sink_stride:
+            seen = seen | (pos[b, k] % sink_stride == sink_stride - 1)
         ok = (dq == dk) & (dq >= 0) & (k <= q) & seen
         if window is not None:
             ok = ok & (q - k < window)
@@ -86,20 +91,27 @@ _cache: dict = {}
 
 
 def s2_block_mask(
-    doc, pos, heads: int, split: int, group_size: int, window: int | None, sink_tokens: int = 0
+    doc,
+    pos,
+    heads: int,
+    split: int,
+    group_size: int,
+    window: int | None,
+    sink_tokens: int = 0,
+    sink_stride: int = 0,
 ):
     """The ``BlockMask`` of S2 over ``heads`` heads (``doc``/``pos`` (B, T)); the last one is cached and
     reused when the layout, heads and settings are the same (every layer of a step)."""
     from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 
-    key = (tuple(doc.shape), str(doc.device), heads, split, group_size, window, sink_tokens)
+    key = (tuple(doc.shape), str(doc.device), heads, split, group_size, window, sink_tokens, sink_stride)
     hit = _cache.get("mask")
     if hit is not None and hit[0] == key and torch.equal(hit[1], doc) and torch.equal(hit[2], pos):
         return hit[3]
     batch, seq_len = doc.shape
     # two head patterns (unshifted, shifted) evaluated once each, then spread over the heads of each half
     two = create_block_mask(
-        _mask_mod(doc, pos, 1, group_size, window, sink_tokens),
+        _mask_mod(doc, pos, 1, group_size, window, sink_tokens, sink_stride),
         batch,
         2,
         seq_len,
@@ -116,7 +128,7 @@ def s2_block_mask(
         full,
         full_idx,
         BLOCK_SIZE=BLOCK,
-        mask_mod=_mask_mod(doc, pos, split, group_size, window, sink_tokens),
+        mask_mod=_mask_mod(doc, pos, split, group_size, window, sink_tokens, sink_stride),
         seq_lengths=(seq_len, seq_len),
     )
     _cache["mask"] = (key, doc.clone(), pos.clone(), mask)
@@ -136,6 +148,7 @@ def s2_flex_attention(
     window,
     softcap,
     sink_tokens: int = 0,
+    sink_stride: int = 0,
 ):
     """S2-Attn of :func:`longlora.s2attn.s2_attention`'s contract (checked there) in one flex_attention
     call. Returns (B, H, T, D); padding tokens get zeros."""
@@ -143,7 +156,7 @@ def s2_flex_attention(
     doc, pos = document_layout(batch, seq_len, attention_mask, cu_seqlens, query.device)
     doc, pos = doc.view(batch, seq_len), pos.view(batch, seq_len)
     split = heads // 2 if shift else heads
-    mask = s2_block_mask(doc, pos, heads, split, group_size, window, sink_tokens)
+    mask = s2_block_mask(doc, pos, heads, split, group_size, window, sink_tokens, sink_stride)
     score_mod = None
     if softcap:
 

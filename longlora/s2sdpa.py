@@ -10,9 +10,13 @@ one by one. Each bucket is one causal SDPA call (a right-padded ``(n, G_b)`` bat
 sees the padding). With flash-attn, each head half is one ``flash_attn_varlen_func`` call, unpadded.
 
 With sink tokens (S2 with attention sinks), a group that does not start its document attends to
-``[the document's first k tokens] ++ [its own tokens]``: the sink columns precede every query of the group
-(all visible, but for the window and for sinks that lie inside the group itself), the group part is
-causal. A document's first group holds its sinks already and is attended as in plain S2.
+``[extra keys] ++ [its own tokens]``: the extra keys are the document's first k tokens and, with a stride
+s, the tokens at document positions p = s-1, 2s-1, ... (from k on, so that no key comes twice); the group
+part is causal. A key column is visible to a query when its position lies before the group's first token
+(keys inside the group come through the group part only) and inside the window. The strided columns of
+a group are those before its offset o, so their count grows with o: one SDPA call pads the extra columns
+of its groups to the largest offset's count, and a group masks the columns at or past its own start. A
+document's first group holds every key it may see already and is attended as in plain S2.
 """
 
 from __future__ import annotations
@@ -106,8 +110,8 @@ def _attend_batch(
     """Causal SDPA of one :class:`Batch` laid out as ``n`` groups of ``b.length`` slots: qb (n*L, h, D)
     for query heads ``heads``, kb/vb (n*L, h_kv, D) for their kv heads. Returns (n*L, h, D).
 
-    ``sinks``: (sink keys, sink values, mask) from :func:`_sink_inputs`, keys/values (n*k, h_kv, D) put in
-    front of each group's keys, mask (n or 1, 1, L, k + L).
+    ``sinks``: (extra keys, extra values, mask) from :func:`_sink_inputs`, keys/values (n*E, h_kv, D) put
+    in front of each group's keys, mask (n or 1, 1, L, E + L).
 
     Head blocks are cut with ``split`` (whose backward is one concatenation), not with slices (whose
     backward writes each block's gradient into a zero-filled copy of the whole batch)."""
@@ -127,7 +131,7 @@ def _attend_batch(
     for qx, kx, vx, *sink_kv in parts:
         mask = None
         kx, vx = grouped(kx), grouped(vx)
-        if sinks is not None:  # [sinks ++ group] keys: (n, h_kv, k + L, D)
+        if sinks is not None:  # [extra keys ++ group] keys: (n, h_kv, E + L, D)
             kx, vx = (
                 torch.cat([s.view(b.n, -1, s.shape[1], s.shape[2]).transpose(1, 2), x], dim=2)
                 for s, x in zip(sink_kv, (kx, vx))
@@ -155,48 +159,70 @@ def _token_views(x, spans: list[tuple[int, int]]):
 
 @dataclass(frozen=True)
 class Sinks:
-    """Attention sinks of the groups of one pass: ``tokens`` (k) first tokens of each document, and each
-    group's position in its document by the group's first flat token (``offset``; every group here starts
-    after its document's first token)."""
+    """Extra keys of the groups of one pass (S2 with attention sinks): each document's first ``tokens`` (k)
+    tokens and, with ``stride`` s > 0, its tokens at positions p >= k with p % s == s - 1. ``offset``: each
+    group's position in its document by the group's first flat token (every group here starts after its
+    document's first token)."""
 
     tokens: int
     offset: dict[int, int]
+    stride: int = 0
+
+    def columns(self, before: int) -> torch.Tensor:
+        """Document positions of the extra key columns of groups starting at document positions up to
+        ``before``, sorted (E,): the k sinks, then the strided positions in [k, before)."""
+        cols = torch.arange(self.tokens)
+        if self.stride:
+            s = self.stride
+            cols = torch.cat([cols, torch.arange(self.tokens // s, before // s) * s + s - 1])
+        return cols
 
 
-def _sink_mask(offsets: list[int], k: int, length: int, window: int | None):
-    """(n or 1, 1, L, k + L) bool mask of groups of ``length`` slots starting at ``offsets`` in their
-    documents, with the documents' first ``k`` tokens as key columns in front: a query sees sink c iff c is
-    before the group (the group's own tokens are its causal part) and inside the window."""
+def _sink_mask(offsets: torch.Tensor, cols: torch.Tensor, length: int, window: int | None):
+    """(n or 1, 1, L, E + L) bool mask of groups of ``length`` slots starting at document positions
+    ``offsets`` (n,), with extra key columns at document positions ``cols`` (E,) in front: a query sees
+    column c iff ``cols[c]`` is before the group (the group's own tokens are its causal part) and inside
+    the window."""
     slot = torch.arange(length)
     causal = slot[:, None] >= slot[None, :]  # (L, L)
     if window is not None:
         causal &= slot[:, None] - slot[None, :] < window
-    if window is None and min(offsets) >= k:  # every sink visible to every query: one mask for all
-        sink = torch.ones(1, length, k, dtype=torch.bool)
+    if window is None and int(offsets.min()) > int(cols.max()):  # every column visible to every query
+        extra = torch.ones(1, length, cols.numel(), dtype=torch.bool)
     else:
-        off = torch.tensor(offsets)[:, None, None]  # (n, 1, 1)
-        col = torch.arange(k)[None, None, :]  # (1, 1, k)
-        sink = col < off  # sinks at or after the group's start are in the group
+        off = offsets[:, None, None]  # (n, 1, 1)
+        col = cols[None, None, :]  # (1, 1, E)
+        extra = col < off  # columns at or after the group's start are in the group
         if window is not None:
-            sink = sink & (off + slot[None, :, None] - col < window)  # query position - sink position
-        sink = sink.expand(len(offsets), length, k)
-    return torch.cat([sink, causal.expand(sink.shape[0], length, length)], dim=2)[:, None]
+            extra = extra & (off + slot[None, :, None] - col < window)  # query position - key position
+        extra = extra.expand(len(offsets), length, cols.numel())
+    return torch.cat([extra, causal.expand(extra.shape[0], length, length)], dim=2)[:, None]
 
 
 def _sink_inputs(kh, vh, batches: list[Batch], sinks: Sinks, window):
-    """Per batch: the sink keys and values of its groups, (n*k, h_kv, D) each, gathered in one
-    ``index_select`` (backward: one scatter), and the batch's mask (:func:`_sink_mask`)."""
-    k, index, sizes, masks = sinks.tokens, [], [], []
+    """Per batch: the extra keys and values of its groups, (n*E, h_kv, D) each, all gathered in one
+    ``index_select`` (backward: one scatter), and the batch's mask (:func:`_sink_mask`); None for a batch
+    whose groups have no extra key (no sink tokens and every group before the first strided one)."""
+    index, sizes, masks = [], [], []
     for b in batches:
-        starts = list(b.starts) if b.first is None else [b.first + i * b.length for i in range(b.n)]
-        offsets = [sinks.offset[s] for s in starts]
-        # sinks of a group starting at offset o < k beyond o - 1 are in the group: masked, any index will do
-        index += [s - o + min(c, o - 1) for s, o in zip(starts, offsets) for c in range(k)]
-        sizes.append(len(starts) * k)
-        masks.append(_sink_mask(offsets, k, b.length, window).to(kh.device))
-    index = torch.tensor(index).to(kh.device)
+        starts = torch.tensor(b.starts) if b.first is None else b.first + b.length * torch.arange(b.n)
+        offsets = torch.tensor([sinks.offset[s] for s in starts.tolist()])  # (n,)
+        cols = sinks.columns(int(offsets.max()))  # (E,)
+        if not cols.numel():
+            sizes.append(0)
+            masks.append(None)
+            continue
+        # a column at or after the group's start is masked: any token of the document will do, the last one
+        # before the group
+        at = torch.minimum(cols[None, :], offsets[:, None] - 1)  # (n, E)
+        index.append(((starts - offsets)[:, None] + at).reshape(-1))
+        sizes.append(index[-1].numel())
+        masks.append(_sink_mask(offsets, cols, b.length, window).to(kh.device))
+    if not index:
+        return [None] * len(batches)
+    index = torch.cat(index).to(kh.device)
     keys, values = kh.index_select(0, index).split(sizes), vh.index_select(0, index).split(sizes)
-    return list(zip(keys, values, masks))
+    return [None if m is None else (sk, sv, m) for sk, sv, m in zip(keys, values, masks)]
 
 
 def _attend_pass(
@@ -215,7 +241,7 @@ def _attend_pass(
     """Grouped causal attention of ``batches`` for query heads ``heads = (lo, hi)``; qh (N, hi - lo, D) is
     q for those heads, kh/vh (N, h_kv, D) k/v for their kv heads (``lo // n_rep`` onwards). Returns pieces
     (token id per slot (S,), -1 for padded slots; output (S, hi - lo, D)). With ``sinks`` every group also
-    attends to its document's first ``sinks.tokens`` tokens.
+    attends to the extra keys of its document (:class:`Sinks`) that lie before it.
 
     Contiguous batches (runs of equal groups, single groups) are views of q/k/v, all cut by one ``split``
     (nothing is copied; backward is one concatenation). Padded buckets of short groups are gathered in one
@@ -367,13 +393,15 @@ def grouped_s2_attention(
     window,
     softcap,
     sink_tokens: int = 0,
+    sink_stride: int = 0,
 ):
     """S2-Attn of :func:`longlora.s2attn.s2_attention`'s contract (arguments checked there, ``window``
-    already dropped when it changes nothing) group by group, with ``sink_tokens`` attention sinks.
-    Returns (B, H, T, D); padding rows are zero."""
+    already dropped when it changes nothing) group by group, with ``sink_tokens`` attention sinks and
+    ``sink_stride`` strided keys. Returns (B, H, T, D); padding rows are zero."""
+    extra_keys = sink_tokens > 0 or sink_stride > 0
     batch, heads, seq_len, dim = query.shape
     kv_heads = key.shape[1]
-    use_flash = _use_flash(query, backend) and not sink_tokens  # flash-attn: one key range per group
+    use_flash = _use_flash(query, backend) and not extra_keys  # flash-attn: one key range per group
 
     n = batch * seq_len
     q = query.transpose(1, 2).reshape(n, heads, dim)  # (B*T, H, D)
@@ -381,14 +409,14 @@ def grouped_s2_attention(
     v = value.transpose(1, 2).reshape(n, kv_heads, dim)
 
     ranges, own, offsets = _head_ranges_and_groups(
-        query, group_size, shift, attention_mask, cu_seqlens, with_offsets=sink_tokens > 0
+        query, group_size, shift, attention_mask, cu_seqlens, with_offsets=extra_keys
     )
     if own is None:  # nothing but padding
         return query.new_zeros(query.shape)
     shared = ([], [])
     if len(ranges) == 2 and not use_flash:
         # a group both head halves share (a document shorter than G/2) is attended once with every head;
-        # it starts its document, so it holds its sinks already
+        # it starts its document, so it holds every key it may see already
         shared, own[0], own[1] = split_shared(own[0], own[1])
     call_cost = _CALL_COST_PAIR_HEADS["cuda" if query.is_cuda else "cpu"]  # // heads: pairs per head
     attend = dict(n_rep=heads // kv_heads, scaling=scaling, dropout=dropout, window=window, softcap=softcap)
@@ -420,14 +448,14 @@ def grouped_s2_attention(
         kv = slice(lo // attend["n_rep"], (hi - 1) // attend["n_rep"] + 1)
         kh, vh = (k, v) if kv == slice(0, kv_heads) else (k[:, kv], v[:, kv])
         cost = call_cost // (hi - lo)
-        if not sink_tokens:
+        if not extra_keys:
             piece.extend(_attend_pass(qh, kh, vh, plan_batches(starts, lengths, cost), (lo, hi), **attend))
             continue
-        # a document's first group holds its sinks: plain S2; every later group gets the sinks in front
+        # a document's first group holds its extra keys: plain S2; every later group gets them in front
         at = offsets[half]
         first = [(s, n) for s, n in zip(starts, lengths) if at[s] == 0]
         later = [(s, n) for s, n in zip(starts, lengths) if at[s] > 0]
-        for part, sinks in ((first, None), (later, Sinks(sink_tokens, at))):
+        for part, sinks in ((first, None), (later, Sinks(sink_tokens, at, sink_stride))):
             if part:
                 batches = plan_batches([s for s, _ in part], [n for _, n in part], cost)
                 piece.extend(_attend_pass(qh, kh, vh, batches, (lo, hi), **attend, sinks=sinks))

@@ -18,14 +18,15 @@ def s2_groups_ref(doc_len: int, group_size: int, shifted: bool) -> list[range]:
 
 
 def s2_attention_ref(
-    query, key, value, group_size, *, docs=None, scaling=None, shift=True, window=None, sinks=0
+    query, key, value, group_size, *, docs=None, scaling=None, shift=True, window=None, sinks=0, stride=0
 ):
     """Per row, per document, per head, per group: plain masked softmax attention in fp64.
 
     query (B, H, T, D), key/value (B, H_kv, T, D). ``docs``: per batch row, a list of (start, length)
     documents (default: the whole row). Tokens outside every document get zeros. ``window``: a sliding
     window, query t sees key s only if t - s < window (transformers' convention). ``sinks``: query t also
-    sees the document's first ``sinks`` tokens s <= t (S2 with attention sinks), each key once.
+    sees the document's first ``sinks`` tokens s <= t (S2 with attention sinks), and with ``stride`` every
+    document token s <= t with s % stride == stride - 1 (strided keys), each key once.
     """
     batch, heads, seq_len, dim = query.shape
     n_rep = heads // key.shape[1]
@@ -42,6 +43,8 @@ def s2_attention_ref(
                     for t in g:
                         i = start + t
                         seen = set(g) | set(range(min(sinks, length)))  # a set: no key twice
+                        if stride:
+                            seen |= set(range(stride - 1, length, stride))
                         keys = [
                             start + s for s in sorted(seen) if s <= t and (window is None or t - s < window)
                         ]
@@ -76,10 +79,11 @@ def naive_roll_s2(query, key, value, group_size):
     return torch.cat([out[:, :half], out[:, half:].roll(group_size // 2, dims=2)], dim=1)
 
 
-def s2_mask_ref(seq_len, group_size, *, docs=None, shifted=False, window=None, sinks=0):
+def s2_mask_ref(seq_len, group_size, *, docs=None, shifted=False, window=None, sinks=0, stride=0):
     """(T, T) bool: query i may see key j, from the same definition as :func:`s2_attention_ref` (same
-    document, same group or j among the document's first ``sinks`` tokens, j <= i, and i - j < window when
-    a window is given). ``docs``: (start, length) pairs of one row (default: the whole row)."""
+    document, same group or j among the document's first ``sinks`` tokens or j's document position p has
+    p % stride == stride - 1, j <= i, and i - j < window when a window is given). ``docs``: (start, length)
+    pairs of one row (default: the whole row)."""
     allowed = torch.zeros(seq_len, seq_len, dtype=torch.bool)
     for start, length in docs or [(0, seq_len)]:
         for g in s2_groups_ref(length, group_size, shifted):
@@ -87,6 +91,8 @@ def s2_mask_ref(seq_len, group_size, *, docs=None, shifted=False, window=None, s
             allowed[idx[:, None], idx[None, :]] = True
         doc = slice(start, start + length)
         allowed[doc, start : start + min(sinks, length)] = True
+        if stride:
+            allowed[doc, start + stride - 1 : start + length : stride] = True
     i = torch.arange(seq_len)
     allowed &= i[:, None] >= i[None, :]
     if window is not None:
@@ -95,7 +101,7 @@ def s2_mask_ref(seq_len, group_size, *, docs=None, shifted=False, window=None, s
 
 
 def s2_attention_masked_ref(
-    query, key, value, group_size, *, docs=None, shift=True, window=None, upcast=True, sinks=0
+    query, key, value, group_size, *, docs=None, shift=True, window=None, upcast=True, sinks=0, stride=0
 ):
     """S2 as one masked softmax attention per head half, for batch 1: q (1, H, T, D), k/v (1, H_kv, T, D).
 
@@ -110,7 +116,7 @@ def s2_attention_masked_ref(
     )
     split = heads // 2 if shift else heads
     masks = [
-        s2_mask_ref(seq_len, group_size, docs=docs, shifted=s, window=window, sinks=sinks)
+        s2_mask_ref(seq_len, group_size, docs=docs, shifted=s, window=window, sinks=sinks, stride=stride)
         for s in (False, True)
     ]
     mask = torch.stack([masks[int(h >= split)] for h in range(heads)])[None]  # (1, H, T, T)

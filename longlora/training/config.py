@@ -26,6 +26,7 @@ from longlora.training.data import PACK_MODES
 MODES = ("pretrain", "sft")
 ATTENTIONS = ("s2", "full", "short", "s2-sink")
 DEFAULT_SINK_TOKENS = 4
+DEFAULT_SINK_STRIDE = 8
 LR_SCHEDULES = ("constant", "cosine")
 
 
@@ -71,14 +72,20 @@ class FinetuneConfig:
     attention: str = _opt(
         "s2",
         "s2 (shifted groups), full, short (groups without shift), s2-sink (s2 groups that also see the first "
-        "--sink-tokens tokens of each document)",
+        "--sink-tokens tokens and every --sink-stride-th earlier token of each document)",
         choices=ATTENTIONS,
     )
     sink_tokens: int | None = _opt(
         None,
         "--attention s2-sink: every query also attends to this many first tokens of its document "
-        f"(>= 1, below the group size; default {DEFAULT_SINK_TOKENS})",
+        "(>= 1, or 0 with a --sink-stride; below the group size)",
         default_text=f"{DEFAULT_SINK_TOKENS} with s2-sink",
+    )
+    sink_stride: int | None = _opt(
+        None,
+        "--attention s2-sink: every query also attends to every s-th earlier token of its document (document "
+        "positions p with p % s == s - 1); 0 for none, else >= 2",
+        default_text=f"{DEFAULT_SINK_STRIDE} with s2-sink",
     )
     s2_group_size_ratio: float | None = _opt(0.25, "S2 group size as a fraction of the context")
     s2_group_size: int | None = _opt(
@@ -207,20 +214,30 @@ class FinetuneConfig:
         if self.attention == "s2-sink":
             if self.sink_tokens is None:
                 self.sink_tokens = DEFAULT_SINK_TOKENS
-            if int(self.sink_tokens) < 1:
+            if self.sink_stride is None:
+                self.sink_stride = DEFAULT_SINK_STRIDE
+            if self.sink_stride < 0 or self.sink_stride == 1:
                 raise ValueError(
-                    f"--sink-tokens must be at least 1, got {self.sink_tokens} (for plain S2 use --attention s2)"
+                    f"--sink-stride must be 0 (no strided keys) or at least 2, got {self.sink_stride} (a stride "
+                    "of 1 would be every earlier token: use --attention full)"
+                )
+            if self.sink_tokens < 0 or (self.sink_tokens == 0 and self.sink_stride == 0):
+                raise ValueError(
+                    f"--sink-tokens must be at least 1, got {self.sink_tokens} (0 only with a --sink-stride; "
+                    "for plain S2 use --attention s2)"
                 )
             if self.s2_group_size is not None and self.sink_tokens >= self.s2_group_size:
                 raise ValueError(
                     f"--sink-tokens {self.sink_tokens} must be below the group size (--s2-group-size "
                     f"{self.s2_group_size}): lower --sink-tokens or raise --s2-group-size"
                 )
-        elif self.sink_tokens is not None:
-            raise ValueError(
-                f"--sink-tokens applies to --attention s2-sink only (got --attention {self.attention}); "
-                "drop --sink-tokens or pass --attention s2-sink"
-            )
+        else:
+            for name in ("sink_tokens", "sink_stride"):
+                if getattr(self, name) is not None:
+                    raise ValueError(
+                        f"--{_flag(name)} applies to --attention s2-sink only (got --attention {self.attention}); "
+                        f"drop --{_flag(name)} or pass --attention s2-sink"
+                    )
         if self.adapter is not None and self.method == "full":
             raise ValueError("--adapter continues a LoRA adapter; it cannot be combined with --method full")
 
