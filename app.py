@@ -1,5 +1,5 @@
-"""Ask questions about a long document (PDF, TXT, MD) in the browser: a thin Gradio shell over
-``longlora.qa.QAEngine``.
+"""Ask questions about a long document (PDF, TXT, MD), or several together, in the browser: a thin
+Gradio shell over ``longlora.qa.QAEngine``.
 
 Usage:
     python app.py                                   # bundled SmolLM2-135M-Instruct on CPU, http://127.0.0.1:7860
@@ -12,7 +12,9 @@ GGUF file) in the background and the status line says so until it is ready. Uplo
 check its card (pages, words, tokens, whether it fits the model's context and which strategy will
 be used, pages the model cannot read), then chat about it: answers stream in with the passages they
 are based on, a cited page opens as an image under the chat, the stop button stops generation, and
-example questions from the LongLoRA paper (B.6) are one click away.
+example questions from the LongLoRA paper (B.6) are one click away. *Add documents* puts more files
+(up to 20 in all) in the same session: each question is answered from the passages of all of them
+(or from all of them whole, when they fit together), and every source names its document and page.
 
 Every event has an ``api_name``, so the app also works from ``gradio_client``:
 
@@ -20,8 +22,10 @@ Every event has an ``api_name``, so the app also works from ``gradio_client``:
     client = Client("http://127.0.0.1:7860/")
     card = client.predict(handle_file("paper.pdf"), api_name="/upload")       # the document card (markdown)
     answer = client.predict("What are the main contributions?", api_name="/ask")  # the final answer text
-    sources = client.predict(api_name="/sources")  # the passages of the last answer: text, pages, score
+    sources = client.predict(api_name="/sources")  # the last answer's passages: text, pages, score, document
     image = client.predict(sources[0]["pages"][0], api_name="/page")  # a cited page, as an image file
+    card = client.predict([handle_file("other.pdf")], api_name="/add_documents")  # ask both together
+    image = client.predict("other.pdf", 3, api_name="/page_of")  # page 3 of a named document
 
 State is per browser session (``gr.State``); uploaded files are deleted as soon as their text is
 extracted, so the document lives only in the session (a PDF also as a private copy in a temporary
@@ -42,7 +46,13 @@ from typing import Any
 import gradio as gr
 
 from data_tools.prompts import QUESTIONS_FOR, guess_material_type
-from webapp.cards import EMPTY_CARD, card_markdown, pending_card_markdown, status_markdown
+from webapp.cards import (
+    EMPTY_CARD,
+    card_markdown,
+    pending_card_markdown,
+    pending_documents_markdown,
+    status_markdown,
+)
 from webapp.chat import (
     ChatState,
     Turn,
@@ -93,14 +103,18 @@ def _loading_messages(engine, stop_event: threading.Event | None = None):
 
 
 def _open_session(engine, state: ChatState, strategy: str, material_type: str | None = None) -> str:
-    """Open the engine session for the state's document and return the card markdown.
+    """Open the engine session for the state's documents and return the card markdown.
 
-    ``material_type=None`` lets the engine guess it from the document.
+    ``material_type=None`` lets the engine guess it from the (first) document.
     """
     try:
-        if state.close is not None:  # re-opened (material type changed): free the old cache
+        if state.close is not None:  # re-opened (material type changed, documents added): free the old cache
             state.close()
-        state.session = engine.open_document(state.document, material_type=material_type)
+        documents = state.documents
+        if len(documents) > 1:
+            state.session = engine.open_documents(documents, material_type=material_type)
+        else:
+            state.session = engine.open_document(state.document, material_type=material_type)
         state.close = partial(engine.close_session, state.session)
         state.material_type = state.session.material_type
         return card_markdown(engine.card(state.session, strategy))
@@ -146,6 +160,71 @@ def upload_document(
     return card, new
 
 
+def add_documents(
+    engine, file_paths, state: ChatState | None, strategy: str = "retrieve", progress=gr.Progress()
+):
+    """Files -> (card markdown, session state): they join the session's documents (up to
+    ``MAX_DOCUMENTS`` in all), asked about together; the conversation goes on. With no document
+    yet, the first file starts the session as an upload does. A file that cannot be read, one more
+    than the limit, or a name already in the session adds nothing and says why."""
+    from data_tools import DocumentError, load_document
+    from longlora.retrieval import MAX_DOCUMENTS
+
+    paths = [file_paths] if isinstance(file_paths, str) else [p for p in file_paths or [] if p]
+    if not paths:
+        raise _user_error("Choose one or more PDF, TXT or MD files to add.", title="No file")
+    have = state.documents if state is not None else []
+    loaded: list[tuple] = []
+    try:
+        if len(have) + len(paths) > MAX_DOCUMENTS:
+            raise _user_error(
+                f"A session holds at most {MAX_DOCUMENTS} documents: this one has {len(have)} and "
+                f"{len(paths)} more were added. Add at most {MAX_DOCUMENTS - len(have)}, or press New "
+                "document to start again.",
+                title="Too many documents",
+            )
+        names = {document.name for document in have}
+        for path in paths:
+            document = load_document(path)
+            if document.name in names:
+                raise _user_error(
+                    f"{document.name} is already in this session; rename one of the two files to ask "
+                    "about both (sources name a document by its file name).",
+                    title="Same name twice",
+                )
+            names.add(document.name)
+            loaded.append((document, PdfCopy(path) if document.kind == "pdf" else None))
+    except (DocumentError, gr.Error) as exc:
+        for _, pdf in loaded:
+            if pdf is not None:
+                pdf.close()
+        if isinstance(exc, gr.Error):
+            raise
+        raise _user_error(str(exc), title="Cannot read this file") from exc
+    finally:
+        for path in paths:
+            discard_upload(path)
+    if not have:  # the first documents: a new session, as an upload starts one
+        release_state(state)
+        (first, pdf), *rest = loaded
+        state = ChatState(document=first, pdf=pdf, material_type=guess_material_type(first), added=rest)
+    else:
+        state.added.extend(loaded)
+    for message in _loading_messages(engine):
+        progress(None, desc=f"Waiting for the model: {message}")
+    if engine.state != "ready":
+        return pending_documents_markdown(state.documents), state
+    try:
+        return _open_session(engine, state, strategy, state.material_type), state
+    except gr.Error:
+        if have:  # the session goes on with the documents it had
+            del state.added[len(state.added) - len(loaded) :]
+            for _, pdf in loaded:
+                if pdf is not None:
+                    pdf.close()
+        raise
+
+
 def after_upload(state: ChatState | None):
     """UI refresh after an upload: material type, empty chat, matching example questions."""
     state = _state(state)
@@ -169,7 +248,7 @@ def set_material_type(engine, material_type: str, state: ChatState | None, strat
     elif engine.state == "ready":
         card = _open_session(engine, state, strategy, material_type)
     else:
-        card = pending_card_markdown(state.document)
+        card = pending_documents_markdown(state.documents)
     return (card, state, *[gr.update(visible=v) for v in example_visibility(material_type)])
 
 
@@ -178,7 +257,7 @@ def refresh_card(engine, state: ChatState | None, strategy: str = "retrieve") ->
     if state is None or state.document is None:
         return EMPTY_CARD
     if state.session is None:
-        return pending_card_markdown(state.document)
+        return pending_documents_markdown(state.documents)
     return card_markdown(engine.card(state.session, strategy))
 
 
@@ -263,6 +342,7 @@ def _stream_turn(engine, state: ChatState, turn: Turn, strategy, max_new_tokens,
                 turn.stopped = bool(update.stopped)
                 turn.note = fit_note(update.fit)
                 turn.sources = list(update.fit.sources)
+                turn.name_documents = len(state.documents) > 1
                 turn.done = True
             yield turn
     except gr.Error as exc:  # the model failed to load, or the document cannot be opened
@@ -333,10 +413,11 @@ def clear_chat(state: ChatState | None):
 
 
 def sources(state: ChatState | None) -> list[dict]:
-    """API: the passages the last finished answer was based on: [{"text", "pages", "score"}].
+    """API: the passages the last finished answer was based on: [{"text", "pages", "score", "document"}].
 
     ``pages`` are 1-based for PDFs and empty for plain text; ``score`` is the BM25 score for the
-    question (None when the passage was kept by truncation or the whole document fits).
+    question (None when the passage was kept by truncation or the whole document fits);
+    ``document`` is the name of the document the passage comes from.
     """
     return [source.to_dict() for source in last_sources(state)]
 
@@ -346,6 +427,7 @@ def clear(state: ChatState | None):
     release_state(state)
     new = ChatState()
     return (
+        None,
         None,
         EMPTY_CARD,
         [],
@@ -407,6 +489,28 @@ def _wire_document(demo: gr.Blocks, engine, ui, state: gr.State) -> None:
         api_visibility="private",
         **LIGHT,
     ).then(**refresh_pages(ui, state, "upload"))
+    ui.add_docs.upload(
+        partial(add_documents, engine),
+        [ui.add_docs, state, ui.strategy],
+        [ui.card, state],
+        api_name="add_documents",
+        concurrency_id="document",
+    ).success(
+        after_upload,
+        [state],
+        [ui.material, ui.chatbot, *ui.example_buttons.values()],
+        api_name="after_add_documents",
+        api_visibility="private",
+        **LIGHT,
+    ).then(
+        # the files are in the session now: the box is ready for the next ones
+        lambda: None,
+        None,
+        [ui.add_docs],
+        api_name="add_documents_done",
+        api_visibility="private",
+        **LIGHT,
+    ).then(**refresh_pages(ui, state, "add_documents"))
     ui.material.input(
         partial(set_material_type, engine),
         [ui.material, state, ui.strategy],
@@ -464,6 +568,7 @@ def _wire_controls(ui, state: gr.State, cancels: list) -> None:
     """Stop, New document, the chat's trash button and clearing the upload."""
     everything = [
         ui.upload,
+        ui.add_docs,
         ui.card,
         ui.chatbot,
         ui.question,

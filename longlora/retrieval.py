@@ -14,13 +14,17 @@ opening (title, authors, journal, date) for bibliographic questions:
     >>> index = PassageIndex(offsets, text, size=64)              # once per document
     >>> spans, ids = fit_document(doc_ids, 256, "retrieve", gap_ids=gap_ids,
     ...     retrieve=lambda budget: index.select(question, budget, separator_len=len(gap_ids)))
+
+``PassageIndex.of_documents`` ranks the windows of several documents in one BM25 index (a question is
+answered from whichever documents hold the evidence); ``select``'s ``cost`` then counts the heading
+the caller puts before each passage.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import bm25s
 import Stemmer
@@ -36,6 +40,9 @@ STOPWORDS = frozenset(
 )
 
 STRATEGIES = ("retrieve", "truncate-middle", "truncate-end")
+# Documents one QA session ranks together (``PassageIndex.of_documents``, ``QAEngine.open_documents``);
+# here, torch-free, so that the app's page can say it before the model loads.
+MAX_DOCUMENTS = 20
 GAP_MARKER = "\n[...]\n"  # between kept pieces that are not adjacent in the document
 FRONT_TOKENS = 96  # document opening given with bibliographic questions (benchmarks/retrieval_recall.py)
 
@@ -217,6 +224,9 @@ def merge_spans(spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
     return merged
 
 
+Cost = Callable[[Sequence[tuple[int, int]]], int]
+
+
 def select_spans(
     spans: Sequence[tuple[int, int]],
     scores: Sequence[float],
@@ -224,28 +234,31 @@ def select_spans(
     *,
     separator_len: int = 0,
     required: Sequence[tuple[int, int]] = (),
+    cost: Cost | None = None,
 ) -> list[tuple[int, int]]:
     """The union of the best-scoring spans that fits ``budget`` tokens, merged and in document order.
 
     Spans may overlap: a span costs only the tokens it adds, plus ``separator_len`` for each gap
-    between the merged pieces. ``required`` spans are taken first (trimmed to the budget); spans
-    with a score of 0 (no question term) are never taken. Ties go to the earlier span.
+    between the merged pieces; ``cost(merged spans) -> tokens`` replaces that rule (e.g. a heading
+    before each piece). ``required`` spans are taken first (trimmed to the budget); spans with a
+    score of 0 (no question term) are never taken. Ties go to the earlier span.
     """
+    if cost is None:
+        cost = partial(_joined_length, separator_len=separator_len)
     chosen = [(s, min(e, s + budget)) for s, e in required if e > s]
-    if not _fits(chosen, budget, separator_len):
+    if cost(merge_spans(chosen)) > budget:
         chosen = []
     for i in sorted(range(len(spans)), key=lambda i: (-scores[i], i)):
         if scores[i] <= 0:
             break
         trial = chosen + [spans[i]]
-        if _fits(trial, budget, separator_len):
+        if cost(merge_spans(trial)) <= budget:
             chosen = trial
     return merge_spans(chosen)
 
 
-def _fits(spans: Sequence[tuple[int, int]], budget: int, separator_len: int) -> bool:
-    merged = merge_spans(spans)
-    return sum(e - s for s, e in merged) + separator_len * max(0, len(merged) - 1) <= budget
+def _joined_length(merged: Sequence[tuple[int, int]], separator_len: int) -> int:
+    return sum(e - s for s, e in merged) + separator_len * max(0, len(merged) - 1)
 
 
 def join_spans(
@@ -261,13 +274,14 @@ def join_spans(
 
 
 class PassageIndex:
-    """Half-overlapping, sentence-aligned windows of one document and their BM25 index.
+    """Half-overlapping, sentence-aligned windows of one document (or several) and their BM25 index.
 
     offsets: per token, its (start, end) character span in ``text`` (a tokenizer's offset mapping).
     ``select`` returns the token spans to put in the prompt for a question: the best windows that
     fit the budget, and, for bibliographic questions, the first ``front_tokens`` tokens of the
     document before them (title, authors, affiliations, journal and date; 96 tokens held 19 of the
-    dev set's 20 front-matter quotes).
+    dev set's 20 front-matter quotes). ``PassageIndex.of_documents`` indexes several documents
+    together: one ranking across all of them, windows that never cross from one to the next.
     """
 
     def __init__(
@@ -278,11 +292,40 @@ class PassageIndex:
         *,
         front_tokens: int = FRONT_TOKENS,
     ):
+        self._build([(0, offsets, text)], size, front_tokens)
+
+    @classmethod
+    def of_documents(
+        cls,
+        documents: Sequence[tuple[int, Sequence[tuple[int, int]], str]],
+        size: int,
+        *,
+        front_tokens: int = FRONT_TOKENS,
+    ) -> PassageIndex:
+        """One index over several documents laid out in one token sequence.
+
+        documents: per document, (start, offsets, text): its first token's position in the shared
+        sequence, and its own tokens' character spans in its own ``text``. Windows (``windows``, in
+        the shared sequence) never cross documents; ``owners[i]`` is the document of window i.
+        """
+        index = cls.__new__(cls)
+        index._build(documents, size, front_tokens)
+        return index
+
+    def _build(self, documents, size: int, front_tokens: int) -> None:
         self.size = size
-        self.num_tokens = len(offsets)
-        self.windows = overlapping_windows(offsets, text, size)
         self.front_tokens = front_tokens
-        texts = [text[offsets[s][0] : offsets[e - 1][1]] for s, e in self.windows]
+        self.starts = [start for start, _, _ in documents]
+        self.lengths = [len(offsets) for _, offsets, _ in documents]
+        self.num_tokens = self.starts[-1] + self.lengths[-1] if documents else 0
+        self.windows: list[tuple[int, int]] = []
+        self.owners: list[int] = []
+        texts = []
+        for k, (start, offsets, text) in enumerate(documents):
+            for s, e in overlapping_windows(offsets, text, size):
+                self.windows.append((start + s, start + e))
+                self.owners.append(k)
+                texts.append(text[offsets[s][0] : offsets[e - 1][1]])
         self.bm25 = BM25Index(texts)
 
     def scores(self, question: str) -> list[float]:
@@ -297,6 +340,7 @@ class PassageIndex:
         separator_len: int = 0,
         scores: Sequence[float] | None = None,
         lead_tokens: int = 0,
+        cost: Cost | None = None,
     ) -> list[tuple[int, int]]:
         """Token spans (merged, in document order) that fit ``budget`` tokens, gap markers included.
 
@@ -304,13 +348,22 @@ class PassageIndex:
         ``lead_tokens``: the document's first tokens given with every question (its title and
         abstract say what it is, which passages picked by words alone often miss); bibliographic
         questions get at least ``front_tokens`` of it.
+        ``cost``: what a selection costs in the prompt, when not its tokens and ``separator_len``
+        per gap (``select_spans``). With several documents, the opening given is that of the
+        document whose windows score best (the first when none matches).
         """
-        if self.num_tokens <= budget:
+        if len(self.starts) == 1 and cost is None and self.num_tokens <= budget:
             return [(0, self.num_tokens)] if self.num_tokens else []
+        if scores is None:
+            scores = self.scores(question)
         lead = max(0, lead_tokens)
         if is_bibliographic(question):
             lead = max(lead, self.front_tokens)
-        required = [(0, min(lead, self.num_tokens))] if lead > 0 else []
-        if scores is None:
-            scores = self.scores(question)
-        return select_spans(self.windows, scores, budget, separator_len=separator_len, required=required)
+        required = []
+        if lead > 0 and self.starts:
+            best = max(range(len(scores)), key=lambda i: (scores[i], -i), default=None)
+            k = self.owners[best] if best is not None and scores[best] > 0 else 0
+            required = [(self.starts[k], self.starts[k] + min(lead, self.lengths[k]))]
+        return select_spans(
+            self.windows, scores, budget, separator_len=separator_len, required=required, cost=cost
+        )

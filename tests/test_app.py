@@ -8,6 +8,7 @@ checks both) and streams canned text word by word; it isolates the UI from the m
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import re
 import shutil
@@ -45,8 +46,9 @@ def paper() -> Path:
 
 
 class FakeSession:
-    def __init__(self, engine, document, material_type):
-        self.engine, self.document, self.material_type = engine, document, material_type
+    def __init__(self, engine, documents, material_type):
+        self.engine, self.documents, self.material_type = engine, list(documents), material_type
+        self.document = self.documents[0]
 
 
 class FakeEngine:
@@ -72,27 +74,38 @@ class FakeEngine:
         self.queued_first = False
 
     def open_document(self, path_or_document, material_type=None):
+        return self.open_documents([path_or_document], material_type)
+
+    def open_documents(self, paths_or_documents, material_type=None):
         self.opened += 1
-        guess = "paper" if path_or_document.kind == "pdf" else "book"
-        return FakeSession(self, path_or_document, material_type or guess)
+        guess = "paper" if paths_or_documents[0].kind == "pdf" else "book"
+        return FakeSession(self, paths_or_documents, material_type or guess)
 
     def close_session(self, session):
         self.closed.append(session)
 
     def card(self, session, strategy="retrieve"):
-        tokens = len(session.document.text) // 4
+        cards = [self._card(document, session, strategy) for document in session.documents]
+        if len(cards) == 1:
+            return cards[0]
+        tokens = sum(card.tokens for card in cards)
+        together = dict(tokens=tokens, fits=tokens <= self.context_length - 600, documents=cards)
+        return dataclasses.replace(cards[0], file_name=", ".join(c.file_name for c in cards), **together)
+
+    def _card(self, document, session, strategy):
+        tokens = len(document.text) // 4
         return DocumentCard(
-            file_name=session.document.name,
-            kind=session.document.kind,
-            pages=session.document.num_pages,
-            words=session.document.word_count,
+            file_name=document.name,
+            kind=document.kind,
+            pages=document.num_pages,
+            words=document.word_count,
             tokens=tokens,
             context_length=self.context_length,
             budget_tokens=self.context_length - 600,
             fits=tokens <= self.context_length - 600,
             strategy=strategy,
             material_type=session.material_type,
-            warning=session.document.warning,
+            warning=document.warning,
         )
 
     def ask(
@@ -641,8 +654,8 @@ def test_busy_while_answer_pending(engine, paper):
 def test_clear_forgets_document_and_conversation(engine, paper):
     _, state = _upload(engine, paper)
     _ask_ui(engine, state, "What is zoo?")
-    file_value, card, chat, question, material, new, *buttons = app.clear(state)
-    assert file_value is None and card == EMPTY_CARD and chat == [] and question == ""
+    file_value, added_files, card, chat, question, material, new, *buttons = app.clear(state)
+    assert file_value is None and added_files is None and card == EMPTY_CARD and chat == [] and question == ""
     assert new.document is None and new.turns == [] and state.stop_event.is_set()
     assert engine.closed == [state.session]
     with pytest.raises(gr.Error, match="Upload"):
@@ -670,9 +683,11 @@ def test_every_event_has_an_api_name_and_the_public_api():
     public = {fn.api_name for fn in fns if fn.api_visibility == "public"}
     assert public == {
         "upload",
+        "add_documents",
         "ask",
         "sources",
         "page",
+        "page_of",
         "stop",
         "clear",
         "clear_chat",
@@ -823,8 +838,8 @@ def test_client_session_upload_ask_follow_up_stop(paper, served):
     follow = client.predict("And what else?", api_name="/ask")
     assert follow.startswith(engine.answer) and "(pages 1-2, 5)" in follow
     assert client.predict(api_name="/sources") == [
-        {"text": "Zoo is a package.", "pages": [1, 2], "score": 2.5},
-        {"text": "Ends.", "pages": [5], "score": 1.0},
+        {"text": "Zoo is a package.", "pages": [1, 2], "score": 2.5, "document": ""},
+        {"text": "Ends.", "pages": [5], "score": 1.0, "document": ""},
     ]
     assert engine.calls[-1]["history"][0] == {"role": "user", "content": "What is zoo?"}
     from PIL import Image
@@ -889,8 +904,8 @@ def test_sources_under_the_answer_and_from_the_api(paper):
     assert "<details><summary>Sources: 2 passages</summary>" in final
     assert "1. (p. 1, 2) Zoo is a package." in final and "2. (p. 5) Ends." in final
     assert app.sources(state) == [
-        {"text": "Zoo is a package.", "pages": [1, 2], "score": 2.5},
-        {"text": "Ends.", "pages": [5], "score": 1.0},
+        {"text": "Zoo is a package.", "pages": [1, 2], "score": 2.5, "document": ""},
+        {"text": "Ends.", "pages": [5], "score": 1.0, "document": ""},
     ]
     answers = list(app.ask(small, "And then?", state))
     assert "<details>" not in answers[-1][0]  # /ask keeps its plain answer text

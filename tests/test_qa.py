@@ -463,6 +463,7 @@ def test_sources_are_the_kept_pieces_with_pages_and_scores():
         "text": "Short note.",
         "pages": [],
         "score": None,
+        "document": "pasted text",  # the name of the document it comes from
     }
 
 

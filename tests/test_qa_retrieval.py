@@ -294,3 +294,73 @@ def test_fit_document_dispatches_every_strategy_once():
         fit_document(ids, 10, "retrieve")
     with pytest.raises(ValueError, match="unknown strategy 'all'"):
         fit_document(ids, 10, "all")
+
+
+# ----------------------------------------------------------------------------- several documents, one index
+
+SECOND = "Field Notes on Walruses. Ida Pfeiffer. Polar Review, 1851. " + " ".join(
+    f"Walrus {i} rests on floe {i}, which drifts {i * 7} miles per day. " for i in range(120)
+)
+
+
+def test_passage_index_of_documents_ranks_every_window_in_one_bm25_index():
+    """Windows stay inside their document; their scores are textbook BM25 over the windows of both
+    documents together (one collection: a term's IDF counts the windows of either document)."""
+    docs = [(0, word_offsets(DOC), DOC)]
+    docs.append((len(docs[0][1]) + 5, word_offsets(SECOND), SECOND))  # 5 tokens of heading in between
+    index = PassageIndex.of_documents(docs, 32)
+    for (s, e), k in zip(index.windows, index.owners):
+        start, offsets, _ = docs[k]
+        assert start <= s < e <= start + len(offsets)  # never across documents, never on the heading
+    for k, (start, offsets, text) in enumerate(docs):  # each document has exactly its own windows
+        own = [(s - start, e - start) for (s, e), o in zip(index.windows, index.owners) if o == k]
+        assert own == overlapping_windows(offsets, text, 32)
+    texts = [
+        docs[k][2][docs[k][1][s - docs[k][0]][0] : docs[k][1][e - 1 - docs[k][0]][1]]
+        for (s, e), k in zip(index.windows, index.owners)
+    ]
+    question = "Which walrus rests on floe 57 and which gear turns 300 times?"
+    expected = reference_bm25(question, texts, stem_terms)
+    assert [s * 2.2 for s in index.scores(question)] == pytest.approx(expected, rel=1e-5)
+    # one document through of_documents is the plain index
+    single = PassageIndex.of_documents(docs[:1], 32)
+    plain = PassageIndex(docs[0][1], DOC, 32)
+    assert single.windows == plain.windows and single.scores(question) == plain.scores(question)
+
+
+def test_passage_index_of_documents_selects_across_them_with_the_callers_cost():
+    a, b = word_offsets(DOC), word_offsets(SECOND)
+    index = PassageIndex.of_documents([(0, a, DOC), (len(a) + 5, b, SECOND)], 32, front_tokens=12)
+    start_b = len(a) + 5
+
+    def headed(spans):  # a 4-token heading before every piece
+        return sum(e - s + 4 for s, e in spans)
+
+    picked = index.select("How far does walrus 57 drift per day?", 80, cost=headed)
+    assert headed(picked) <= 80
+    in_b = [(s, e) for s, e in picked if s >= start_b]  # (DOC's gear 57 may come along: it matches "57")
+    kept = " ".join(SECOND[b[s - start_b][0] : b[e - 1 - start_b][1]] for s, e in in_b)
+    assert "Walrus 57 rests on floe 57, which drifts 399 miles" in kept
+    # a bibliographic question gets the opening of the document it is about...
+    biblio = index.select("Who wrote the paper on walruses?", 80, cost=headed)
+    assert biblio[0][0] == start_b and biblio[0][1] >= start_b + 12 and headed(biblio) <= 80
+    # ...and of the first document when no window matches
+    assert index.select("Who is the author?", 80, cost=headed) == [(0, 12)]
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_select_spans_with_a_cost_never_exceeds_the_budget(seed):
+    rng = random.Random(seed)
+    spans = [(s, s + rng.randrange(1, 30)) for s in (rng.randrange(0, 300) for _ in range(15))]
+    scores = [rng.choice([0.0, rng.random()]) for _ in spans]
+    budget = rng.randrange(20, 150)
+
+    def cost(merged):  # a heading as long as the piece's first token number has digits
+        return sum(e - s + len(str(s)) for s, e in merged)
+
+    chosen = select_spans(spans, scores, budget, cost=cost, required=[(0, rng.randrange(1, 20))])
+    assert chosen == merge_spans(chosen) and cost(chosen) <= budget
+    # the default cost is the separator rule
+    assert select_spans(spans, scores, budget, separator_len=3) == select_spans(
+        spans, scores, budget, cost=lambda m: brute_force_cost(m, 3)
+    )

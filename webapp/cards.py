@@ -1,10 +1,11 @@
-"""Markdown the app shows about a document and about the model: the card and the status line."""
+"""Markdown the app shows about the documents and about the model: the card and the status line."""
 
 from __future__ import annotations
 
 from data_tools.prompts import MATERIAL_TYPES
 
 EMPTY_CARD = "*No document yet.* Upload a PDF, TXT or MD file to start."
+_MODE = {"retrieve": "retrieval", "truncate-middle": "truncation", "truncate-end": "truncation"}
 _HOW = {
     "retrieve": "each question gets the passages most relevant to it",
     "truncate-middle": "the beginning and the end are kept",
@@ -14,7 +15,9 @@ _HOW = {
 
 def card_markdown(card) -> str:
     """A ``longlora.qa.DocumentCard`` as Markdown: size, material type, how it fits, and the reader's
-    warning about pages the model cannot read."""
+    warning about pages the model cannot read (for several documents, ``documents_markdown``)."""
+    if card.documents:
+        return documents_markdown(card)
     size = f"{card.pages} pages · " if card.pages else ""
     head = (
         f"**{card.file_name}** · {card.kind.upper()} · {size}{card.words:,} words · "
@@ -28,6 +31,45 @@ def card_markdown(card) -> str:
             f"{card.context_length:,}): {_HOW[card.strategy]} (`{card.strategy}`)."
         )
     return f"{head}\n\n{fit}" + warning_markdown(card.warning)
+
+
+def documents_markdown(card) -> str:
+    """The card of a session of several documents: a row per document (pages, tokens, whether it fits
+    the budget alone), then how the session is read: whole, or by retrieval across the documents."""
+    material = MATERIAL_TYPES.get(card.material_type, card.material_type)
+    rows = [
+        f"| {each.file_name} | {each.pages or '-'} | {each.tokens:,} | {'yes' if each.fits else 'no'} |"
+        for each in card.documents
+    ]
+    table = "\n".join(["| document | pages | tokens | fits alone |", "| --- | --- | --- | --- |", *rows])
+    head = f"**{len(card.documents)} documents** · {card.tokens:,} tokens together · read as {material}"
+    budget = f"{card.budget_tokens:,}-token document budget (context {card.context_length:,})"
+    if card.fits:
+        mode = (
+            f"**Mode: whole documents.** All of them fit together in the {budget}: the model reads every one."
+        )
+    else:
+        mode = (
+            f"**Mode: {_MODE[card.strategy]}.** Together they are longer than the {budget}: "
+            f"{_HOW[card.strategy]}, from all the documents (`{card.strategy}`)."
+        )
+    warnings = "".join(
+        warning_markdown(f"{each.file_name}: {each.warning}") for each in card.documents if each.warning
+    )
+    return f"{head}\n\n{table}\n\n{mode}{warnings}"
+
+
+def pending_documents_markdown(documents) -> str:
+    """Card for several documents whose tokens cannot be counted yet (the model is still loading)."""
+    if len(documents) == 1:
+        return pending_card_markdown(documents[0])
+    lines = [f"### {len(documents)} documents"]
+    for document in documents:
+        pages = f", {document.num_pages} pages" if document.num_pages else ""
+        lines.append(f"- **{document.name}** ({document.kind}{pages}, {document.word_count:,} words)")
+    lines.append("- **Tokens:** counted when the model is ready...")
+    warnings = [warning_markdown(f"{d.name}: {d.warning}") for d in documents if d.warning]
+    return "\n".join(lines) + "".join(warnings)
 
 
 def warning_markdown(warning: str) -> str:
@@ -63,13 +105,16 @@ def status_markdown(engine) -> str:
     return f"**Loading the model...** {message or 'Please wait.'}"
 
 
-def sources_markdown(sources) -> str:
-    """The passages an answer was based on (``longlora.qa.Source``), with their pages."""
+def sources_markdown(sources, name_documents: bool = False) -> str:
+    """The passages an answer was based on (``longlora.qa.Source``), with their pages (and, from a
+    session of several documents, the document each comes from)."""
     if not sources:
         return ""
     lines = []
     for i, source in enumerate(sources, start=1):
         where = ("p. " + ", ".join(str(p) for p in source.pages)) if source.pages else "text"
+        if name_documents:
+            where = f"{source.document}, {where}" if source.pages else source.document
         snippet = " ".join(source.text.split())
         if len(snippet) > 300:
             snippet = snippet[:297] + "..."

@@ -1,4 +1,4 @@
-"""One browser session's state (document, engine session, conversation) and how it is shown.
+"""One browser session's state (documents, engine session, conversation) and how it is shown.
 
 Plain Python, no gradio: the handlers in ``app.py`` keep a ``ChatState`` in a ``gr.State``.
 """
@@ -36,14 +36,16 @@ class Turn:
     waiting: bool = False  # queued behind another answer (one model serves every session)
     status: str = ""  # progress shown before the answer starts (the model still loading)
     sources: list = field(default_factory=list)  # longlora.qa.Source: the passages the model read
+    name_documents: bool = False  # asked of several documents: each source names its document
 
 
 @dataclass
 class ChatState:
-    """Everything one browser session knows: the document, its engine session and the conversation.
+    """Everything one browser session knows: the documents, their engine session and the conversation.
 
     Lives in a ``gr.State`` (never in a global); gradio keeps it by reference, so the stop handler
-    sees the same ``stop_event`` as the answer that is streaming.
+    sees the same ``stop_event`` as the answer that is streaming. ``document`` and ``pdf`` are the
+    first document; ``added`` holds those added to it (*Add documents*), asked about together.
     """
 
     document: Any = None  # data_tools.Document
@@ -53,11 +55,24 @@ class ChatState:
     stop_event: threading.Event = field(default_factory=threading.Event)
     close: Any = None  # frees the engine's cached prompt for this document (engine.close_session)
     pdf: Any = None  # webapp.files.PdfCopy: the uploaded PDF, kept for the page view (None for text)
+    added: list[tuple[Any, Any]] = field(default_factory=list)  # (Document, PdfCopy or None) each
+
+    @property
+    def documents(self) -> list:
+        """Every document of the session, the first one first (none before an upload)."""
+        first = [self.document] if self.document is not None else []
+        return first + [document for document, _ in self.added]
+
+    def pdf_of(self, document):
+        """The private copy of ``document``'s PDF (None for plain text)."""
+        if document is self.document:
+            return self.pdf
+        return next((pdf for d, pdf in self.added if d is document), None)
 
 
 def release_state(state: ChatState | None) -> None:
-    """Stop the session's answer, free the engine's cached prompt for its document and delete the
-    session's copy of the PDF.
+    """Stop the session's answer, free the engine's cached prompt for its documents and delete the
+    session's copies of their PDFs.
 
     Called on a new upload, on New document, and by gradio when the browser session ends. It takes
     no engine on purpose: gradio deep-copies the page config (which holds this callback) on every
@@ -69,9 +84,11 @@ def release_state(state: ChatState | None) -> None:
     if state.close is not None:
         state.close()
         state.close = None
-    if state.pdf is not None:
-        state.pdf.close()
-        state.pdf = None
+    for pdf in [state.pdf] + [pdf for _, pdf in state.added]:
+        if pdf is not None:
+            pdf.close()
+    state.pdf = None
+    state.added = [(document, None) for document, _ in state.added]
 
 
 def chat_messages(state: ChatState | None) -> list[dict[str, str]]:
@@ -91,7 +108,8 @@ def _sources_block(turn: Turn) -> str:
         return ""
     count = len(turn.sources)
     summary = f"Sources: {count} passage{'s' * (count != 1)}"
-    return f"\n\n<details><summary>{summary}</summary>\n\n{sources_markdown(turn.sources)}\n\n</details>"
+    listed = sources_markdown(turn.sources, name_documents=turn.name_documents)
+    return f"\n\n<details><summary>{summary}</summary>\n\n{listed}\n\n</details>"
 
 
 def display_answer(turn: Turn) -> str:

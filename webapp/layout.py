@@ -34,7 +34,7 @@ footer { display: none !important; }
 
 
 def document_column(max_new_tokens: int) -> SimpleNamespace:
-    """Upload, material type, card and the advanced settings."""
+    """Upload, more documents, material type, card and the advanced settings."""
     ui = SimpleNamespace()
     ui.upload = gr.File(
         label="Document (PDF, TXT or MD)",
@@ -42,6 +42,17 @@ def document_column(max_new_tokens: int) -> SimpleNamespace:
         type="filepath",
         height=120,
         elem_id="upload",
+    )
+    # here, not at import: longlora loads transformers
+    from longlora.retrieval import MAX_DOCUMENTS, STRATEGIES
+
+    ui.add_docs = gr.File(
+        label=f"Add documents, asked about together (up to {MAX_DOCUMENTS} in all)",
+        file_types=[".pdf", ".txt", ".md"],
+        file_count="multiple",
+        type="filepath",
+        height=90,
+        elem_id="add-docs",
     )
     ui.material = gr.Radio(
         MATERIAL_CHOICES,
@@ -52,7 +63,6 @@ def document_column(max_new_tokens: int) -> SimpleNamespace:
     )
     ui.card = gr.Markdown(EMPTY_CARD, elem_id="doc-card", container=True)
     ui.new_doc = gr.Button("New document", variant="secondary", elem_id="new-doc")
-    from longlora.retrieval import STRATEGIES  # here, not at import: longlora loads transformers
 
     with gr.Accordion("Advanced settings", open=False):
         ui.strategy = gr.Radio(list(STRATEGIES), value="retrieve", label="Strategy", info=STRATEGY_HELP)
@@ -94,6 +104,7 @@ def chat_column() -> SimpleNamespace:
     ui.answer_text = gr.Textbox(visible=False, label="Answer")
     ui.sources_json = gr.JSON(visible=False, label="Sources")
     ui.page_number = gr.Number(visible=False, label="Page", precision=0)
+    ui.page_document = gr.Textbox(visible=False, label="Document")
     return ui
 
 

@@ -94,6 +94,7 @@ class BackgroundEngine:
     # -- QAEngineLike: wait for the model, then delegate (signatures are the protocol's)
 
     open_document = _delegate("open_document")
+    open_documents = _delegate("open_documents")
     card = _delegate("card")
     ask = _delegate("ask")
 

@@ -2,7 +2,8 @@
 
 The image comes from PDFium (``pypdfium2``), the library that reads the text, rendering the
 session's private copy of the PDF (``webapp.files.PdfCopy``), so what the user sees is the page the
-passages were taken from. ``/page`` serves any page of the document to ``gradio_client``.
+passages were taken from. ``/page`` serves any page of the document to ``gradio_client``, and
+``/page_of`` any page of one of the session's documents, named as the sources name it.
 """
 
 from __future__ import annotations
@@ -22,20 +23,29 @@ from .server import LIGHT
 RENDER_SCALE = 1.5
 
 
-def cited_pages(sources) -> list[tuple[str, int]]:
+def cited_pages(sources, documents: list[str] | None = None) -> list[tuple[str, int | str]]:
     """Dropdown choices for the pages that ``sources`` (``longlora.qa.Source``) come from.
 
     Each page once, in page order, labelled with the numbers of the sources under the answer that
-    cite it: ``[("Page 2 (source 1)", 2), ("Page 5 (sources 1, 3)", 5)]``.
+    cite it: ``[("Page 2 (source 1)", 2), ("Page 5 (sources 1, 3)", 5)]``. With ``documents`` (the
+    names of a session's several documents, in order) each page also names its document and its
+    value says which: ``[("a.pdf, page 2 (source 1)", "1:2")]`` (document 1, page 2).
     """
-    cited: dict[int, list[int]] = {}
+    cited: dict[tuple[int, int], list[int]] = {}
     for number, source in enumerate(sources, start=1):
+        k = documents.index(source.document) + 1 if documents and source.document in documents else 0
+        if documents and not k:
+            continue  # a document no longer in the session
         for page in source.pages:
-            cited.setdefault(page, []).append(number)
-    return [
-        (f"Page {page} (source{'s' * (len(numbers) > 1)} {', '.join(map(str, numbers))})", page)
-        for page, numbers in sorted(cited.items())
-    ]
+            cited.setdefault((k, page), []).append(number)
+    choices: list[tuple[str, int | str]] = []
+    for (k, page), numbers in sorted(cited.items()):
+        label = f"source{'s' * (len(numbers) > 1)} {', '.join(map(str, numbers))}"
+        if documents:
+            choices.append((f"{documents[k - 1]}, page {page} ({label})", f"{k}:{page}"))
+        else:
+            choices.append((f"Page {page} ({label})", page))
+    return choices
 
 
 def check_page(document, pdf, page) -> int:
@@ -77,32 +87,77 @@ def page_picker(state: ChatState | None):
 
     Returns (dropdown update, image update).
     """
-    document = state.document if state is not None else None
+    documents = state.documents if state is not None else []
     answered = state is not None and any(turn.done for turn in state.turns)
     choices = []
-    if document is not None and document.kind != "pdf":
+    if documents and all(document.kind != "pdf" for document in documents):
         help_key = "text"
     else:
-        choices = cited_pages(last_sources(state))
+        names = [document.name for document in documents] if len(documents) > 1 else None
+        choices = cited_pages(last_sources(state), names)
         help_key = "pages" if choices else "uncited" if answered else "none"
     picker = gr.update(choices=choices, value=None, interactive=bool(choices), info=PAGE_PICK_HELP[help_key])
     return picker, (gr.skip() if answered else gr.update(value=None, visible=False))
 
 
-def page_image(page, state: ChatState | None):
-    """API: page ``page`` (1-based) of the uploaded PDF as an image (e.g. a page a source cites)."""
-    document = state.document if state is not None else None
+def _the_pdf(state: ChatState | None):
+    """The document ``/page`` shows: the session's document, or its one PDF among several."""
+    documents = state.documents if state is not None else []
+    if len(documents) <= 1:
+        return documents[0] if documents else None
+    pdfs = [document for document in documents if document.kind == "pdf"]
+    if len(pdfs) != 1:
+        names = ", ".join(document.name for document in documents)
+        raise DocumentError(
+            f"This session holds {len(documents)} documents ({names}); say whose page to show with "
+            "/page_of (document, page), the document named as the sources name it."
+        )
+    return pdfs[0]
+
+
+def _named(state: ChatState | None, name) -> object:
+    documents = state.documents if state is not None else []
+    for document in documents:
+        if document.name == name:
+            return document
+    if not documents:
+        raise DocumentError("Upload a PDF first, ask about it, then open a page its sources cite.")
+    names = ", ".join(document.name for document in documents)
+    raise DocumentError(f"No document named {name!r} in this session; its documents: {names}.")
+
+
+def _render(state: ChatState | None, find, page):
+    """(image, document, page number): page ``page`` of the document ``find(state)`` picks."""
     try:
-        number = check_page(document, state.pdf if state is not None else None, page)
+        document = find(state)
+        pdf = state.pdf_of(document) if state is not None else None
+        number = check_page(document, pdf, page)
     except DocumentError as exc:  # the user's choice, not a failure: no server-side traceback
         raise gr.Error(str(exc), title="Cannot show this page", print_exception=False) from exc
-    return render_pdf_page(state.pdf.path, number, scale=RENDER_SCALE)
+    return render_pdf_page(pdf.path, number, scale=RENDER_SCALE), document, number
 
 
-def show_page(page, state: ChatState | None):
-    """The page picked under the chat, shown with its number (and whether the model can read it)."""
-    image = page_image(page, state)
-    document, number = state.document, int(page)
+def page_image(page, state: ChatState | None):
+    """API: page ``page`` (1-based) of the uploaded PDF as an image (e.g. a page a source cites).
+    A session of several documents shows its one PDF; with several PDFs, use ``page_of``."""
+    return _render(state, _the_pdf, page)[0]
+
+
+def page_of(document: str, page, state: ChatState | None):
+    """API: page ``page`` (1-based) of the session's document named ``document`` (as sources name it)."""
+    return _render(state, lambda s: _named(s, document), page)[0]
+
+
+def show_page(choice, state: ChatState | None):
+    """The page picked under the chat, shown with its number (and whether the model can read it).
+
+    ``choice``: a page number, or "k:page" for page ``page`` of the session's k-th document."""
+    documents = state.documents if state is not None else []
+    k, page = 1, choice
+    if isinstance(choice, str) and ":" in choice:
+        k, _, page = choice.partition(":")
+        k = int(k)
+    image, document, number = _render(state, lambda s: documents[k - 1] if documents else None, page)
     label = f"{document.name}: page {number} of {document.num_pages}"
     if number in document.garbled_pages:
         label += " (its text is not readable: the model does not see it)"
@@ -122,10 +177,18 @@ def refresh_pages(ui, state: gr.State, name: str) -> dict:
 
 
 def wire_pages(ui, state: gr.State) -> None:
-    """A cited page picked in the page, and any page from the API (``/page``), rendered as an image."""
+    """A cited page picked in the page, and any page from the API (``/page``, ``/page_of``), rendered
+    as an image."""
     # in the uploads' group: PDFium must not render while a PDF is being read in another thread
     render = dict(outputs=[ui.page_image], concurrency_id="document")
     ui.page_pick.input(
         show_page, [ui.page_pick, state], api_name="page_pick", api_visibility="private", **render
     )
     gr.on(triggers=[], fn=page_image, inputs=[ui.page_number, state], api_name="page", **render)
+    gr.on(
+        triggers=[],
+        fn=page_of,
+        inputs=[ui.page_document, ui.page_number, state],
+        api_name="page_of",
+        **render,
+    )

@@ -21,7 +21,7 @@ tokens, strategy, pages used and the passages themselves (``sources``).
 The parts, each readable on its own:
 
 - ``engine.py``: ``QAEngine`` (a loaded model + tokenizer; prompts, caches, generation)
-- ``session.py``: ``DocumentSession`` (a document's tokens, offsets, retrieval index; plain data)
+- ``session.py``: ``DocumentSession`` (its documents' tokens, offsets, retrieval index; plain data)
 - ``prompt.py``: the prompt around the document (``prompt_parts``)
 - ``sampling.py``: picking tokens, n-gram bans, end tokens
 - ``cache.py``: the per-session KV caches (LRU)
@@ -45,9 +45,10 @@ from .cli import main
 from .engine import QAEngine
 from .protocol import QAEngineLike
 from .reports import AnswerUpdate, DocumentCard, FitReport, Source
-from .session import DocumentSession
+from .session import MAX_DOCUMENTS, DocumentSession
 
 __all__ = [
+    "MAX_DOCUMENTS",
     "AnswerUpdate",
     "DocumentCard",
     "DocumentSession",

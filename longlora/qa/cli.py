@@ -1,14 +1,17 @@
 """``python -m longlora.qa``: ask questions about a document from the command line.
 
 Answers stream to stdout, fit reports to stderr; with ``--json`` each answer is printed as one JSON
-object per line instead: ``{"question", "answer", "sources": [{"text", "pages", "score"}], "fit"}``
-(``pages`` 1-based for PDFs, empty for plain text).
+object per line instead: ``{"question", "answer", "sources": [{"text", "pages", "score", "document"}],
+"fit"}`` (``pages`` 1-based for PDFs, empty for plain text; ``document`` the name of the document).
+Several ``--doc`` flags ask about the documents together (up to 20): every passage is ranked against
+the question across all of them, and each source names its document.
 
 Usage (CPU, bundled SmolLM2-135M-Instruct)::
 
     python -m longlora.qa --doc paper.pdf --question "Who wrote this paper?"
     python -m longlora.qa --doc book.txt --question "Where does Lydia elope to?" --question "With whom?"
     python -m longlora.qa --doc paper.pdf --question "What is new?" --json
+    python -m longlora.qa --doc a.pdf --doc b.pdf --question "Which paper uses BM25?" --json
     python -m longlora.qa --doc paper.pdf --model ./merged-32k --strategy truncate-middle --max-new-tokens 256
 """
 
@@ -24,6 +27,7 @@ from longlora.model_flags import add_model_arguments
 from longlora.retrieval import STRATEGIES
 
 from .engine import MIN_DOCUMENT_BUDGET, QAEngine
+from .session import MAX_DOCUMENTS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m longlora.qa",
         description="Ask questions about a PDF/TXT/MD document; answers stream to stdout, fit reports to stderr.",
     )
-    parser.add_argument("--doc", required=True, help="the document (.pdf, .txt or .md)")
+    parser.add_argument(
+        "--doc",
+        action="append",
+        required=True,
+        help=f"the document (.pdf, .txt or .md); repeat to ask about several together (up to {MAX_DOCUMENTS})",
+    )
     parser.add_argument(
         "--question",
         action="append",
@@ -80,20 +89,25 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     if args.document_budget is not None and args.document_budget < MIN_DOCUMENT_BUDGET:
         parser.error(f"--document-budget must be at least {MIN_DOCUMENT_BUDGET}, got {args.document_budget}")
+    if len(args.doc) > MAX_DOCUMENTS:
+        parser.error(
+            f"at most {MAX_DOCUMENTS} --doc flags, got {len(args.doc)}; ask about fewer documents at once"
+        )
 
     try:
         engine = QAEngine.from_args(args, max_new_tokens=args.max_new_tokens)
         if args.document_budget is not None:
             engine.profile = dataclasses.replace(engine.profile, document_budget=args.document_budget)
-        session = engine.open_document(args.doc, material_type=args.material_type)
+        session = engine.open_documents(args.doc, material_type=args.material_type)
         card = engine.card(session, args.strategy)
     except ValueError as err:  # ModelLoadError, DocumentError and prompt-size errors
         print(f"error: {err}", file=sys.stderr)
         return 2
-    warning = f"; warning: {card.warning}" if card.warning else ""  # pages the model cannot read
+    for each in card.documents:  # several documents: each one's size first
+        print(f"[{each.file_name}: {each.tokens:,} tokens{_warning(each)}]", file=sys.stderr)
     print(
         f"[{card.file_name}: {card.tokens:,} tokens, budget {card.budget_tokens:,}, "
-        f"{'fits whole' if card.fits else args.strategy}{warning}]",
+        f"{'fits whole' if card.fits else args.strategy}{'' if card.documents else _warning(card)}]",
         file=sys.stderr,
     )
     history: list[tuple[str, str]] = []
@@ -128,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         history.append((question, final.text))
     return 0
+
+
+def _warning(card) -> str:
+    return f"; warning: {card.warning}" if card.warning else ""  # pages the model cannot read
 
 
 def answer_json(question: str, final) -> dict:

@@ -3,8 +3,13 @@
 It owns the prompt (``prompt.py``), what part of a long document goes in (``longlora.retrieval``),
 the per-session KV caches (``cache.py``) and streaming generation with the sampling rules of
 ``sampling.py``. Requests are serialized by a lock (each waits its turn and is told so); each
-session's document and cache are its own. Loading in the background belongs to the app
+session's documents and cache are its own. Loading in the background belongs to the app
 (``webapp/loading.py`` beside app.py); this engine is ready as soon as it exists.
+
+A session may hold several documents (``open_documents``, up to ``MAX_DOCUMENTS``): they go in whole,
+each headed by its name, when all of them fit together; otherwise one BM25 ranking over the passages of
+all of them picks what goes in, each passage headed by its document and pages, and every source names
+its document.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from functools import partial
 
 import torch
 
@@ -25,10 +31,10 @@ from longlora.position import context_window
 from longlora.retrieval import GAP_MARKER, STRATEGIES, fit_document
 
 from .cache import PromptCaches
-from .prompt import normalize_history, prompt_parts
+from .prompt import document_heading, normalize_history, passage_heading, prompt_parts
 from .reports import AnswerUpdate, DocumentCard, FitReport, Source
 from .sampling import Sampling, eos_ids, pick
-from .session import DocumentSession, Span, tokenize_document
+from .session import MAX_DOCUMENTS, DocumentPart, DocumentSession, Span, tokenize_document
 
 MIN_DOCUMENT_BUDGET = 16
 
@@ -142,45 +148,91 @@ class QAEngine:
 
     def open_document(self, path_or_document, material_type: str | None = None) -> DocumentSession:
         """A path (.pdf/.txt/.md) or a data_tools Document -> a session (raises DocumentError subclasses)."""
+        return self.open_documents([path_or_document], material_type)
+
+    def open_documents(self, paths_or_documents, material_type: str | None = None) -> DocumentSession:
+        """Paths (.pdf/.txt/.md) or data_tools Documents -> one session asking about all of them.
+
+        At most ``MAX_DOCUMENTS``, each with its own name (sources and prompts name them);
+        ``material_type`` None guesses it from the first. Raises DocumentError subclasses for a
+        file that cannot be read, ValueError for the rest.
+        """
         from data_tools import Document, EmptyDocumentError, load_document
 
-        document = path_or_document
-        if not isinstance(document, Document):
-            document = load_document(path_or_document)
-        if not document.text.strip():
-            raise EmptyDocumentError(
-                f"{document.name}: the document has no text; open a file that contains text"
+        given = list(paths_or_documents)
+        if not given:
+            raise ValueError("no document to open; give at least one path or Document")
+        if len(given) > MAX_DOCUMENTS:
+            raise ValueError(
+                f"a session holds at most {MAX_DOCUMENTS} documents, got {len(given)}; "
+                f"ask about at most {MAX_DOCUMENTS} at once (or open the rest in another session)"
             )
+        documents = [d if isinstance(d, Document) else load_document(d) for d in given]
+        names = [d.name for d in documents]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(
+                f"two documents are named {twice[0]}; rename one, so that sources can say which one they "
+                "come from"
+            )
+        for document in documents:
+            if not document.text.strip():
+                raise EmptyDocumentError(
+                    f"{document.name}: the document has no text; open a file that contains text"
+                )
         if material_type is None:
-            material_type = guess_material_type(document)
+            material_type = guess_material_type(documents[0])
         if material_type not in MATERIAL_TYPES:
             raise ValueError(
                 f"unknown material type {material_type!r}; choose one of {sorted(MATERIAL_TYPES)}"
             )
-        ids, offsets = tokenize_document(self.tokenizer, document.text)
-        return DocumentSession(document, material_type, ids, offsets, engine=self)
+        parts, ids = [], []
+        for k, document in enumerate(documents):
+            if len(documents) > 1:  # each document after a heading that names it
+                ids += self._encode(document_heading(document.name, first=k == 0), first=False)
+            part = DocumentPart(document, *tokenize_document(self.tokenizer, document.text), start=len(ids))
+            parts.append(part)
+            ids += part.ids
+        return DocumentSession(parts, material_type, ids, engine=self)
 
     def close_session(self, session: DocumentSession) -> None:
         """Drop the session's cached prompt (its memory) now rather than on LRU eviction."""
         self._caches.drop(session.id)
 
     def card(self, session: DocumentSession, strategy: str = "retrieve") -> DocumentCard:
-        """The document's size and how it fits this model with ``strategy``."""
+        """The session's size and how it fits this model with ``strategy``: its document's card, or
+        for several, a card of them together with each one's own card in ``documents``."""
         _check_strategy(strategy)
-        doc = self._own(session).document
-        budget = self.document_budget(session, "")
-        return DocumentCard(
-            file_name=doc.name,
-            kind=doc.kind,
-            pages=doc.num_pages,
-            words=doc.word_count,
-            tokens=session.num_tokens,
-            context_length=self.context_length,
-            budget_tokens=budget,
-            fits=session.num_tokens <= budget,
-            strategy=strategy,
-            material_type=session.material_type,
-            warning=doc.warning,
+        budget = self.document_budget(self._own(session), "")
+
+        def card_of(doc, tokens: int, **together) -> DocumentCard:
+            fields = dict(
+                file_name=doc.name,
+                kind=doc.kind,
+                pages=doc.num_pages,
+                words=doc.word_count,
+                tokens=tokens,
+                context_length=self.context_length,
+                budget_tokens=budget,
+                fits=tokens <= budget,
+                strategy=strategy,
+                material_type=session.material_type,
+                warning=doc.warning,
+            )
+            return DocumentCard(**{**fields, **together})
+
+        cards = [card_of(part.document, len(part.ids)) for part in session.parts]
+        if len(cards) == 1:
+            return cards[0]
+        return card_of(
+            session.parts[0].document,
+            session.num_tokens,
+            file_name=", ".join(card.file_name for card in cards),
+            kind="+".join(dict.fromkeys(card.kind for card in cards)),
+            pages=sum(card.pages or 0 for card in cards) or None,
+            words=sum(card.words for card in cards),
+            warning="; ".join(f"{card.file_name}: {card.warning}" for card in cards if card.warning),
+            documents=cards,
         )
 
     def _own(self, session) -> DocumentSession:
@@ -255,6 +307,9 @@ class QAEngine:
             return spans
 
         spans, content = fit_document(ids, budget, strategy, retrieve=retrieve, gap_ids=self._gap_ids)
+        several = len(session.parts) > 1
+        if several and found:  # passages of several documents: each headed by its document and pages
+            content = self._headed_passages(session, spans)
         windows, scores = found.get("windows"), found.get("scores")
         prompt = head_ids + content + tail_ids
         report = FitReport(
@@ -262,30 +317,64 @@ class QAEngine:
             document_tokens=len(ids),
             kept_tokens=sum(e - s for s, e in spans),
             fits_whole=len(ids) <= budget,
-            pages_used=session.pages_for(spans),
+            pages_used=[] if several else session.pages_for(spans),
             budget_tokens=budget,
             passages=len(spans),
             prompt_tokens=len(prompt),
             sources=_sources(session, spans, windows, scores),
+            documents=len(session.parts),
+            document_pages=session.pages_by_document(spans),
         )
         return prompt, report
 
     def _retrieve(self, session: DocumentSession, question: str, budget: int):
-        """(spans, windows, window scores) for a document longer than ``budget`` (``PassageIndex``)."""
+        """(spans, windows, window scores) for documents longer than ``budget`` (``PassageIndex``)."""
         index = session.passage_index(self.profile.passage_tokens)
         scores = index.scores(question)
+        lead = self.profile.lead_tokens
+        if len(session.parts) > 1:
+            cost = partial(self._headed_length, session)
+            spans = index.select(question, budget, scores=scores, cost=cost, lead_tokens=lead)
+            return spans or [self._opening(session, budget)], index.windows, scores
         spans = index.select(
-            question,
-            budget,
-            separator_len=len(self._gap_ids),
-            scores=scores,
-            lead_tokens=self.profile.lead_tokens,
+            question, budget, separator_len=len(self._gap_ids), scores=scores, lead_tokens=lead
         )
         if not spans:
             # No word of the question occurs in the document: its opening (title, abstract,
             # contents) is a better guess than an empty prompt.
             spans = [(0, budget)]
         return spans, index.windows, scores
+
+    def _passage_headings(self, session: DocumentSession, spans: Sequence[Span]) -> list[list[int]]:
+        """The heading ids before each passage (session token spans, each inside one document)."""
+        headings = []
+        for k, (part, span) in enumerate(session.locate(spans)):
+            text = passage_heading(part.name, part.pages_for([span]), first=k == 0)
+            if text not in session.headings:
+                session.headings[text] = self._encode(text, first=False)
+            headings.append(session.headings[text])
+        return headings
+
+    def _headed_length(self, session: DocumentSession, spans: Sequence[Span]) -> int:
+        return sum(e - s for s, e in spans) + sum(map(len, self._passage_headings(session, spans)))
+
+    def _headed_passages(self, session: DocumentSession, spans: Sequence[Span]) -> list[int]:
+        out: list[int] = []
+        for heading, (s, e) in zip(self._passage_headings(session, spans), spans):
+            out += heading + session.ids[s:e]
+        return out
+
+    def _opening(self, session: DocumentSession, budget: int) -> Span:
+        """The longest opening of the first document that fits ``budget`` with its heading (what goes
+        in when no word of the question occurs in any document)."""
+        start = session.parts[0].start
+        end = min(session.parts[0].end, start + budget)
+        while end > start:
+            over = self._headed_length(session, [(start, end)]) - budget
+            if over <= 0:
+                break
+            end = max(start, end - over)
+        return (start, end)
 
     # -- asking
 
@@ -339,6 +428,7 @@ class QAEngine:
                 spans, scores = supporting_spans(index, question, update.text)
                 if spans:
                     update.fit.sources = _sources(session, spans, index.windows, scores)
+                    update.fit.document_pages = session.pages_by_document(spans)
             yield update
 
     def answer(self, session: DocumentSession, question: str, **kwargs) -> str:
@@ -498,14 +588,14 @@ def supporting_spans(index, question: str, answer: str, most: int = 3) -> tuple[
 
 
 def _sources(session: DocumentSession, spans: Sequence[Span], passages, scores) -> list[Source]:
-    """The kept token spans as sources; a retrieved span's score is the best BM25 score of the
-    passages (windows) it overlaps."""
-    text = session.document.text
+    """The kept token spans (of the session's sequence) as sources, one per document they touch;
+    a retrieved span's score is the best BM25 score of the passages (windows) it overlaps."""
     out = []
     for s, e in spans:
-        a, b = session.char_span(s, e)
         score = None
         if passages is not None:
             score = max((scores[i] for i, (ps, pe) in enumerate(passages) if ps < e and pe > s), default=None)
-        out.append(Source(text[a:b], a, b, session.pages_for([(s, e)]), score))
+        for part, span in session.locate([(s, e)]):
+            a, b = part.char_span(*span)
+            out.append(Source(part.document.text[a:b], a, b, part.pages_for([span]), score, part.name))
     return out

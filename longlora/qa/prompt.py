@@ -3,13 +3,33 @@ chat template, with earlier turns of the conversation after the first question.
 
 The document always comes before the question, so a follow-up question shares the whole document
 prefix with the previous prompt (the engine reuses its KV cache).
+
+With several documents the template stays the same; what goes in its content slot names where each
+piece comes from: every document whole, each after a heading with its name (``document_heading``),
+or the retrieved passages, each after a heading with its document and pages (``passage_heading``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from data_tools.prompts import PROMPT_STYLES, prompt_prefix, prompt_suffix, wrap_plain
 
+from .reports import page_ranges
+
 _CONTENT = "\u0000LONGLORA_CONTENT\u0000"  # placeholder, split out of the rendered chat template
+
+
+def document_heading(name: str, first: bool) -> str:
+    """The line before a whole document in a prompt of several: ``[paper.pdf]``."""
+    return ("" if first else "\n\n") + f"[{name}]\n"
+
+
+def passage_heading(name: str, pages: Sequence[int], first: bool) -> str:
+    """The line before a retrieved passage in a prompt of several documents:
+    ``[paper.pdf, pages 3-4]`` (``[notes.txt]`` for a document without pages)."""
+    where = f"{name}, {page_ranges(pages)}" if pages else name
+    return ("" if first else "\n\n") + f"[{where}]\n"
 
 
 def normalize_history(history) -> list[tuple[str, str]]:

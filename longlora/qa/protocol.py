@@ -20,7 +20,7 @@ class QAEngineLike(Protocol):
 
     state: "loading", "ready" or "error"; status_message says what is happening. context_length: the
     model's window in tokens (0 while loading). Sessions are opaque to the app except for their
-    ``material_type`` and ``document``.
+    ``material_type``; ``open_documents`` opens several documents as one session.
     """
 
     state: str
@@ -29,6 +29,8 @@ class QAEngineLike(Protocol):
     context_length: int
 
     def open_document(self, path_or_document, material_type: str | None = None) -> Any: ...
+
+    def open_documents(self, paths_or_documents, material_type: str | None = None) -> Any: ...
 
     def close_session(self, session) -> None: ...
 
@@ -49,5 +51,5 @@ class QAEngineLike(Protocol):
 
 
 # Methods whose parameters (names, kinds, defaults) every QAEngineLike must match exactly.
-PROTOCOL_METHODS = ("open_document", "close_session", "card", "ask")
+PROTOCOL_METHODS = ("open_document", "open_documents", "close_session", "card", "ask")
 PROTOCOL_ATTRIBUTES = ("state", "status_message", "model_spec", "context_length")

@@ -11,11 +11,12 @@ from dataclasses import asdict, dataclass, field
 
 @dataclass
 class Source:
-    """One piece of the document the model read: its text, where it is, and how it was chosen.
+    """One piece of a document the model read: its text, where it is, and how it was chosen.
 
-    start/end: character span in the document text. pages: 1-based page numbers (empty for
+    start/end: character span in the document's text. pages: 1-based page numbers (empty for
     documents without pages). score: BM25 score for the question (None when the piece was kept by
-    truncation or because the whole document fits).
+    truncation or because the whole document fits). document: the name of the document it comes
+    from (a session may hold several).
     """
 
     text: str
@@ -23,15 +24,18 @@ class Source:
     end: int
     pages: list[int] = field(default_factory=list)
     score: float | None = None
+    document: str = ""
 
     def to_dict(self) -> dict:
-        """The JSON form: ``{"text", "pages", "score"}``."""
-        return {"text": self.text, "pages": list(self.pages), "score": self.score}
+        """The JSON form: ``{"text", "pages", "score", "document"}``."""
+        return {"text": self.text, "pages": list(self.pages), "score": self.score, "document": self.document}
 
 
 @dataclass
 class FitReport:
-    """What went into the prompt. pages_used is empty for documents without pages (txt/md)."""
+    """What went into the prompt. pages_used: the pages of a session's one document (empty for
+    documents without pages, txt/md, and for a session of several documents, whose pages are in
+    document_pages: each document read -> its pages used)."""
 
     strategy: str
     document_tokens: int
@@ -43,20 +47,38 @@ class FitReport:
     reused_tokens: int = 0  # prompt tokens served from the session's KV cache
     prompt_tokens: int = 0
     sources: list[Source] = field(default_factory=list)  # the kept pieces, in document order
+    documents: int = 1  # documents in the session
+    document_pages: dict[str, list[int]] = field(default_factory=dict)
 
     def summary(self) -> str:
+        if self.documents > 1:
+            return self._summary_of_several()
         pages = f" ({page_ranges(self.pages_used)})" if self.pages_used else ""
         if self.fits_whole:
             return f"The whole document is in the prompt: {self.document_tokens:,} tokens{pages}."
+        return (
+            f"The document ({self.document_tokens:,} tokens) is longer than the {self.budget_tokens:,}-token "
+            f"budget; kept {self._kept()}{pages}."
+        )
+
+    def _kept(self) -> str:
         share = 100 * self.kept_tokens / max(1, self.document_tokens)
         how = {
             "retrieve": f"{self.passages} passage{'s' * (self.passages != 1)} most relevant to the question",
             "truncate-middle": "the beginning and the end",
             "truncate-end": "the beginning",
         }[self.strategy]
+        return f"{how}: {self.kept_tokens:,} tokens ({share:.0f}%)"
+
+    def _summary_of_several(self) -> str:
+        if self.fits_whole:
+            return f"All {self.documents} documents are in the prompt: {self.document_tokens:,} tokens."
+        read = "; ".join(
+            f"{name}, {page_ranges(pages)}" if pages else name for name, pages in self.document_pages.items()
+        )
         return (
-            f"The document ({self.document_tokens:,} tokens) is longer than the {self.budget_tokens:,}-token "
-            f"budget; kept {how}: {self.kept_tokens:,} tokens ({share:.0f}%){pages}."
+            f"The {self.documents} documents ({self.document_tokens:,} tokens) are longer than the "
+            f"{self.budget_tokens:,}-token budget; kept {self._kept()}" + (f" from {read}." if read else ".")
         )
 
     def to_dict(self) -> dict:
@@ -101,6 +123,9 @@ class DocumentCard:
     material_type: str
     # data_tools.Document.warning: pages left out as unreadable, garbled words kept, OCR'd pages
     warning: str = ""
+    # a session of several documents: each one's own card (tokens, and fits: whether it would fit the
+    # budget alone); the fields above then describe them together (file_name lists them, fits: all at once)
+    documents: list[DocumentCard] = field(default_factory=list)
 
 
 def page_ranges(pages: Sequence[int]) -> str:
