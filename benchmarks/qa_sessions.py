@@ -119,7 +119,7 @@ def serve(args) -> int:
         max_cache_bytes=None if args.max_cache_mb is None else int(args.max_cache_mb * 2**20),
     )
     demo = app.build_demo(engine, max_new_tokens=args.max_new_tokens, concurrency=args.concurrency)
-    for attempt in range(3):  # a loaded machine can miss gradio's 3-second self-check of localhost
+    for attempt in range(10):  # a loaded machine can miss gradio's 3-second self-check of localhost
         try:
             _, url, _ = launch(
                 demo, port=None, prevent_thread_lock=True, quiet=True, concurrency=args.concurrency
@@ -127,7 +127,7 @@ def serve(args) -> int:
             break
         except ValueError as exc:
             demo.close()
-            if "localhost is not accessible" not in str(exc) or attempt == 2:
+            if "localhost is not accessible" not in str(exc) or attempt == 9:
                 raise
     seen = {"max_sessions": 0, "max_bytes": 0}
     done = threading.Event()
