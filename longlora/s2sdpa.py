@@ -178,20 +178,20 @@ class Sinks:
         return cols
 
 
-def _sink_mask(offsets: torch.Tensor, cols: torch.Tensor, length: int, window: int | None):
+def _sink_mask(offsets: torch.Tensor, cols: torch.Tensor, length: int, window: int | None, device=None):
     """(n or 1, 1, L, E + L) bool mask of groups of ``length`` slots starting at document positions
     ``offsets`` (n,), with extra key columns at document positions ``cols`` (E,) in front: a query sees
     column c iff ``cols[c]`` is before the group (the group's own tokens are its causal part) and inside
-    the window."""
-    slot = torch.arange(length)
+    the window. Built on ``device``: with strided keys it grows with the context, too big to copy there."""
+    slot = torch.arange(length, device=device)
     causal = slot[:, None] >= slot[None, :]  # (L, L)
     if window is not None:
         causal &= slot[:, None] - slot[None, :] < window
     if window is None and int(offsets.min()) > int(cols.max()):  # every column visible to every query
-        extra = torch.ones(1, length, cols.numel(), dtype=torch.bool)
+        extra = torch.ones(1, length, cols.numel(), dtype=torch.bool, device=device)
     else:
-        off = offsets[:, None, None]  # (n, 1, 1)
-        col = cols[None, None, :]  # (1, 1, E)
+        off = offsets.to(device)[:, None, None]  # (n, 1, 1)
+        col = cols.to(device)[None, None, :]  # (1, 1, E)
         extra = col < off  # columns at or after the group's start are in the group
         if window is not None:
             extra = extra & (off + slot[None, :, None] - col < window)  # query position - key position
@@ -217,7 +217,7 @@ def _sink_inputs(kh, vh, batches: list[Batch], sinks: Sinks, window):
         at = torch.minimum(cols[None, :], offsets[:, None] - 1)  # (n, E)
         index.append(((starts - offsets)[:, None] + at).reshape(-1))
         sizes.append(index[-1].numel())
-        masks.append(_sink_mask(offsets, cols, b.length, window).to(kh.device))
+        masks.append(_sink_mask(offsets, cols, b.length, window, kh.device))
     if not index:
         return [None] * len(batches)
     index = torch.cat(index).to(kh.device)

@@ -236,14 +236,21 @@ def test_flex_block_mask_cache_tells_sinks_apart():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("backend", ["sdpa", "flex"])
 @pytest.mark.parametrize("window", [None, 5])
-def test_cuda_forward_and_gradients_match_the_reference(backend, window):
+@pytest.mark.parametrize("stride", [0, 8])
+def test_cuda_forward_and_gradients_match_the_reference(backend, window, stride):
     q, k, v, cu, docs = _packed([70, 1, 4, 2, 6, 30, 5], requires_grad=False)
     leaves = [x.cuda().requires_grad_(True) for x in (q, k, v)]
     out = s2_attention(
-        *leaves, 16, cu_seqlens=cu.cuda(), sliding_window=window, sink_tokens=4, backend=backend
+        *leaves,
+        16,
+        cu_seqlens=cu.cuda(),
+        sliding_window=window,
+        sink_tokens=4,
+        sink_stride=stride,
+        backend=backend,
     )
     ref_leaves = [x.double().requires_grad_(True) for x in (q, k, v)]
-    ref = s2_attention_masked_ref(*ref_leaves, 16, docs=docs, window=window, sinks=4)
+    ref = s2_attention_masked_ref(*ref_leaves, 16, docs=docs, window=window, sinks=4, stride=stride)
     _close(out.cpu(), ref, 1e-4, "forward")
     grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(7))
     got = torch.autograd.grad(out, leaves, grad.cuda())
