@@ -1,5 +1,6 @@
 """The app served with the real engine and the bundled default model (SmolLM2-135M-Instruct):
-a headless ``gradio_client`` session and a real Chromium driven by Playwright.
+a headless ``gradio_client`` session and a real Chromium driven by Playwright (a paper, with an
+answer stopped mid-stream; a short PDF answered whole with its cited page, then a second document).
 
 Both tests share one engine and one server (the bundled model converts once and is cached).
 The browser test needs Debian's Chromium (``apt-get install chromium``); it is skipped, saying so,
@@ -192,6 +193,92 @@ def test_browser_upload_ask_stream_stop(served_real):
             stopped = _last_answer(page)
             time.sleep(1.0)
             assert _last_answer(page) == stopped  # nothing is added after the stop
+        finally:
+            browser.close()
+
+
+HARBOR = [  # a two-page PDF that the bundled model reads whole (about 120 tokens)
+    [
+        "Harbor Museum visitor notes.",
+        "The Harbor Museum stands on the old pier of the town.",
+        "It shows the ships, maps and tools of the fishing fleet.",
+        "Guided tours start every hour from the main hall.",
+    ],
+    [
+        "Opening hours and tickets.",
+        "The museum opens at nine in the morning and closes at five.",
+        "On Mondays the museum is closed for cleaning.",
+        "A ticket costs six euros; children enter for free.",
+    ],
+]
+
+
+def _pick_a_cited_page(page, expect, pattern: str, label: str) -> str:
+    """Unfold the last answer's sources, pick the first cited page whose option matches ``pattern``
+    (its page number the first group) and see it, labelled ``label`` with that number; returns it."""
+    summary = page.locator("#chat [data-testid=bot]").last.locator("details summary")
+    expect(summary).to_contain_text("Sources:", timeout=300_000)  # added once the answer is done
+    summary.click()
+    page.locator("#page-pick input").click()
+    option = page.get_by_role("option").filter(has_text=re.compile(pattern)).first
+    number = re.search(pattern, option.inner_text()).group(1)
+    option.click()
+    expect(page.locator("#page-image img")).to_be_visible(timeout=60_000)
+    expect(page.locator("#page-image")).to_contain_text(label.format(number), timeout=60_000)
+    page.wait_for_function(
+        "() => { const i = document.querySelector('#page-image img'); return i && i.naturalWidth > 500; }",
+        timeout=30_000,
+    )
+    return number
+
+
+@pytest.mark.browser
+@needs_fixtures(PAPER.name)
+def test_browser_whole_document_answer_then_two_documents(served_real, tmp_path):
+    """A short PDF read whole: the answer cites the page that supports it, and that page opens. Then
+    a second document joins the session: the card lists both and says the session is read by
+    retrieval, and the next answer's sources and cited pages name their document."""
+    from data_tools.minipdf import write_text_pdf
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    expect = sync_api.expect
+    harbor = write_text_pdf(tmp_path / "harbor.pdf", HARBOR)
+    engine, url, _ = served_real
+    with sync_api.sync_playwright() as p:
+        browser = _launch_chromium(p)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(url)
+            page.locator("#status-line").get_by_text("Model ready").wait_for(timeout=600_000)
+
+            # (a) one short document, read whole; the answer's source is the page it comes from
+            page.locator("#upload input[type=file]").set_input_files(harbor)
+            card = page.locator("#doc-card")
+            expect(card).to_contain_text("harbor.pdf", timeout=60_000)
+            expect(card).to_contain_text("Fits whole")
+            page.locator("#question textarea").fill("When does the museum open?")
+            page.locator("#question textarea").press("Enter")
+            page.locator(BOT).first.wait_for(timeout=300_000)
+            assert _watch_answer(page)[-1] > 0
+            assert "longer than" not in _last_answer(page)  # nothing was cut: the whole document
+            # the opening hours are on page 2: it is cited, and it opens
+            _pick_a_cited_page(page, expect, r"Page (2) \(source", "harbor.pdf: page {} of 2")
+
+            # (b) a second document joins: both on the card, read by retrieval, sources named
+            page.locator("#add-docs input[type=file]").set_input_files(str(PAPER))
+            expect(card).to_contain_text("2 documents", timeout=120_000)
+            expect(card).to_contain_text("zoo-faq.pdf")
+            expect(card).to_contain_text("Mode: retrieval")
+            page.locator("#question textarea").fill("What is the zoo package for?")
+            page.locator("#question textarea").press("Enter")
+            page.wait_for_function(
+                "() => document.querySelectorAll('#chat [data-testid=bot]').length >= 2", timeout=300_000
+            )
+            assert _watch_answer(page)[-1] > 0
+            _pick_a_cited_page(
+                page, expect, r"zoo-faq\.pdf, page (\d+) \(source", "zoo-faq.pdf: page {} of 15"
+            )
+            expect(page.locator("#chat details").last).to_contain_text("(zoo-faq.pdf, p. ")
         finally:
             browser.close()
 

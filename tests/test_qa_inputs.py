@@ -146,7 +146,12 @@ def test_cli_json_prints_one_object_per_question(tmp_path, tiny_model_dir, capsy
     for record in records:
         assert set(record) == {"question", "answer", "sources", "fit"}
         assert record["sources"] == [
-            {"text": "The meeting is on Tuesday in room 4.", "pages": [], "score": None, "document": "note.txt"}
+            {
+                "text": "The meeting is on Tuesday in room 4.",
+                "pages": [],
+                "score": None,
+                "document": "note.txt",
+            }
         ]
         assert record["fit"]["fits_whole"] and record["fit"]["strategy"] == "retrieve"
     assert records[1]["fit"]["reused_tokens"] > 0  # the follow-up still reuses the cache

@@ -6,7 +6,7 @@
 - ``layout.py``: the page's components (no events)
 - ``files.py``: uploads deleted once read, the private copy of a PDF kept for the page view
 - ``pages.py``: the page view: cited pages listed after each answer, a page rendered as an image
-  (its handlers and events, ``/page``)
+  (its handlers and events, ``/page`` and ``/page_of``)
 - ``server.py``: the command-line flags, ``launch`` and the quick events' queue settings
 
 It sits beside ``app.py``, outside ``longlora``: importing ``longlora`` loads transformers, and the

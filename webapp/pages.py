@@ -153,11 +153,11 @@ def show_page(choice, state: ChatState | None):
 
     ``choice``: a page number, or "k:page" for page ``page`` of the session's k-th document."""
     documents = state.documents if state is not None else []
-    k, page = 1, choice
+    k, page = "1", choice
     if isinstance(choice, str) and ":" in choice:
         k, _, page = choice.partition(":")
-        k = int(k)
-    image, document, number = _render(state, lambda s: documents[k - 1] if documents else None, page)
+    pick = documents[int(k) - 1] if k.isdigit() and 1 <= int(k) <= len(documents) else None
+    image, document, number = _render(state, lambda s: pick, page)
     label = f"{document.name}: page {number} of {document.num_pages}"
     if number in document.garbled_pages:
         label += " (its text is not readable: the model does not see it)"
