@@ -249,11 +249,11 @@ def _use_flash(query, backend: str) -> bool:
     return flash_ok and backend != "sdpa"
 
 
-def _head_ranges_and_groups(query, group_size: int, shift: bool, attention_mask, cu_seqlens):
-    """The head halves as (first head, end, group offset) and each half's groups as (starts, lengths)
-    lists over the flattened tokens; groups None when every token is padding."""
+def _head_ranges_and_groups(query, group_size: int, split: int, attention_mask, cu_seqlens):
+    """The head halves (heads ``[0, split)`` unshifted, ``[split, H)`` shifted) as (first head, end, group
+    offset) and each half's groups as (starts, lengths) lists over the flattened tokens; groups None when
+    every token is padding."""
     batch, heads, seq_len, _ = query.shape
-    split = heads // 2 if shift else heads
     ranges = [(lo, hi, off) for lo, hi, off in ((0, split, 0), (split, heads, group_size // 2)) if lo < hi]
     if attention_mask is None and cu_seqlens is None:  # one document per row, no padding
         return ranges, [regular_groups(batch, seq_len, group_size, off) for _, _, off in ranges]
@@ -272,14 +272,15 @@ def grouped_s2_attention(
     scaling,
     attention_mask,
     cu_seqlens,
-    shift,
+    split,
     dropout,
     backend,
     window,
     softcap,
 ):
     """S2-Attn of :func:`longlora.s2attn.s2_attention`'s contract (arguments checked there, ``window``
-    already dropped when not below the group) group by group. Returns (B, H, T, D); padding rows are zero."""
+    already dropped when not below the group) group by group; query heads ``[0, split)`` are unshifted,
+    ``[split, H)`` shifted. Returns (B, H, T, D); padding rows are zero."""
     batch, heads, seq_len, dim = query.shape
     kv_heads = key.shape[1]
     use_flash = _use_flash(query, backend)
@@ -289,7 +290,7 @@ def grouped_s2_attention(
     k = key.transpose(1, 2).reshape(n, kv_heads, dim)  # (B*T, H_kv, D)
     v = value.transpose(1, 2).reshape(n, kv_heads, dim)
 
-    ranges, own = _head_ranges_and_groups(query, group_size, shift, attention_mask, cu_seqlens)
+    ranges, own = _head_ranges_and_groups(query, group_size, split, attention_mask, cu_seqlens)
     if own is None:  # nothing but padding
         return query.new_zeros(query.shape)
     shared = ([], [])

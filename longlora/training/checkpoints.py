@@ -212,15 +212,21 @@ def keep_trainable_only(models, weights, output_dir) -> None:
             del state[key]
 
 
-def save_checkpoint(accelerator, out: Path, step: int, keep: int = 2) -> None:
-    """Save ``checkpoints/step-{step}`` with its manifest, then keep only the newest ``keep``."""
+def save_checkpoint(accelerator, out: Path, step: int, keep: int = 2, *, sequence_parallel: int = 1) -> None:
+    """Save ``checkpoints/step-{step}`` with its manifest (and the processes and ``--sequence-parallel`` it
+    was written with), then keep only the newest ``keep``."""
     root = out / CHECKPOINTS
     target = root / f"step-{step}"
     try:
         accelerator.save_state(str(target))
         accelerator.wait_for_everyone()  # every rank's files are complete before the manifest lists them
         if accelerator.is_main_process:
-            state = {"step": step, "files": checkpoint_manifest(target)}
+            state = {
+                "step": step,
+                "world_size": accelerator.num_processes,
+                "sequence_parallel": sequence_parallel,
+                "files": checkpoint_manifest(target),
+            }
             atomic_write_text(target / STATE_FILE, json.dumps(state, indent=1))
     except (
         WRITE_FAILURES
