@@ -65,6 +65,7 @@ from longlora.training.checkpoints import (
     WRITE_FAILURES,
     RunComplete,
     check_output_dir,
+    check_resume_processes,
     keep_trainable_only,
     latest_checkpoint,
     save_checkpoint,
@@ -393,8 +394,11 @@ def _restore(run: Run, resume_from: Path | None) -> None:
         run.log_path.parent.mkdir(parents=True, exist_ok=True)
     acc.wait_for_everyone()
     if resume_from is not None:
-        acc.load_state(str(resume_from), strict=False)
         state = json.loads((resume_from / STATE_FILE).read_text())
+        check_resume_processes(
+            state, resume_from, processes=acc.num_processes, deepspeed=bool(run.cfg.deepspeed)
+        )
+        acc.load_state(str(resume_from), strict=False)
         run.start_step = state["step"]
         acc.print(f"resumed from {resume_from} at step {run.start_step}")
         saved_sp = state.get("sequence_parallel", 1)

@@ -39,6 +39,7 @@ from longlora.sequence_parallel import (
     shard_batch,
     valid_sizes,
 )
+from longlora.training.checkpoints import check_resume_processes
 
 
 def _qkv(heads, kv_heads, seq_len, batch=1, dim=8, seed=0):
@@ -253,7 +254,7 @@ def _launch(*args, nproc=2):
         env=env,
         capture_output=True,
         text=True,
-        timeout=400,
+        timeout=900,
         cwd=os.getcwd(),
     )
     assert res.returncode == 0, res.stderr[-4000:]
@@ -345,3 +346,14 @@ def test_sft_labels_on_one_process_and_resuming_a_one_process_checkpoint(base_di
         "written with --sequence-parallel 1; continuing with --sequence-parallel 2" in res.stdout + res.stderr
     )
     _assert_same_training(tmp_path / "sp", tmp_path / "single")
+
+
+def test_a_zero_checkpoint_resumes_only_with_as_many_processes(tmp_path):
+    state = {"step": 3, "world_size": 4, "sequence_parallel": 2}
+    check_resume_processes(state, tmp_path, processes=2, deepspeed=False)  # DDP: whole state everywhere
+    check_resume_processes(state, tmp_path, processes=4, deepspeed=True)
+    check_resume_processes({"step": 3}, tmp_path, processes=2, deepspeed=True)  # written before the record
+    with pytest.raises(
+        InputError, match="written by 4 processes under DeepSpeed ZeRO.*resume with 4 processes"
+    ):
+        check_resume_processes(state, tmp_path, processes=2, deepspeed=True)

@@ -190,6 +190,19 @@ def check_output_dir(cfg) -> Path | None:
     return None
 
 
+def check_resume_processes(state: dict, folder: Path, *, processes: int, deepspeed: bool) -> None:
+    """Refuse, naming the fix, a checkpoint this launch cannot load: DeepSpeed ZeRO splits the optimizer
+    state over the processes that wrote it, so it loads only into as many. DDP checkpoints (whole weights
+    and optimizer state on every process) load under any process count and ``--sequence-parallel``."""
+    saved = state.get("world_size")
+    if deepspeed and saved is not None and saved != processes:
+        raise InputError(
+            f"checkpoint {folder} was written by {saved} processes under DeepSpeed ZeRO, which splits the "
+            f"optimizer state between them; this launch has {processes}: resume with {saved} processes "
+            "(--sequence-parallel may differ)"
+        )
+
+
 def truncate_log(path: Path, last_step: int) -> None:
     """Drop log lines of steps after the checkpoint being resumed (they are trained again)."""
     if not path.is_file():
