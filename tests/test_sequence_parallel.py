@@ -295,13 +295,23 @@ def rows_dir(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("attention, method", [("s2", "lora+"), ("full", "full")])
-def test_two_processes_sharing_rows_train_as_one_process(base_dir, rows_dir, tmp_path, attention, method):
-    """Both rows in every step (batch 2): a one-document row and a packed one."""
+@pytest.mark.parametrize(
+    "attention, method, zero",
+    [("s2", "lora+", False), ("full", "full", False), ("s2", "lora", True)],
+    ids=["s2-lora+", "full-full", "s2-lora-zero2"],
+)
+def test_two_processes_sharing_rows_train_as_one_process(
+    base_dir, rows_dir, tmp_path, attention, method, zero
+):
+    """Both rows in every step (batch 2): a one-document row and a packed one. DDP, or DeepSpeed ZeRO-2
+    (which runs on a CPU too) for the processes' gradients."""
     common = ["--model", base_dir, "--data", rows_dir, "--context-length", "256", "--max-steps", "2"]
     common += ["--per-device-batch-size", "2", "--gradient-accumulation-steps", "1", "--warmup-steps", "0"]
     common += ["--learning-rate", "1e-2", "--dtype", "fp32", "--attention", attention, "--method", method]
-    _launch(*common, "--sequence-parallel", "2", "--output-dir", tmp_path / "sp")
+    zero2 = (
+        ["--deepspeed", Path(__file__).parents[1] / "configs" / "deepspeed" / "zero2.json"] if zero else []
+    )
+    _launch(*common, *zero2, "--sequence-parallel", "2", "--output-dir", tmp_path / "sp")
     assert main([*map(str, common), "--output-dir", str(tmp_path / "single")]) == 0
     _assert_same_training(tmp_path / "sp", tmp_path / "single")
     record = json.loads((tmp_path / "sp" / "longlora_args.json").read_text())["resolved"]
