@@ -35,8 +35,9 @@ sys.path.insert(0, str(ROOT))
 BOOK = ROOT / "data" / "books" / "dev" / "austen-emma.txt"
 
 
-def _model_dir(folder: Path, layers: int) -> Path:
-    """SmolLM2-135M's config with 8 query / 2 kv heads and random weights, beside the bundled tokenizer."""
+def _model_dir(folder: Path, layers: int, context_length: int) -> Path:
+    """SmolLM2-135M's config with 8 query / 2 kv heads and random weights, beside the bundled tokenizer; its
+    window is the row length (no Position Interpolation: random weights have nothing to extend)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -45,7 +46,7 @@ def _model_dir(folder: Path, layers: int) -> Path:
     bundled = resolve_model_path("default")
     config = AutoConfig.from_pretrained(bundled)
     config.num_attention_heads, config.num_key_value_heads, config.head_dim = 8, 2, 64
-    config.num_hidden_layers = layers
+    config.num_hidden_layers, config.max_position_embeddings = layers, context_length
     torch.manual_seed(0)
     out = folder / "model"
     AutoModelForCausalLM.from_config(config).save_pretrained(out)
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="sequence-parallel-") as tmp:
         tmp = Path(tmp)
-        model = _model_dir(tmp, args.layers)
+        model = _model_dir(tmp, args.layers, args.context_length)
         data = tmp / "book.txt"
         data.write_text(BOOK.read_text()[: 12 * args.context_length * (args.steps + 1)])
         common = ["--model", str(model), "--data", str(data), "--context-length", str(args.context_length)]
