@@ -27,6 +27,10 @@ Usage (CPU examples first; every flag has --help):
     torchrun --nproc_per_node 8 -m longlora.finetune --deepspeed configs/deepspeed/zero3.json ...
     accelerate launch --use_fsdp --num_processes 8 -m longlora.finetune ...
 
+    # sequence parallelism: every row split over 2 processes (DeepSpeed Ulysses, S2-Attn inside)
+    torchrun --nproc_per_node 2 -m longlora.finetune --sequence-parallel 2 --context-length 64k ...
+    deepspeed --num_gpus 8 --module longlora.finetune --sequence-parallel 4 ...  # 2 rows at a time
+
     # after a crash or kill: continue from the last checkpoint (same data order, no lost steps)
     python -m longlora.finetune ... --output-dir out/smol-16k --resume
 
@@ -42,6 +46,7 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -64,6 +69,7 @@ from longlora.training.checkpoints import (
     WRITE_FAILURES,
     RunComplete,
     check_output_dir,
+    check_resume_processes,
     keep_trainable_only,
     latest_checkpoint,
     save_checkpoint,
@@ -73,6 +79,9 @@ from longlora.training.config import FinetuneConfig, parse_args
 from longlora.training.cpu_memory import compact_cpu_memory
 from longlora.training.launch import MIXED_PRECISION, deepspeed_plugin, fresh_accelerator_state, resolve_dtype
 from longlora.training.offload import check_offload_device, offload_activations
+
+if typing.TYPE_CHECKING:
+    from longlora.sequence_parallel import SequenceParallel
 
 # ----------------------------------------------------------------------------- schedule
 
@@ -153,6 +162,7 @@ class Run:
     start_step: int
     resolved: dict
     loss: typing.Callable = None  # (model, batch) -> loss; see longlora.loss.training_loss
+    sp: SequenceParallel | None = None  # --sequence-parallel above 1: this process's share of each row
 
 
 def train(cfg: FinetuneConfig) -> dict:
@@ -187,6 +197,17 @@ def setup(cfg: FinetuneConfig) -> Run:
             f"extends a context: pass --context-length {original} or more"
         )
     _check_sink_tokens(cfg, context_length)
+    if cfg.sequence_parallel > 1:
+        from longlora.sequence_parallel import check_sequence_parallel
+
+        text = config.get_text_config()
+        check_sequence_parallel(
+            cfg.sequence_parallel,
+            processes=int(os.environ.get("WORLD_SIZE", "1")),
+            heads=text.num_attention_heads,
+            kv_heads=getattr(text, "num_key_value_heads", None) or text.num_attention_heads,
+            context_length=context_length if cfg.mode == "pretrain" else None,
+        )
 
     fresh_accelerator_state()
     accelerator = Accelerator(
@@ -197,6 +218,13 @@ def setup(cfg: FinetuneConfig) -> Run:
     )
     set_seed(cfg.seed)
     model, tokenizer = _load_trainable_model(cfg, accelerator, dtype, context_length)
+    sp = None
+    if cfg.sequence_parallel > 1:
+        from longlora.sequence_parallel import enable_sequence_parallel
+
+        sp = enable_sequence_parallel(
+            model, cfg.sequence_parallel, micro_batch_size=cfg.per_device_batch_size
+        )
     n_trainable, n_total = count_parameters(model)
     accelerator.print(
         f"trainable parameters: {n_trainable:,} of {n_total:,} ({100 * n_trainable / max(1, n_total):.2f}%)"
@@ -223,11 +251,17 @@ def setup(cfg: FinetuneConfig) -> Run:
         "trainable_parameters": n_trainable,
         "total_parameters": n_total,
         "world_size": accelerator.num_processes,
+        "sequence_parallel": cfg.sequence_parallel,
         "model_path": model_path,
         "sft_stats": sft_stats.to_dict() if sft_stats else None,
     }
     log_path = Path(cfg.log_file) if cfg.log_file else out / LOG_FILE
-    loss = training_loss(cfg.chunked_loss, accelerator.num_processes, accelerator.print)
+    if sp is not None:
+        from longlora.sequence_parallel import sequence_parallel_loss
+
+        loss = sequence_parallel_loss(sp)
+    else:
+        loss = training_loss(cfg.chunked_loss, accelerator.num_processes, accelerator.print)
     run = Run(
         cfg=cfg,
         accelerator=accelerator,
@@ -242,6 +276,7 @@ def setup(cfg: FinetuneConfig) -> Run:
         start_step=0,
         resolved=resolved,
         loss=loss,
+        sp=sp,
     )
     _restore(run, resume_from)
     return run
@@ -252,6 +287,10 @@ def _check_runtime(cfg: FinetuneConfig, dtype: torch.dtype):
     DeepSpeed plugin when --deepspeed is given."""
     from longlora.lora import require_qlora_support
 
+    if cfg.sequence_parallel > 1:
+        from longlora.sequence_parallel import require_deepspeed
+
+        require_deepspeed()
     if cfg.method == "qlora":
         require_qlora_support()
     if cfg.s2_backend == "flex" and cfg.attention != "full" and not torch.cuda.is_available():
@@ -380,9 +419,20 @@ def _restore(run: Run, resume_from: Path | None) -> None:
         run.log_path.parent.mkdir(parents=True, exist_ok=True)
     acc.wait_for_everyone()
     if resume_from is not None:
+        state = json.loads((resume_from / STATE_FILE).read_text())
+        check_resume_processes(
+            state, resume_from, processes=acc.num_processes, deepspeed=bool(run.cfg.deepspeed)
+        )
         acc.load_state(str(resume_from), strict=False)
-        run.start_step = json.loads((resume_from / STATE_FILE).read_text())["step"]
+        run.start_step = state["step"]
         acc.print(f"resumed from {resume_from} at step {run.start_step}")
+        saved_sp = state.get("sequence_parallel", 1)
+        if saved_sp != run.cfg.sequence_parallel:
+            # every process holds the whole trainable weights and optimizer state, whatever N was
+            acc.print(
+                f"note: the checkpoint was written with --sequence-parallel {saved_sp}; continuing with "
+                f"--sequence-parallel {run.cfg.sequence_parallel}"
+            )
         if acc.is_main_process:
             truncate_log(run.log_path, run.start_step)
     elif acc.is_main_process:
@@ -403,6 +453,8 @@ def fit(run: Run) -> tuple[int, float]:
 
     cfg, acc, model, optimizer = run.cfg, run.accelerator, run.model, run.optimizer
     world, rank = acc.num_processes, acc.process_index
+    sp_size = run.sp.size if run.sp else 1
+    rows_world, rows_rank = world // sp_size, rank // sp_size  # the processes of a group read the same rows
     order = DataOrder(len(run.dataset), cfg.seed)
     model.train()
     bar = tqdm(
@@ -419,10 +471,10 @@ def fit(run: Run) -> tuple[int, float]:
         for group in optimizer.param_groups:
             group["lr"] = lr
         t0 = time.perf_counter()
-        losses, tokens = [], 0
+        losses, tokens, grad_norm = [], 0, None
         for micro in range(cfg.gradient_accumulation_steps):
             idx = order.indices(
-                step, micro, rank, world, cfg.per_device_batch_size, cfg.gradient_accumulation_steps
+                step, micro, rows_rank, rows_world, cfg.per_device_batch_size, cfg.gradient_accumulation_steps
             )
             batch = collate([run.dataset[i] for i in idx], run.pad_id)
             tokens += (
@@ -430,6 +482,10 @@ def fit(run: Run) -> tuple[int, float]:
                 if "attention_mask" in batch
                 else batch["input_ids"].numel()
             )
+            if run.sp is not None:
+                from longlora.sequence_parallel import shard_batch
+
+                batch = shard_batch(batch, run.sp, run.pad_id)
             batch = {k: v.to(acc.device) for k, v in batch.items()}
             with acc.accumulate(model):
                 # autocast here too: the chunked loss calls into the decoder, past accelerate's wrapped forward
@@ -437,13 +493,13 @@ def fit(run: Run) -> tuple[int, float]:
                     loss = run.loss(model, batch)
                 acc.backward(loss)
                 if acc.sync_gradients and cfg.max_grad_norm > 0:
-                    acc.clip_grad_norm_(run.params, cfg.max_grad_norm)
+                    grad_norm = acc.clip_grad_norm_(run.params, cfg.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             losses.append(loss.detach().float())
         step += 1
         stats = torch.stack(
-            [torch.stack(losses).mean(), torch.tensor(float(tokens), device=losses[0].device)]
+            [torch.stack(losses).mean(), torch.tensor(float(tokens) / sp_size, device=losses[0].device)]
         )
         stats = acc.reduce(stats.to(acc.device), reduction="sum")
         loss_value = stats[0].item() / world
@@ -451,6 +507,8 @@ def fit(run: Run) -> tuple[int, float]:
         record = {
             "step": step,
             "loss": round(loss_value, 6),
+            # before clipping; the same on every process (the gradients are averaged first)
+            "grad_norm": None if grad_norm is None else round(float(grad_norm), 6),
             "lr": lr,
             "tokens": int(stats[1].item()),
             "tokens_per_s": round(stats[1].item() / max(elapsed, 1e-9), 2),
@@ -462,7 +520,7 @@ def fit(run: Run) -> tuple[int, float]:
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
         if step % cfg.save_every == 0 and step < cfg.max_steps:
-            save_checkpoint(acc, run.out, step, cfg.keep_checkpoints)
+            save_checkpoint(acc, run.out, step, cfg.keep_checkpoints, sequence_parallel=cfg.sequence_parallel)
     bar.close()
     return step, loss_value
 

@@ -6,6 +6,9 @@ Contract of :func:`s2_attention` (shapes like ``torch.nn.functional.scaled_dot_p
   to be repeated by the caller); returns ``(B, H, T, D)``.
 * Heads ``[0, H//2)`` attend causally inside groups ``[0, G), [G, 2G), ...``.
 * Heads ``[H//2, H)`` attend causally inside groups shifted by ``G//2``: ``[0, G/2), [G/2, 3G/2), ...``.
+* The halves are those of the model's heads: a call given a slice of them (sequence parallelism, where
+  each rank attends over the whole sequence with ``H / N`` heads) passes ``head_offset`` and
+  ``total_heads``, and local head ``i`` is shifted iff ``head_offset + i >= total_heads // 2``.
   The paper's Algorithm 1 implements the shift with ``roll(-G/2)``, which wraps the first G/2 tokens
   into the last group so that early tokens see the end of the sequence. Here the shifted groups are
   built as index ranges instead: the first and last shifted groups are simply short, and the output at
@@ -52,6 +55,7 @@ import math
 import torch
 
 from longlora.s2flex import check_flex, s2_flex_attention
+from longlora.s2groups import cu_seqlens_from_position_ids
 from longlora.s2sdpa import grouped_s2_attention, softcapped_attention
 
 __all__ = [
@@ -85,6 +89,8 @@ def s2_attention(
     softcap: float | None = None,
     sink_tokens: int = 0,
     sink_stride: int = 0,
+    head_offset: int = 0,
+    total_heads: int | None = None,
 ) -> torch.Tensor:
     """Shifted sparse attention (LongLoRA S2-Attn) with causal groups and no future-token leakage.
 
@@ -113,6 +119,9 @@ def s2_attention(
         sink_stride: s = 0 (the default: none) or >= 2; every query also attends to the earlier tokens of
             its document at positions p with ``p % s == s - 1`` (causally and inside the window), besides
             its group and its sinks. With or without ``sink_tokens``; not with ``backend="flash"``.
+        head_offset, total_heads: ``query`` holds the model's heads ``[head_offset, head_offset + H)`` of
+            ``total_heads`` (default: all of them, ``0`` and ``H``). The shift follows the global head
+            index, so the slices of one call compute exactly what the whole call computes.
 
     Returns:
         ``(B, H, T, D)``; rows of padding tokens are zero.
@@ -151,12 +160,20 @@ def s2_attention(
             "backend='flash' cannot attend to sink tokens or strided keys (flash-attn varlen takes one key "
             "range per group): use backend='sdpa' or 'flex' with sink_tokens/sink_stride, or set both to 0"
         )
+    total_heads = heads if total_heads is None else int(total_heads)
+    if head_offset < 0 or head_offset + heads > total_heads:
+        raise ValueError(
+            f"query holds heads [{head_offset}, {head_offset + heads}), which are not heads of a model with "
+            f"total_heads={total_heads}: pass head_offset >= 0 and total_heads >= head_offset + {heads}"
+        )
     scaling = scaling if scaling is not None else 1.0 / math.sqrt(dim)
+    # local heads [0, split) are unshifted: the global first half, which this slice may hold all, part or none of
+    split = min(max(total_heads // 2 - head_offset, 0), heads) if shift else heads
     common = dict(
         scaling=scaling,
         attention_mask=attention_mask,
         cu_seqlens=cu_seqlens,
-        shift=shift,
+        split=split,
         window=window,
         softcap=softcap,
         sink_tokens=sink_tokens,
@@ -193,6 +210,11 @@ def s2_attention_forward(module, query, key, value, attention_mask, dropout=0.0,
 
     Full attention is used in eval mode (unless ``config.s2_in_eval``) and whenever the keys are longer
     than the queries (decoding with a KV cache), as the paper prescribes for inference.
+
+    Under sequence parallelism (DeepSpeed Ulysses, :mod:`longlora.sequence_parallel`) this is the core
+    attention: ``query`` holds all tokens but only this rank's slice of the heads, whose place among the
+    model's heads is read from the sequence-parallel group, and no mask arrives (Ulysses drops it), so
+    packed documents are read from the row's gathered ``position_ids``.
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -208,6 +230,16 @@ def s2_attention_forward(module, query, key, value, attention_mask, dropout=0.0,
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
+    cu_seqlens = kwargs.get("cu_seq_lens_q")
+    position_ids = kwargs.get("position_ids")
+    if attention_mask is None and cu_seqlens is None and position_ids is not None:
+        # no mask for packed rows: sequence parallelism dropped it (alone, transformers builds one)
+        cu_seqlens = cu_seqlens_from_position_ids(position_ids.expand(query.shape[0], -1))
+    offset, total_heads = 0, query.shape[1]
+    if query.shape[1] != getattr(config, "num_attention_heads", total_heads):  # a slice of the heads
+        from longlora.sequence_parallel import head_slice
+
+        offset, total_heads = head_slice(query.shape[1], config.num_attention_heads)
     out = s2_attention(
         query,
         key,
@@ -215,8 +247,10 @@ def s2_attention_forward(module, query, key, value, attention_mask, dropout=0.0,
         group_size_for(config, seq_len),
         scaling=scaling,
         attention_mask=attention_mask,
-        cu_seqlens=kwargs.get("cu_seq_lens_q"),
+        cu_seqlens=cu_seqlens,
         shift=getattr(config, "s2_shift", True),
+        head_offset=offset,
+        total_heads=total_heads,
         # per layer: Mistral passes config.sliding_window to every layer; Gemma 2/3 and Qwen 2/3 pass it only
         # to their "sliding_attention" layers (config.layer_types) and None to full-attention layers
         sliding_window=kwargs.get("sliding_window"),

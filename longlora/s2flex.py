@@ -144,18 +144,18 @@ def s2_flex_attention(
     scaling,
     attention_mask,
     cu_seqlens,
-    shift,
+    split,
     window,
     softcap,
     sink_tokens: int = 0,
     sink_stride: int = 0,
 ):
     """S2-Attn of :func:`longlora.s2attn.s2_attention`'s contract (checked there) in one flex_attention
-    call. Returns (B, H, T, D); padding tokens get zeros."""
+    call; query heads ``[0, split)`` are unshifted, ``[split, H)`` shifted. Returns (B, H, T, D); padding
+    tokens get zeros."""
     batch, heads, seq_len, _ = query.shape
     doc, pos = document_layout(batch, seq_len, attention_mask, cu_seqlens, query.device)
     doc, pos = doc.view(batch, seq_len), pos.view(batch, seq_len)
-    split = heads // 2 if shift else heads
     mask = s2_block_mask(doc, pos, heads, split, group_size, window, sink_tokens, sink_stride)
     score_mod = None
     if softcap:

@@ -11,7 +11,29 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Batch", "document_layout", "groups", "plan_batches", "regular_groups", "split_shared"]
+__all__ = [
+    "Batch",
+    "cu_seqlens_from_position_ids",
+    "document_layout",
+    "groups",
+    "plan_batches",
+    "regular_groups",
+    "split_shared",
+]
+
+
+def cu_seqlens_from_position_ids(position_ids: torch.Tensor) -> torch.Tensor | None:
+    """Packed documents of rows ``(B, T)`` from their restarting ``position_ids``: a document starts at every
+    row start and wherever a position is not the previous one plus 1 (the rule of transformers'
+    ``find_packed_sequence_indices``). Returns ``cu_seqlens`` ``(n_docs + 1,)`` over the flattened ``B*T``
+    tokens, or None when every row is one document."""
+    batch, seq_len = position_ids.shape
+    starts = torch.ones_like(position_ids, dtype=torch.bool)  # (B, T)
+    starts[:, 1:] = position_ids[:, 1:] - position_ids[:, :-1] != 1
+    if not bool(starts[:, 1:].any()):
+        return None
+    first = starts.reshape(-1).nonzero().squeeze(1)  # (n_docs,)
+    return torch.cat([first, first.new_tensor([batch * seq_len])])
 
 
 def document_layout(batch: int, seq_len: int, attention_mask, cu_seqlens, device):

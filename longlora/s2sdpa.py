@@ -355,13 +355,13 @@ def _use_flash(query, backend: str) -> bool:
 
 
 def _head_ranges_and_groups(
-    query, group_size: int, shift: bool, attention_mask, cu_seqlens, with_offsets: bool = False
+    query, group_size: int, split: int, attention_mask, cu_seqlens, with_offsets: bool = False
 ):
-    """The head halves as (first head, end, group offset), each half's groups as (starts, lengths) lists
+    """The head halves (heads ``[0, split)`` unshifted, ``[split, H)`` shifted) as (first head, end, group
+    offset), each half's groups as (starts, lengths) lists
     over the flattened tokens (None when every token is padding), and with ``with_offsets`` each group's
     position in its document as a {start: position} dict per half (else None)."""
     batch, heads, seq_len, _ = query.shape
-    split = heads // 2 if shift else heads
     ranges = [(lo, hi, off) for lo, hi, off in ((0, split, 0), (split, heads, group_size // 2)) if lo < hi]
     if attention_mask is None and cu_seqlens is None:  # one document per row, no padding
         halves = [regular_groups(batch, seq_len, group_size, off) for _, _, off in ranges]
@@ -387,7 +387,7 @@ def grouped_s2_attention(
     scaling,
     attention_mask,
     cu_seqlens,
-    shift,
+    split,
     dropout,
     backend,
     window,
@@ -396,7 +396,8 @@ def grouped_s2_attention(
     sink_stride: int = 0,
 ):
     """S2-Attn of :func:`longlora.s2attn.s2_attention`'s contract (arguments checked there, ``window``
-    already dropped when it changes nothing) group by group, with ``sink_tokens`` attention sinks and
+    already dropped when it changes nothing) group by group (query heads ``[0, split)``
+    unshifted, ``[split, H)`` shifted), with ``sink_tokens`` attention sinks and
     ``sink_stride`` strided keys. Returns (B, H, T, D); padding rows are zero."""
     extra_keys = sink_tokens > 0 or sink_stride > 0
     batch, heads, seq_len, dim = query.shape
@@ -409,7 +410,7 @@ def grouped_s2_attention(
     v = value.transpose(1, 2).reshape(n, kv_heads, dim)
 
     ranges, own, offsets = _head_ranges_and_groups(
-        query, group_size, shift, attention_mask, cu_seqlens, with_offsets=extra_keys
+        query, group_size, split, attention_mask, cu_seqlens, with_offsets=extra_keys
     )
     if own is None:  # nothing but padding
         return query.new_zeros(query.shape)

@@ -190,6 +190,19 @@ def check_output_dir(cfg) -> Path | None:
     return None
 
 
+def check_resume_processes(state: dict, folder: Path, *, processes: int, deepspeed: bool) -> None:
+    """Refuse, naming the fix, a checkpoint this launch cannot load: DeepSpeed ZeRO splits the optimizer
+    state over the processes that wrote it, so it loads only into as many. DDP checkpoints (whole weights
+    and optimizer state on every process) load under any process count and ``--sequence-parallel``."""
+    saved = state.get("world_size")
+    if deepspeed and saved is not None and saved != processes:
+        raise InputError(
+            f"checkpoint {folder} was written by {saved} processes under DeepSpeed ZeRO, which splits the "
+            f"optimizer state between them; this launch has {processes}: resume with {saved} processes "
+            "(--sequence-parallel may differ)"
+        )
+
+
 def truncate_log(path: Path, last_step: int) -> None:
     """Drop log lines of steps after the checkpoint being resumed (they are trained again)."""
     if not path.is_file():
@@ -212,15 +225,21 @@ def keep_trainable_only(models, weights, output_dir) -> None:
             del state[key]
 
 
-def save_checkpoint(accelerator, out: Path, step: int, keep: int = 2) -> None:
-    """Save ``checkpoints/step-{step}`` with its manifest, then keep only the newest ``keep``."""
+def save_checkpoint(accelerator, out: Path, step: int, keep: int = 2, *, sequence_parallel: int = 1) -> None:
+    """Save ``checkpoints/step-{step}`` with its manifest (and the processes and ``--sequence-parallel`` it
+    was written with), then keep only the newest ``keep``."""
     root = out / CHECKPOINTS
     target = root / f"step-{step}"
     try:
         accelerator.save_state(str(target))
         accelerator.wait_for_everyone()  # every rank's files are complete before the manifest lists them
         if accelerator.is_main_process:
-            state = {"step": step, "files": checkpoint_manifest(target)}
+            state = {
+                "step": step,
+                "world_size": accelerator.num_processes,
+                "sequence_parallel": sequence_parallel,
+                "files": checkpoint_manifest(target),
+            }
             atomic_write_text(target / STATE_FILE, json.dumps(state, indent=1))
     except (
         WRITE_FAILURES

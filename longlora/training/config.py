@@ -161,6 +161,11 @@ class FinetuneConfig:
     deepspeed: str | None = _opt(
         None, "DeepSpeed config JSON (configs/deepspeed/zero2.json or zero3.json)", default_text="none"
     )
+    sequence_parallel: int = _opt(
+        1,
+        "split every row over N processes (DeepSpeed Ulysses with S2-Attn as its core attention; launch a "
+        "multiple of N with torchrun or deepspeed; N must divide the query heads); 1: off",
+    )
     log_file: str | None = _opt(None, "JSONL training log", default_text="OUTPUT/train_log.jsonl")
 
     def __post_init__(self):
@@ -192,6 +197,7 @@ class FinetuneConfig:
             "gradient_accumulation_steps",
             "max_steps",
             "keep_checkpoints",
+            "sequence_parallel",
         ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"--{_flag(name)} must be at least 1, got {getattr(self, name)}")
@@ -298,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--config", help="YAML recipe whose keys are these flags (configs/*.yaml); command-line flags win"
     )
+    # the deepspeed launcher passes --local_rank unless told --no_local_rank; the rank comes from the
+    # environment (LOCAL_RANK) either way
+    p.add_argument("--local-rank", "--local_rank", type=int, dest="local_rank", help=argparse.SUPPRESS)
     hints = typing.get_type_hints(FinetuneConfig)
     for f in dataclasses.fields(FinetuneConfig):
         meta = f.metadata
@@ -328,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> FinetuneConfig:
     """Command line (and the ``--config`` YAML it names) -> ``FinetuneConfig``; flags win over the file."""
     ns = vars(build_parser().parse_args(argv))
+    ns.pop("local_rank", None)
     values: dict = {}
     if "config" in ns:
         values.update(load_yaml(ns.pop("config")))
