@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -192,7 +193,7 @@ def test_config_validation_names_the_flag():
         FinetuneConfig(data=["a"], output_dir="o", method="qlora4")
 
 
-def test_bad_input_gives_errors_that_say_what_to_do(base_dir, text_file, tmp_path, capsys):
+def test_bad_input_gives_errors_that_say_what_to_do(base_dir, text_file, tmp_path, capsys, monkeypatch):
     def err(*args):
         assert main([str(a) for a in args]) == 2
         return capsys.readouterr().err
@@ -217,6 +218,7 @@ def test_bad_input_gives_errors_that_say_what_to_do(base_dir, text_file, tmp_pat
     assert "not empty" in msg and "--overwrite-output-dir" in msg
     ds = tmp_path / "ds.json"
     ds.write_text('{"zero_optimization": {"stage": 2}}')
+    monkeypatch.setitem(sys.modules, "deepspeed", None)  # a machine without DeepSpeed (the dev tools have it)
     msg = err("--model", base_dir, "--data", text_file, "--output-dir", tmp_path / "o5", "--deepspeed", ds)
     assert "pip install deepspeed" in msg
 

@@ -129,6 +129,14 @@ class FinetuneConfig:
     offload_activations: bool = _opt(
         False, "CUDA: keep checkpointed activations in pinned CPU memory (longer context, slower steps)"
     )
+    tiled_mlp: bool = _opt(
+        False,
+        "run each layer's MLP over the sequence in slices (DeepSpeed's TiledMLP): its (tokens x intermediate) "
+        "tensors exist one slice at a time, for one more MLP forward per step; for long contexts (needs deepspeed)",
+    )
+    tiled_mlp_shards: int | None = _opt(
+        None, "slices for --tiled-mlp", default_text="auto: ceil(tokens / hidden size), DeepSpeed's rule"
+    )
     compact_cpu_memory: bool = _opt(
         False,
         "CPU: give freed activation memory back to the system at once (glibc; peak RSS about half at 8k, "
@@ -189,6 +197,13 @@ class FinetuneConfig:
             self.s2_group_size_ratio = None  # an explicit size wins over the default ratio
         elif self.s2_group_size_ratio is not None and not 0 < self.s2_group_size_ratio <= 1:
             raise ValueError(f"--s2-group-size-ratio must be in (0, 1], got {self.s2_group_size_ratio}")
+        if self.tiled_mlp_shards is not None:
+            if self.tiled_mlp_shards < 1:
+                raise ValueError(f"--tiled-mlp-shards must be at least 1, got {self.tiled_mlp_shards}")
+            if not self.tiled_mlp:
+                raise ValueError(
+                    f"--tiled-mlp-shards {self.tiled_mlp_shards} applies only with --tiled-mlp; add --tiled-mlp"
+                )
         if self.adapter is not None and self.method == "full":
             raise ValueError("--adapter continues a LoRA adapter; it cannot be combined with --method full")
 
