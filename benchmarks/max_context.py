@@ -17,6 +17,9 @@ The model is any model folder, or a random-weights model built from a config (``
 the Llama-3.1-8B ``config.json``: no download, the weights are random and saved once under
 ``--workdir``). For reference, the best single-GPU figure published for Llama-3.1-8B is 342,733 tokens
 (QLoRA, 80 GB, unsloth, with chunked cross-entropy and offloaded checkpoints); plain HF + FA2: 28,454.
+At such lengths the MLP's (tokens x intermediate) tensors dominate a layer's backward: ``--tiled-mlp``
+runs them in slices (``longlora.tiled_mlp``). ``--tokenizer bytes`` feeds UTF-8 bytes instead of the
+bundled model's tokens, for a machine that has no bundled model (``benchmarks/gpu_check.sh``).
 
 Usage (CPU example first):
     OMP_WAIT_POLICY=PASSIVE python benchmarks/max_context.py                # bundled model, 20 GB of RAM
@@ -24,7 +27,7 @@ Usage (CPU example first):
     python benchmarks/max_context.py --quick                                # tiny random model, small budget
     # on one GPU, random Llama-3.1-8B weights, 80 GB cap
     python benchmarks/max_context.py --device cuda --config-json llama-3.1-8b --method qlora \\
-        --budget-gb 80 --start 65536 --granularity 8192 --offload-activations
+        --budget-gb 80 --start 65536 --granularity 8192 --offload-activations --tiled-mlp --tokenizer bytes
 """
 
 from __future__ import annotations
@@ -39,76 +42,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from random_models import PRESETS, QUICK_CONFIG, random_model_dir, read_config  # noqa: E402,F401
 from train_step import cpu_bf16_support, run_child  # noqa: E402
-
-QUICK_CONFIG = dict(  # a tiny Llama: the search itself is what --quick exercises
-    model_type="llama",
-    vocab_size=512,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=256,
-    tie_word_embeddings=True,
-)
-
-PRESETS = {  # architectures by name: random weights need no download
-    "llama-3.1-8b": dict(
-        model_type="llama",
-        vocab_size=128256,
-        hidden_size=4096,
-        intermediate_size=14336,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        max_position_embeddings=131072,
-        rms_norm_eps=1e-5,
-        rope_theta=500000.0,
-        rope_scaling=dict(
-            rope_type="llama3",
-            factor=8.0,
-            low_freq_factor=1.0,
-            high_freq_factor=4.0,
-            original_max_position_embeddings=8192,
-        ),
-        tie_word_embeddings=False,
-        bos_token_id=128000,
-        eos_token_id=128001,
-    ),
-}
-
-
-def read_config(spec: str) -> dict:
-    """A preset name (``llama-3.1-8b``) or the path of a transformers ``config.json``."""
-    if spec in PRESETS:
-        return PRESETS[spec]
-    path = Path(spec)
-    if not path.is_file():
-        raise SystemExit(
-            f"error: --config-json {spec}: no such file; give a config.json or one of {', '.join(PRESETS)}"
-        )
-    return json.loads(path.read_text())
-
-
-def random_model_dir(config: dict, workdir: Path) -> Path:
-    """Save random bf16 weights for ``config`` once (keyed by its content); return the folder."""
-    import hashlib
-
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    key = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
-    out = workdir / f"random-{config.get('model_type', 'model')}-{key}"
-    if (out / "config.json").is_file():
-        return out
-    cfg = AutoConfig.for_model(**config)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
-    tmp = out.with_name(out.name + ".tmp")
-    model.save_pretrained(tmp)
-    os.replace(tmp, out)  # a half-written folder is never mistaken for a finished one
-    return out
 
 
 def search(try_length, start: int, granularity: int, max_length: int) -> tuple[int, list[dict]]:
@@ -164,6 +99,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--chunk-size", type=int, default=None, help="loss chunk in tokens (default ~128 MB)")
     p.add_argument("--offload-activations", action="store_true", help="CUDA: checkpoints in pinned CPU RAM")
+    p.add_argument(
+        "--tiled-mlp", action="store_true", help="as finetune's flag: MLPs run in slices (deepspeed)"
+    )
+    p.add_argument(
+        "--tiled-mlp-shards", type=int, default=None, help="slices for --tiled-mlp (default: auto)"
+    )
+    p.add_argument(
+        "--loss-backend",
+        choices=("auto", "chunked", "liger"),
+        default="auto",
+        help="auto: Liger on CUDA if installed",
+    )
+    p.add_argument(
+        "--tokenizer",
+        choices=("default", "bytes"),
+        default="default",
+        help="text -> ids: the model's tokenizer (the bundled model's for random weights), or UTF-8 bytes",
+    )
     p.add_argument(
         "--compact-cpu-memory", action="store_true", help="as finetune's flag: freed memory returned at once"
     )
@@ -243,11 +196,13 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir or cache_dir() / "max_context")
     if args.quick or args.config_json:
         config = QUICK_CONFIG if args.quick else read_config(args.config_json)
-        model = str(random_model_dir(config, workdir))
-        tokenizer_dir = None if args.quick else resolve_model_path("default")
+        model = str(random_model_dir(config, workdir, device.type))
+        bytes_only = args.quick or args.tokenizer == "bytes"
+        tokenizer_dir = None if bytes_only else resolve_model_path("default")
     else:
         model = tokenizer_dir = resolve_model_path(args.model)
         config = json.loads((Path(model) / "config.json").read_text())
+        tokenizer_dir = None if args.tokenizer == "bytes" else tokenizer_dir
     files = text_files(args.text)
     tokens = text_tokens(files, tokenizer_dir, int(config["vocab_size"]))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -263,37 +218,56 @@ def main(argv: list[str] | None = None) -> int:
             model=model, length=n, method=args.method, attention=args.attention, dtype=dtype, device=str(device),
             steps=1, warmup=0, forward=False, rows=write_row(tokens, n, workdir), chunk_size=args.chunk_size,
             offload=args.offload_activations, memory_cap_gb=budget if cuda else None,
-            compact_memory=args.compact_cpu_memory,
+            compact_memory=args.compact_cpu_memory, tiled_mlp=args.tiled_mlp,
+            tiled_mlp_shards=args.tiled_mlp_shards, loss_backend=args.loss_backend,
         )  # fmt: skip
         t0 = time.perf_counter()
         r = run_child(spec, watch_rss_bytes=None if cuda else int(budget * 2**30), timeout=args.timeout)
         fits = "error" not in r and r["peak_mb"] <= budget * 1024
         trial = {"fits": fits, "seconds": round(time.perf_counter() - t0, 1)}
-        trial.update({k: r[k] for k in ("peak_mb", "tokens_per_s", "error") if k in r})
+        trial.update({k: r[k] for k in ("peak_mb", "tokens_per_s", "loss_backend", "error") if k in r})
         what = (
             f"peak {r['peak_mb']:.0f} MB, {r['tokens_per_s']:.1f} tokens/s" if "peak_mb" in r else r["error"]
         )
         print(f"  {n:>8} tokens: {'fits' if fits else 'does not fit'} ({what})", flush=True)
         return trial
 
-    best, trials = search(try_length, start, granularity, max_length)
-    capped = all(t["fits"] for t in trials)
-    print(
-        f"longest context that fits {budget:g} GB: {best:,} tokens{' (the --max-length cap)' if capped else ''}"
-    )
-    if args.output:
+    def write(best: int, trials: list[dict], complete: bool) -> None:
+        """The result so far: rewritten after every trial, so a search cut short by a time limit (a GPU
+        lease) still leaves its trials, marked ``"complete": false``."""
+        if not args.output:
+            return
         out = Path(args.output)
         out.parent.mkdir(parents=True, exist_ok=True)
+        capped = complete and all(t["fits"] for t in trials)
         payload = {
             "model": model, "method": args.method, "attention": args.attention, "dtype": dtype, "device": hw,
             "budget_gb": budget, "compact_cpu_memory": args.compact_cpu_memory, "granularity": granularity, "max_context": best, "trials": trials,
+            "offload_activations": args.offload_activations, "tiled_mlp": args.tiled_mlp, "tiled_mlp_shards": args.tiled_mlp_shards,
+            "loss_backend": args.loss_backend, "tokenizer": "bytes" if tokenizer_dir is None else tokenizer_dir,
             "max_length": max_length, "capped": capped,  # capped: every length tried fit, the limit is above the cap
+            "complete": complete,  # false: the search was still running when this was written
             "text": [str(f) for f in files], "text_tokens": int(len(tokens)), "text_repeated": best > len(tokens),
             "provenance": run_record(),
         }  # fmt: skip
         tmp = out.with_suffix(out.suffix + ".tmp")
         tmp.write_text(json.dumps(payload, indent=2) + "\n")
         os.replace(tmp, out)
+
+    done: list[dict] = []
+
+    def try_and_record(n: int) -> dict:
+        trial = try_length(n)
+        done.append({"length": n, **trial})
+        write(max([t["length"] for t in done if t["fits"]], default=0), done, complete=False)
+        return trial
+
+    best, trials = search(try_and_record, start, granularity, max_length)
+    capped = all(t["fits"] for t in trials)
+    print(
+        f"longest context that fits {budget:g} GB: {best:,} tokens{' (the --max-length cap)' if capped else ''}"
+    )
+    write(best, trials, complete=True)
     return 0
 
 

@@ -21,12 +21,20 @@ same tokens cut into documents of log-normal lengths (median ~600 tokens) and pa
 ``longlora.training.data.PackedDataset`` packs them (positions restart per document, no attention across
 documents, document starts carry no loss).
 
+Random weights: ``--config-json llama-3.1-8b`` (or any ``config.json``) trains a model of that shape with
+random weights saved once under ``--workdir``, on rows of UTF-8 bytes of the book (no download, no
+tokenizer; ``benchmarks/random_models.py``). ``--loss-backend`` picks the loss kernel (``auto``: Liger's
+fused kernel on CUDA when installed, else the chunked one; each result records which ran) and
+``--tiled-mlp`` runs the MLPs in slices, as ``longlora.finetune``'s flag does.
+
 Usage (CPU examples first):
     OMP_WAIT_POLICY=PASSIVE python benchmarks/train_step.py                     # 8k and 16k, bundled model
     OMP_WAIT_POLICY=PASSIVE python benchmarks/train_step.py --long              # adds 32k
     python benchmarks/train_step.py --lengths 8192 --methods lora+ --attentions s2 --data book
     python benchmarks/train_step.py --quick --model path/to/tiny-model          # 256/512 tokens, smoke run
     python benchmarks/train_step.py --device cuda --output results/train-step-cuda.json
+    python benchmarks/train_step.py --device cuda --config-json llama-3.1-8b --lengths 16384 --methods lora+ \\
+        --attentions s2 --data book --loss-backend liger --offload-activations --tiled-mlp
 """
 
 from __future__ import annotations
@@ -83,7 +91,12 @@ def _load_for_training(spec: dict):
             backend="flex" if spec["attention"] == "s2-flex" else "auto",
         )
     compute = None if dtype == torch.float32 else dtype
-    return prepare_model(model, method, gradient_checkpointing=True, compute_dtype=compute).train()
+    model = prepare_model(model, method, gradient_checkpointing=True, compute_dtype=compute).train()
+    if spec.get("tiled_mlp"):
+        from longlora.tiled_mlp import enable_tiled_mlp
+
+        enable_tiled_mlp(model, spec.get("tiled_mlp_shards"))
+    return model
 
 
 def _dtype(name: str):
@@ -112,12 +125,12 @@ def measure(spec: dict) -> dict:
 
     spec keys: model, length, method, attention, dtype, device, steps, warmup, forward, rows (an .npz
     row file, or None for random tokens), chunk_size, offload, memory_cap_gb (CUDA only), compact_memory
-    (``--compact-cpu-memory``).
+    (``--compact-cpu-memory``), tiled_mlp and tiled_mlp_shards (``--tiled-mlp``), loss_backend.
     """
     import torch
 
     from longlora.lora import trainable_parameters
-    from longlora.loss import causal_lm_loss
+    from longlora.loss import causal_lm_loss, liger_available
     from longlora.training.offload import offload_activations
 
     torch.manual_seed(0)
@@ -135,6 +148,9 @@ def measure(spec: dict) -> dict:
     tokens = batch["input_ids"].numel()
     optimizer = torch.optim.AdamW(trainable_parameters(model).values(), lr=1e-5, betas=(0.9, 0.95))
     dtype = _dtype(spec["dtype"])
+    backend = spec.get("loss_backend") or "auto"
+    if backend == "auto":  # the kernel linear_cross_entropy's "auto" picks, recorded with the result
+        backend = "liger" if cuda and liger_available() else "chunked"
 
     def autocast():
         if dtype == torch.float32:
@@ -147,7 +163,7 @@ def measure(spec: dict) -> dict:
 
     def train_step() -> float:
         with autocast(), offload_activations(spec.get("offload", False), device):
-            loss = causal_lm_loss(model, chunk_size=spec.get("chunk_size"), **batch)
+            loss = causal_lm_loss(model, chunk_size=spec.get("chunk_size"), backend=backend, **batch)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -173,12 +189,13 @@ def measure(spec: dict) -> dict:
         "tokens_per_s": round(tokens / sorted(times)[len(times) // 2], 2) if times else None,
         "peak_mb": round(peak / 2**20, 1),
         "peak_kind": "max_allocated" if cuda else "rss",
+        "loss_backend": backend,
     }
     if spec.get("forward"):
         with torch.no_grad(), autocast():
             sync()
             t0 = time.perf_counter()
-            causal_lm_loss(model, chunk_size=spec.get("chunk_size"), **batch)
+            causal_lm_loss(model, chunk_size=spec.get("chunk_size"), backend=backend, **batch)
             sync()
         out["forward_tokens_per_s"] = round(tokens / (time.perf_counter() - t0), 2)
         if out["tokens_per_s"]:
@@ -265,16 +282,24 @@ def cpu_bf16_support() -> str:
     return f"{'native' if cpu_has_fast_bf16() else 'none (emulated)'} ({capability})"
 
 
-def write_rows(model: str, book: Path, lengths: list[int], data: list[str], workdir: Path) -> dict:
-    """Tokenize the book once; write one .npz row per (length, data) for the children."""
+def write_rows(
+    model: str, book: Path, lengths: list[int], data: list[str], workdir: Path, vocab_size: int | None = None
+) -> dict:
+    """Tokenize the book once (or, with ``vocab_size``, take its UTF-8 bytes: a random-weights model has
+    no tokenizer); write one .npz row per (length, data) for the children."""
     import numpy as np
-    from transformers import AutoTokenizer
 
     sys.path.insert(0, str(ROOT))
     from longlora.training import data as D
 
-    tokenizer = AutoTokenizer.from_pretrained(model)
-    stream = D.read_pretrain_stream([str(book)], tokenizer)
+    if vocab_size is None:
+        from transformers import AutoTokenizer
+
+        stream = D.read_pretrain_stream([str(book)], AutoTokenizer.from_pretrained(model))
+    else:
+        from random_models import utf8_token_ids
+
+        stream = D.TokenStream(utf8_token_ids(Path(book).read_text(encoding="utf-8"), vocab_size))
     need = max(lengths)
     if len(stream) < need:
         raise SystemExit(f"error: --book {book} has {len(stream):,} tokens, fewer than --lengths {need}")
@@ -335,6 +360,10 @@ def summarise(results: list[dict]) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python benchmarks/train_step.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="default", help="'default' (bundled SmolLM2-135M) or a model folder")
+    p.add_argument(
+        "--config-json", help="random weights of this architecture instead: a config.json, or llama-3.1-8b"
+    )
+    p.add_argument("--workdir", default=None, help="random-weights models (default: the longlora cache)")
     p.add_argument("--lengths", type=int, nargs="+", default=[8192, 16384], help="context lengths")
     p.add_argument("--long", action="store_true", help="add 32768 to --lengths")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=["lora+", "full"], help="trainable sets")
@@ -351,6 +380,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1, help="untimed training steps before them")
     p.add_argument("--chunk-size", type=int, default=None, help="loss chunk in tokens (default ~128 MB)")
     p.add_argument("--offload-activations", action="store_true", help="CUDA: checkpoints in pinned CPU RAM")
+    p.add_argument(
+        "--tiled-mlp", action="store_true", help="as finetune's flag: MLPs run in slices (deepspeed)"
+    )
+    p.add_argument(
+        "--tiled-mlp-shards", type=int, default=None, help="slices for --tiled-mlp (default: auto)"
+    )
+    p.add_argument(
+        "--loss-backend",
+        choices=("auto", "chunked", "liger"),
+        default="auto",
+        help="loss kernel (default auto: Liger's fused one on CUDA when installed, else chunked)",
+    )
     p.add_argument(
         "--compact-cpu-memory", action="store_true", help="as finetune's flag: freed memory returned at once"
     )
@@ -374,19 +415,31 @@ def main(argv: list[str] | None = None) -> int:
     ]
     lengths = [256] if args.quick else sorted(set(args.lengths + ([32768] if args.long else [])))
     warmup = args.warmup
-    model = resolve_model_path(args.model)
+    vocab_size = None  # rows through the model's tokenizer
+    if args.config_json:
+        from random_models import random_model_dir, read_config
+
+        from data_tools.bundled import cache_dir
+
+        config = read_config(args.config_json)
+        model = str(random_model_dir(config, Path(args.workdir or cache_dir() / "max_context"), device.type))
+        vocab_size = int(config["vocab_size"])
+    else:
+        model = resolve_model_path(args.model)
     hw = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, bf16 {cpu_bf16_support()}"
     print(
         f"model {model}\ndevice {device} ({hw}), dtype {dtype}, torch {torch.__version__}, threads "
         f"{torch.get_num_threads()}; steps {warmup} untimed + {args.steps} timed per configuration; "
-        f"allocator {'compact (--compact-cpu-memory)' if args.compact_cpu_memory else 'default'}"
+        f"allocator {'compact (--compact-cpu-memory)' if args.compact_cpu_memory else 'default'}; loss "
+        f"{args.loss_backend}; tiled MLP {'on' if args.tiled_mlp else 'off'}; activation offloading "
+        f"{'on' if args.offload_activations else 'off'}"
     )
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        rows = write_rows(model, Path(args.book), lengths, args.data, Path(tmp))
+        rows = write_rows(model, Path(args.book), lengths, args.data, Path(tmp), vocab_size)
         header = (
             f"{'length':>6} {'method':<5} {'data':<6} {'attn':<5} {'docs':>4} {'tok/s':>8} {'fwd tok/s':>9} "
-            f"{'train/fwd':>9} {'peak MB':>8} {'loss':>7}"
+            f"{'train/fwd':>9} {'peak MB':>8} {'loss':>7} kernel"
         )
         print(header)
         for length in lengths:
@@ -408,6 +461,9 @@ def main(argv: list[str] | None = None) -> int:
                             chunk_size=args.chunk_size,
                             offload=args.offload_activations,
                             compact_memory=args.compact_cpu_memory,
+                            tiled_mlp=args.tiled_mlp,
+                            tiled_mlp_shards=args.tiled_mlp_shards,
+                            loss_backend=args.loss_backend,
                         )
                         r = {**spec, "data": data, "documents": docs, **run_child(spec)}
                         results.append(r)
@@ -417,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
                         print(
                             f"{length:>6} {method:<5} {data:<6} {attention:<5} {docs:>4} {r['tokens_per_s']:>8.1f} "
                             f"{_fmt(r.get('forward_tokens_per_s')):>9} {_fmt(r.get('train_over_forward'), '{:.3f}'):>9} "
-                            f"{r['peak_mb']:>8.0f} {r['loss']:>7.3f}",
+                            f"{r['peak_mb']:>8.0f} {r['loss']:>7.3f} {r['loss_backend']}",
                             flush=True,
                         )
     print("\nratios (this run):")

@@ -254,6 +254,7 @@ def setup(cfg: FinetuneConfig) -> Run:
         "sequence_parallel": cfg.sequence_parallel,
         "model_path": model_path,
         "sft_stats": sft_stats.to_dict() if sft_stats else None,
+        "tiled_mlp_layers": _tiled_mlp_layers(model),
     }
     log_path = Path(cfg.log_file) if cfg.log_file else out / LOG_FILE
     if sp is not None:
@@ -299,6 +300,10 @@ def _check_runtime(cfg: FinetuneConfig, dtype: torch.dtype):
             "use --s2-backend auto (or sdpa) here"
         )
     plugin = deepspeed_plugin(cfg, dtype) if cfg.deepspeed else None
+    if cfg.tiled_mlp:
+        from longlora.tiled_mlp import tiled_mlp_function
+
+        tiled_mlp_function()  # DependencyError naming the install when DeepSpeed is missing
     if cfg.offload_activations:
         check_offload_device("cuda" if torch.cuda.is_available() else "cpu")
     if cfg.compact_cpu_memory and not compact_cpu_memory():
@@ -379,19 +384,45 @@ def _load_trainable_model(cfg: FinetuneConfig, accelerator, dtype: torch.dtype, 
     if cfg.adapter:
         if cfg.gradient_checkpointing:
             enable_checkpointing(base)
-        return make_adapter_trainable(model, compute_dtype=dtype), tokenizer
-    # compute_dtype: the trainable fp32 embedding/norm copies of LoRA+ hand bf16 activations on, so q, k and
-    # v reach the attention in the compute dtype (fp32 master weights stay for the optimizer)
-    model = prepare_model(
-        model,
-        cfg.method,
-        r=cfg.lora_r,
-        alpha=cfg.lora_alpha,
-        dropout=cfg.lora_dropout,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        compute_dtype=dtype,
-    )
+        model = make_adapter_trainable(model, compute_dtype=dtype)
+    else:
+        # compute_dtype: the trainable fp32 embedding/norm copies of LoRA+ hand bf16 activations on, so q, k
+        # and v reach the attention in the compute dtype (fp32 master weights stay for the optimizer)
+        model = prepare_model(
+            model,
+            cfg.method,
+            r=cfg.lora_r,
+            alpha=cfg.lora_alpha,
+            dropout=cfg.lora_dropout,
+            gradient_checkpointing=cfg.gradient_checkpointing,
+            compute_dtype=dtype,
+        )
+    if cfg.tiled_mlp:
+        _tile_mlps(cfg, model, accelerator)
     return model, tokenizer
+
+
+def _tiled_mlp_layers(model) -> int:
+    """How many MLPs run tiled (``--tiled-mlp``), for the run record."""
+    from longlora.tiled_mlp import TiledMLP
+
+    return sum(isinstance(m, TiledMLP) for m in model.modules())
+
+
+def _tile_mlps(cfg: FinetuneConfig, model, accelerator) -> None:
+    """``--tiled-mlp``: route every MLP through DeepSpeed's TiledMLP (names and saved weights unchanged)."""
+    from longlora.tiled_mlp import enable_tiled_mlp
+
+    trained = [n for n, p in model.named_parameters() if p.requires_grad and ".mlp." in n]
+    if trained and accelerator.num_processes > 1 and not cfg.deepspeed:
+        # TiledMLP accumulates the MLP weights' gradients slice by slice inside backward; DDP and FSDP mark a
+        # gradient ready once, DeepSpeed's ZeRO is told by TiledMLP itself
+        raise InputError(
+            f"--tiled-mlp with trainable MLP weights ({trained[0]}, ...) needs one process or --deepspeed; "
+            "with DDP/FSDP use --method lora+ (frozen MLPs) or drop --tiled-mlp"
+        )
+    layers = enable_tiled_mlp(model, cfg.tiled_mlp_shards)
+    accelerator.print(f"tiled MLP: {layers} layers, {cfg.tiled_mlp_shards or 'auto'} slices")
 
 
 def _read_data(cfg: FinetuneConfig, tokenizer, context_length: int, pad_id: int, say):

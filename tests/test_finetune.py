@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -234,6 +235,7 @@ def test_bad_input_gives_errors_that_say_what_to_do(base_dir, text_file, tmp_pat
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else find(name, *a)
     )
+    monkeypatch.setitem(sys.modules, "deepspeed", None)
     msg = err("--model", base_dir, "--data", text_file, "--output-dir", tmp_path / "o5", "--deepspeed", ds)
     assert "pip install deepspeed" in msg
 

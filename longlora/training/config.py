@@ -151,6 +151,14 @@ class FinetuneConfig:
     offload_activations: bool = _opt(
         False, "CUDA: keep checkpointed activations in pinned CPU memory (longer context, slower steps)"
     )
+    tiled_mlp: bool = _opt(
+        False,
+        "run each layer's MLP over the sequence in slices (DeepSpeed's TiledMLP): its (tokens x intermediate) "
+        "tensors exist one slice at a time, for one more MLP forward per step; for long contexts (needs deepspeed)",
+    )
+    tiled_mlp_shards: int | None = _opt(
+        None, "slices for --tiled-mlp", default_text="auto: ceil(tokens / hidden size), DeepSpeed's rule"
+    )
     compact_cpu_memory: bool = _opt(
         False,
         "CPU: give freed activation memory back to the system at once (glibc; peak RSS about half at 8k, "
@@ -244,6 +252,13 @@ class FinetuneConfig:
                         f"--{_flag(name)} applies to --attention s2-sink only (got --attention {self.attention}); "
                         f"drop --{_flag(name)} or pass --attention s2-sink"
                     )
+        if self.tiled_mlp_shards is not None:
+            if self.tiled_mlp_shards < 1:
+                raise ValueError(f"--tiled-mlp-shards must be at least 1, got {self.tiled_mlp_shards}")
+            if not self.tiled_mlp:
+                raise ValueError(
+                    f"--tiled-mlp-shards {self.tiled_mlp_shards} applies only with --tiled-mlp; add --tiled-mlp"
+                )
         if self.adapter is not None and self.method == "full":
             raise ValueError("--adapter continues a LoRA adapter; it cannot be combined with --method full")
 
