@@ -108,7 +108,7 @@ def s2_attention(
         backend: ``"auto"`` (flash-attn varlen on CUDA when installed and dtype is fp16/bf16, else SDPA),
             ``"sdpa"`` (group by group), ``"flash"`` or ``"flex"`` (one fused flex_attention call whose mask
             is S2, :mod:`longlora.s2flex`, meant for CUDA; on a CPU forward only). ``"auto"`` does not pick
-            ``"flex"`` until GPU timings show it faster (``benchmarks/cuda_s2_checks.sh``).
+            ``"flex"`` until GPU timings show it faster (``benchmarks/gpu_check.sh``).
         sliding_window: the layer's attention window (Mistral, Gemma 2/3, Qwen 2/3 sliding layers), in
             transformers' convention: query i sees key j only if ``i - j < sliding_window``. Each group's
             causal attention is intersected with it, so training never attends farther than inference.

@@ -21,7 +21,7 @@ shapes (training rows have one length, so it compiles once).
 
 On a CPU, torch has no flex_attention backward: this path serves there only as a forward reference
 (tests compare it with the SDPA path), uncompiled. It has not been timed on a GPU yet
-(``benchmarks/cuda_s2_checks.sh`` does that), so ``backend="auto"`` does not choose it: ask for it with
+(``benchmarks/gpu_check.sh`` does that), so ``backend="auto"`` does not choose it: ask for it with
 ``backend="flex"`` (``--s2-backend flex`` in ``longlora.finetune``).
 """
 
