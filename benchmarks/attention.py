@@ -4,7 +4,8 @@ forward+backward time and peak memory.
 Every case runs in its own subprocess (so peak memory is that case's high-water mark) and the ratios
 are computed from numbers measured in this one run. Head shape defaults to the bundled model's
 (9 query heads, 3 kv heads, head dim 64); G = T/4 as in the paper; S2 with sinks (``--attention
-s2-sink``) sees the first ``--sink-tokens`` tokens of each document besides its group.
+s2-sink``) sees the first ``--sink-tokens`` tokens of each document and every ``--sink-stride``-th earlier
+token besides its group (the defaults of ``--attention s2-sink``: 4 and 8).
 
 Usage (CPU):
     OMP_WAIT_POLICY=PASSIVE python benchmarks/attention.py                  # T = 4k, 8k, 16k; fp32 and bf16
@@ -13,6 +14,8 @@ Usage (CPU):
     OMP_WAIT_POLICY=PASSIVE python benchmarks/attention.py --packed --repeats 3   # packed rows, T = 4k-16k
     OMP_WAIT_POLICY=PASSIVE python benchmarks/attention.py --packed --quick --dtypes bf16  # 4k/8k rows only
     OMP_WAIT_POLICY=PASSIVE python benchmarks/attention.py --seq-lens 4096 --impls s2 s2-sink full  # sink cost
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/attention.py --interleaved --seq-lens 4096 8192 --dtypes bf16 \
+        --impls s2 s2-sink full --repeats 5      # one process, repeats interleaved: ratios on a shared machine
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # s2: the "auto" kernel; s2-flex: S2 as one flex_attention call (CUDA); s2-sink(-flex): the same with sink
-# tokens (the first --sink-tokens tokens of each document seen by every query)
+# tokens (the first --sink-tokens tokens of each document seen by every query) and strided keys (every
+# --sink-stride-th earlier token)
 IMPLS = ("s2", "full", "naive", "s2-flex", "s2-sink", "s2-sink-flex")
 DEFAULT_IMPLS = ["s2", "s2-sink", "full", "naive"]
 
@@ -37,19 +41,19 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def run_one(
+def make_case(
     impl: str,
     seq_len: int,
     dtype_name: str,
     device: str,
-    repeats: int,
     heads: int,
     kv_heads: int,
     dim: int,
     sink_tokens: int = 4,
+    sink_stride: int = 8,
 ):
-    """Time forward+backward of one implementation after one untimed call; returns the median seconds of
-    ``repeats``, their range, and the peak MB."""
+    """One implementation's forward+backward on fixed random inputs (seed 0, so every implementation gets
+    the same q, k, v): a function that runs it once and waits for the device."""
     import torch
     import torch.nn.functional as F
 
@@ -74,21 +78,44 @@ def run_one(
     def step():
         q, k, v = q_.transpose(1, 2), k_.transpose(1, 2), v_.transpose(1, 2)
         if impl.startswith("s2"):
-            sinks = sink_tokens if impl.startswith("s2-sink") else 0
+            sinks, stride = (sink_tokens, sink_stride) if impl.startswith("s2-sink") else (0, 0)
             backend = "flex" if impl.endswith("-flex") else "auto"
-            out = s2_attention(q, k, v, group, backend=backend, sink_tokens=sinks)
+            out = s2_attention(q, k, v, group, backend=backend, sink_tokens=sinks, sink_stride=stride)
         elif impl == "full":
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         else:
             out = naive_roll_s2(q, k, v, group)
         out.backward(grad)
         q_.grad = k_.grad = v_.grad = None
-
-    def sync():
         if device == "cuda":
             torch.cuda.synchronize()
 
+    return step
+
+
+def _sink_fields(impl: str, sink_tokens: int, sink_stride: int) -> dict:
+    return {"sink_tokens": sink_tokens, "sink_stride": sink_stride} if impl.startswith("s2-sink") else {}
+
+
+def run_one(
+    impl: str,
+    seq_len: int,
+    dtype_name: str,
+    device: str,
+    repeats: int,
+    heads: int,
+    kv_heads: int,
+    dim: int,
+    sink_tokens: int = 4,
+    sink_stride: int = 8,
+):
+    """Time forward+backward of one implementation after one untimed call; returns the median seconds of
+    ``repeats``, their range, and the peak MB."""
+    import torch
+
+    step = make_case(impl, seq_len, dtype_name, device, heads, kv_heads, dim, sink_tokens, sink_stride)
     if device == "cuda":
+        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
@@ -96,13 +123,10 @@ def run_one(
         del step_small
         base = _peak_rss_mb()
     step()  # untimed: CUDA context, kernel selection, compilation
-    sync()
     times = []
     for _ in range(repeats):
-        sync()
         t0 = time.perf_counter()
         step()
-        sync()
         times.append(time.perf_counter() - t0)
     if device == "cuda":
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20
@@ -117,8 +141,66 @@ def run_one(
         "seconds_range": [times[0], times[-1]],
         "repeats": repeats,
         "peak_mb": peak,
-        **({"sink_tokens": sink_tokens} if impl.startswith("s2-sink") else {}),
+        **_sink_fields(impl, sink_tokens, sink_stride),
     }
+
+
+def run_interleaved(args) -> list[dict]:
+    """Every implementation in this one process for each (dtype, T): one untimed call each, then
+    ``repeats`` rounds that time each implementation once in turn, so a busy machine slows all of them
+    alike. Returns one dict per case with the median, the range and every round's seconds (no peak memory:
+    the process's high-water mark is shared)."""
+    import torch
+
+    print(
+        f"interleaved: {args.repeats} rounds, each timing {', '.join(args.impls)} once in turn "
+        f"(torch threads={torch.get_num_threads()}, CPU bf16 support: {cpu_bf16_flags()}, "
+        f"load average before: {os.getloadavg()[0]:.2f})",
+        flush=True,
+    )
+    results = []
+    for dtype in args.dtypes:
+        for seq_len in args.seq_lens:
+            steps = {
+                impl: make_case(
+                    impl,
+                    seq_len,
+                    dtype,
+                    args.device,
+                    args.heads,
+                    args.kv_heads,
+                    args.head_dim,
+                    args.sink_tokens,
+                    args.sink_stride,
+                )
+                for impl in args.impls
+            }
+            for step in steps.values():
+                step()  # untimed
+            rounds = {impl: [] for impl in steps}
+            for _ in range(args.repeats):
+                for impl, step in steps.items():
+                    t0 = time.perf_counter()
+                    step()
+                    rounds[impl].append(time.perf_counter() - t0)
+            for impl, times in rounds.items():
+                ordered = sorted(times)
+                results.append(
+                    {
+                        "impl": impl,
+                        "seq_len": seq_len,
+                        "dtype": dtype,
+                        "seconds": ordered[len(ordered) // 2],
+                        "seconds_range": [ordered[0], ordered[-1]],
+                        "rounds": times,
+                        "repeats": args.repeats,
+                        "interleaved": True,
+                        **_sink_fields(impl, args.sink_tokens, args.sink_stride),
+                    }
+                )
+                print(f"{dtype:>5} {seq_len:>6} {impl:>12} {ordered[len(ordered) // 2]:9.3f}", flush=True)
+    print(f"load average after: {os.getloadavg()[0]:.2f}", flush=True)
+    return results
 
 
 # ----------------------------------------------------------------------------- packed rows
@@ -159,6 +241,7 @@ def run_packed(
     kv_heads: int,
     dim: int,
     sink_tokens: int = 4,
+    sink_stride: int = 8,
 ):
     """Forward+backward of S2 on one packed row vs the same documents one by one vs full causal attention
     over the row, and S2 with sink tokens on the packed row (``packed_sink``). Repeats are interleaved
@@ -212,9 +295,12 @@ def run_packed(
             bounds.append(bounds[-1] + n)
         cu = torch.tensor(bounds, device=device)
 
-        def packed(cu=cu, backend="auto", sinks=0):
+        def packed(cu=cu, backend="auto", sinks=0, stride=0):
             q, k, v = qkv()
-            s2_attention(q, k, v, group, cu_seqlens=cu, backend=backend, sink_tokens=sinks).backward(grad)
+            out = s2_attention(
+                q, k, v, group, cu_seqlens=cu, backend=backend, sink_tokens=sinks, sink_stride=stride
+            )
+            out.backward(grad)
 
         # full causal attention inside each document, one flex_attention call; its block mask is built
         # once here, as S2's is built once per layout and then cached (a training step builds it once)
@@ -240,14 +326,14 @@ def run_packed(
         # full attention over the row does not depend on the mix: measured once, beside the first mix
         cases = {
             "packed": packed,
-            "packed_sink": lambda cu=cu: packed(cu, sinks=sink_tokens),
+            "packed_sink": lambda cu=cu: packed(cu, sinks=sink_tokens, stride=sink_stride),
             "one_by_one": one_by_one,
             **({"full": full} if full_best is None else {}),
         }
         if cuda:  # S2 as one flex_attention call, and full attention that respects the documents
             cases.update(
                 packed_flex=lambda cu=cu: packed(cu, "flex"),
-                packed_sink_flex=lambda cu=cu: packed(cu, "flex", sink_tokens),
+                packed_sink_flex=lambda cu=cu: packed(cu, "flex", sink_tokens, sink_stride),
                 full_docs=full_docs,
             )
         for fn in cases.values():
@@ -268,6 +354,7 @@ def run_packed(
                 "docs": len(lengths),
                 "median_len": sorted(lengths)[len(lengths) // 2],
                 "sink_tokens": sink_tokens,
+                "sink_stride": sink_stride,
                 "repeats": repeats,
                 **best,
                 **ranges,
@@ -314,7 +401,8 @@ def print_packed(args) -> list[dict]:
     seq_lens = [4096, 8192] if args.quick else args.seq_lens
     print(
         f"\npacked rows: S2 with cu_seqlens vs the same documents one by one vs full causal attention over "
-        f"the row, and S2 with {args.sink_tokens} sink tokens per document on the packed row "
+        f"the row, and S2 with {args.sink_tokens} sink tokens and every {args.sink_stride}th token per document on "
+        f"the packed row "
         f"(forward+backward, median of {args.repeats}, G=T/4, H={args.heads} H_kv={args.kv_heads} "
         f"D={args.head_dim}, device={args.device}, torch threads={torch.get_num_threads()}, "
         f"CPU bf16 support: {cpu_bf16_flags()})",
@@ -342,6 +430,7 @@ def print_packed(args) -> list[dict]:
                 args.kv_heads,
                 args.head_dim,
                 args.sink_tokens,
+                args.sink_stride,
             ):
                 results.append(r)
                 print(
@@ -371,6 +460,18 @@ def main(argv=None):
     p.add_argument("--impls", nargs="+", default=DEFAULT_IMPLS, choices=IMPLS, help="implementations to run")
     p.add_argument(
         "--sink-tokens", type=int, default=4, help="sink tokens per document of the s2-sink implementations"
+    )
+    p.add_argument(
+        "--sink-stride",
+        type=int,
+        default=8,
+        help="strided keys of the s2-sink implementations: every S-th earlier token (0: sinks only)",
+    )
+    p.add_argument(
+        "--interleaved",
+        action="store_true",
+        help="time every implementation in this one process, the repeats interleaved across them (ratios "
+        "that hold on a shared machine; peak memory is then not per case and is not reported)",
     )
     p.add_argument("--repeats", type=int, default=2, help="timed repeats per case (the median is kept)")
     p.add_argument("--heads", type=int, default=9, help="query heads")
@@ -402,6 +503,7 @@ def main(argv=None):
             args.kv_heads,
             args.head_dim,
             args.sink_tokens,
+            args.sink_stride,
         )
         print(json.dumps(res))
         return
@@ -420,8 +522,11 @@ def main(argv=None):
         flush=True,
     )
     header = f"{'dtype':>5} {'T':>6} {'impl':>12} {'seconds':>9} {'peak MB':>9}"
-    print(header)
-    for dtype in args.dtypes:
+    if args.interleaved:
+        results = run_interleaved(args)
+    else:
+        print(header)
+    for dtype in args.dtypes if not args.interleaved else []:
         for seq_len in args.seq_lens:
             for impl in args.impls:
                 cmd = [
@@ -443,6 +548,8 @@ def main(argv=None):
                     args.device,
                     "--sink-tokens",
                     str(args.sink_tokens),
+                    "--sink-stride",
+                    str(args.sink_stride),
                 ]
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 if proc.returncode != 0:
@@ -471,7 +578,9 @@ def main(argv=None):
 
             def ratio(impl, field, over="s2", dtype=dtype, seq_len=seq_len):
                 top, bottom = by.get((dtype, seq_len, impl)), by.get((dtype, seq_len, over))
-                return f"{top[field] / max(bottom[field], 1e-9):.2f}x" if top and bottom else "-"
+                if not top or not bottom or field not in top:
+                    return "-"
+                return f"{top[field] / max(bottom[field], 1e-9):.2f}x"
 
             print(
                 f"{dtype:>5} {seq_len:>6} {ratio('full', 'seconds'):>13} {ratio('naive', 'seconds'):>14} "

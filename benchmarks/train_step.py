@@ -53,7 +53,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("LONGLORA_FIXTURES") or ROOT.parent / "shared" / "fixtures")
 METHODS = ("lora+", "lora", "full", "qlora")
-ATTENTIONS = ("s2", "full", "short", "s2-flex")  # s2-flex: S2 through one flex_attention call (CUDA)
+# s2-flex: S2 through one flex_attention call (CUDA); s2-sink: --attention s2-sink (--sink-tokens/--sink-stride)
+ATTENTIONS = ("s2", "full", "short", "s2-flex", "s2-sink")
 DATA = ("book", "packed")
 RESULT = "RESULT "
 
@@ -89,6 +90,11 @@ def _load_for_training(spec: dict):
             group_size_ratio=0.25,
             shift=spec["attention"] != "short",
             backend="flex" if spec["attention"] == "s2-flex" else "auto",
+            **(
+                {"sink_tokens": spec["sink_tokens"], "sink_stride": spec["sink_stride"]}
+                if spec["attention"] == "s2-sink"
+                else {}
+            ),
         )
     compute = None if dtype == torch.float32 else dtype
     model = prepare_model(model, method, gradient_checkpointing=True, compute_dtype=compute).train()
@@ -324,10 +330,42 @@ def _fmt(x, spec="{:.1f}") -> str:
     return "-" if x is None else spec.format(x)
 
 
+def summarise_rounds(results: list[dict]) -> list[str]:
+    """With ``--rounds N``: for each configuration, the step time of every attention over S2's within each
+    round (rounds ran one after another, so a busy spell slows one round's configurations alike), as the
+    median and range over the rounds."""
+    by = {(r.get("round", 0), r["length"], r["method"], r["data"], r["attention"]): r for r in results}
+    lines = []
+    for length, method, data in sorted({(r["length"], r["method"], r["data"]) for r in results}):
+        for attention in ATTENTIONS:
+            if attention == "s2":
+                continue
+            ratios = []
+            for rnd in sorted({r.get("round", 0) for r in results}):
+                a, b = (
+                    by.get((rnd, length, method, data, attention)),
+                    by.get((rnd, length, method, data, "s2")),
+                )
+                if a and b and a.get("tokens_per_s") and b.get("tokens_per_s"):
+                    ratios.append(b["tokens_per_s"] / a["tokens_per_s"])  # step time attention / S2
+            if ratios:
+                ordered = sorted(ratios)
+                lines.append(
+                    f"{length:>6} {method:<5} {data:<6}  step time {attention}/s2 median "
+                    f"{ordered[len(ordered) // 2]:.2f}x (range {ordered[0]:.2f}-{ordered[-1]:.2f}, "
+                    f"{len(ratios)} rounds: {', '.join(f'{x:.2f}' for x in ratios)})"
+                )
+    return lines
+
+
 def summarise(results: list[dict]) -> list[str]:
     """Ratio lines from one run: S2 vs full/short, packed vs book, memory, against the targets."""
-    by = {(r["length"], r["method"], r["data"], r["attention"]): r for r in results if "tokens_per_s" in r}
     lines = []
+    rounds = sorted({r.get("round", 0) for r in results})
+    if len(rounds) > 1:  # one line per configuration pair from every round, then the last round's lines
+        lines += summarise_rounds(results)
+        results = [r for r in results if r.get("round", 0) == rounds[-1]]
+    by = {(r["length"], r["method"], r["data"], r["attention"]): r for r in results if "tokens_per_s" in r}
 
     def ratio(a, b, field="tokens_per_s"):
         if a in by and b in by and by[a].get(field) and by[b].get(field):
@@ -336,7 +374,7 @@ def summarise(results: list[dict]) -> list[str]:
 
     for length, method in sorted({(r["length"], r["method"]) for r in results}):
         for data in DATA:
-            s2, full, short, s2_flex = ((length, method, data, a) for a in ATTENTIONS)
+            s2, full, short, s2_flex, s2_sink = ((length, method, data, a) for a in ATTENTIONS)
             target = 1.8 if data == "book" else 1.5
             r = ratio(s2, full)
             if r is None and ratio(s2, short) is None:
@@ -347,6 +385,7 @@ def summarise(results: list[dict]) -> list[str]:
                 f"S2/short {_fmt(ratio(s2, short), '{:.2f}x')}  "
                 f"peak S2/full {_fmt(ratio(s2, full, 'peak_mb'), '{:.2f}')}"
                 + (f"  S2 flex/auto tokens/s {ratio(s2_flex, s2):.2f}x" if ratio(s2_flex, s2) else "")
+                + (f"  step time S2-sink/S2 {ratio(s2, s2_sink):.2f}x" if ratio(s2, s2_sink) else "")
             )
         r = ratio((length, method, "packed", "s2"), (length, method, "book", "s2"))
         if r is not None:
@@ -395,6 +434,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--compact-cpu-memory", action="store_true", help="as finetune's flag: freed memory returned at once"
     )
+    p.add_argument(
+        "--sink-tokens", type=int, default=4, help="--attention s2-sink: sink tokens per document (default 4)"
+    )
+    p.add_argument(
+        "--sink-stride", type=int, default=8, help="--attention s2-sink: every S-th earlier token (default 8)"
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every configuration this many times, one round after another; the ratios to S2 are "
+        "then reported per round as median and range",
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: one row of 256 tokens")
     p.add_argument("--output", help="also write every result as JSON here")
     return p
@@ -442,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{'train/fwd':>9} {'peak MB':>8} {'loss':>7} kernel"
         )
         print(header)
-        for length in lengths:
+        for rnd, length in ((rnd, n) for rnd in range(args.rounds) for n in lengths):
             for method in args.methods:
                 for data in args.data:
                     for attention in args.attentions:
@@ -464,8 +516,10 @@ def main(argv: list[str] | None = None) -> int:
                             tiled_mlp=args.tiled_mlp,
                             tiled_mlp_shards=args.tiled_mlp_shards,
                             loss_backend=args.loss_backend,
+                            sink_tokens=args.sink_tokens,
+                            sink_stride=args.sink_stride,
                         )
-                        r = {**spec, "data": data, "documents": docs, **run_child(spec)}
+                        r = {**spec, "data": data, "documents": docs, "round": rnd, **run_child(spec)}
                         results.append(r)
                         if "error" in r:
                             print(f"{length:>6} {method:<5} {data:<6} {attention:<5} failed: {r['error']}")
