@@ -53,6 +53,9 @@ class ModelProfile:
     ``document_budget`` says; longer documents are fitted by the settings above.
     lead_tokens: the document's first tokens (title, authors, abstract) kept in every retrieval
     prompt before the retrieved passages (0: only for bibliographic questions).
+    chosen_by: one line for the document card saying what chose how this model reads a document
+    (whole when it fits the budget, else retrieval): the measurement and its result file, or, for a
+    profile that was never measured, that it was not.
     """
 
     document_budget: int | None = None
@@ -63,13 +66,19 @@ class ModelProfile:
     whole_document: bool = False
     whole_document_style: str = "paper"
     lead_tokens: int = 0
+    chosen_by: str = ""
 
 
 # The config key that carries the profile name through save / merge / Position Interpolation.
 PROFILE_CONFIG_KEY = "longlora_profile"
 DEFAULT_PROFILE_NAME = "default"
 # Long-context models (what LongLoRA produces) use their whole window with the paper's template.
-DEFAULT_PROFILE = ModelProfile()
+DEFAULT_PROFILE = ModelProfile(
+    chosen_by=(
+        "Reads a document whole when it fits the context window, as the paper's demo does; not measured "
+        "for this model (no QA result exists for a model without a profile of its own)."
+    )
+)
 # Values from benchmarks/qa_accuracy.py (see docs/qa.md).
 PROFILES: dict[str, ModelProfile] = {
     DEFAULT_PROFILE_NAME: DEFAULT_PROFILE,
@@ -80,7 +89,17 @@ PROFILES: dict[str, ModelProfile] = {
     # windows that retrieval recall had picked, 33/103 for 128 without the opening, and 29/103 with
     # the "grounded" wording; the held-out split is reported apart (results/qa-tune-holdout.jsonl).
     DEFAULT_MODEL_NAME: ModelProfile(
-        document_budget=256, passage_tokens=128, prompt_style="brief", no_repeat_ngram_size=4, lead_tokens=64
+        document_budget=256,
+        passage_tokens=128,
+        prompt_style="brief",
+        no_repeat_ngram_size=4,
+        lead_tokens=64,
+        chosen_by=(
+            "Chosen for this model by answers: retrieval into 256 tokens (128-token passages after the "
+            "document's first 64) answered 36/103 dev questions, the best setting tried "
+            "(results/qa-tune-dev.jsonl); the whole document answered 2/14 of the questions whose document "
+            "fits its 8k window (results/qa-whole-bundled.jsonl)."
+        ),
     ),
 }
 # The profile of a model extended by LongLoRA from a base with a profile of its own (written into the
@@ -93,7 +112,16 @@ EXTENDED_PROFILES: dict[str, str] = {DEFAULT_MODEL_NAME: f"{DEFAULT_MODEL_NAME}-
 # model's weak point (docs/qa.md) and 32 steps on novels do not change that, so retrieval is its default;
 # the profile keeps its own name so that a better extension can change how its models are served.
 PROFILES[EXTENDED_PROFILES[DEFAULT_MODEL_NAME]] = ModelProfile(
-    document_budget=256, passage_tokens=64, prompt_style="brief", no_repeat_ngram_size=4, whole_document=False
+    document_budget=256,
+    passage_tokens=64,
+    prompt_style="brief",
+    no_repeat_ngram_size=4,
+    whole_document=False,
+    chosen_by=(
+        "Chosen for this model by answers: on the 40 development questions whose document fits its 16k "
+        "window, retrieval into 256 tokens answered 18/40 and the whole document in the paper's template "
+        "6/40 (results/qa-recipe-extended.jsonl)."
+    ),
 )
 # Config values that identify a known base architecture (unchanged by merging or by PI).
 FINGERPRINTS: dict[str, dict[str, object]] = {

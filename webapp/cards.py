@@ -14,8 +14,9 @@ _HOW = {
 
 
 def card_markdown(card) -> str:
-    """A ``longlora.qa.DocumentCard`` as Markdown: size, material type, how it fits, and the reader's
-    warning about pages the model cannot read (for several documents, ``documents_markdown``)."""
+    """A ``longlora.qa.DocumentCard`` as Markdown: size, material type, its reading mode (whole document,
+    retrieval or truncation) and what chose that mode for the model, and the reader's warning about pages
+    the model cannot read (for several documents, ``documents_markdown``)."""
     if card.documents:
         return documents_markdown(card)
     size = f"{card.pages} pages · " if card.pages else ""
@@ -23,19 +24,24 @@ def card_markdown(card) -> str:
         f"**{card.file_name}** · {card.kind.upper()} · {size}{card.words:,} words · "
         f"{card.tokens:,} tokens · read as {MATERIAL_TYPES.get(card.material_type, card.material_type)}"
     )
-    if card.fits:
-        fit = f"Fits whole in the {card.budget_tokens:,}-token document budget (context {card.context_length:,})."
+    mode = _mode(card)
+    if mode == "whole":
+        fit = (
+            f"**Mode: whole document.** Fits whole in the {card.budget_tokens:,}-token document budget "
+            f"(context {card.context_length:,})."
+        )
     else:
         fit = (
-            f"Longer than the {card.budget_tokens:,}-token document budget (context "
+            f"**Mode: {mode}.** Longer than the {card.budget_tokens:,}-token document budget (context "
             f"{card.context_length:,}): {_HOW[card.strategy]} (`{card.strategy}`)."
         )
-    return f"{head}\n\n{fit}" + warning_markdown(card.warning)
+    return f"{head}\n\n{fit}" + _reason(card) + warning_markdown(card.warning)
 
 
 def documents_markdown(card) -> str:
     """The card of a session of several documents: a row per document (pages, tokens, whether it fits
-    the budget alone), then how the session is read: whole, or by retrieval across the documents."""
+    the budget alone), then how the session is read: whole, or by retrieval across the documents, and
+    what chose that mode for the model."""
     material = MATERIAL_TYPES.get(card.material_type, card.material_type)
     rows = [
         f"| {each.file_name} | {each.pages or '-'} | {each.tokens:,} | {'yes' if each.fits else 'no'} |"
@@ -44,19 +50,30 @@ def documents_markdown(card) -> str:
     table = "\n".join(["| document | pages | tokens | fits alone |", "| --- | --- | --- | --- |", *rows])
     head = f"**{len(card.documents)} documents** · {card.tokens:,} tokens together · read as {material}"
     budget = f"{card.budget_tokens:,}-token document budget (context {card.context_length:,})"
-    if card.fits:
+    if _mode(card) == "whole":
         mode = (
             f"**Mode: whole documents.** All of them fit together in the {budget}: the model reads every one."
         )
     else:
         mode = (
-            f"**Mode: {_MODE[card.strategy]}.** Together they are longer than the {budget}: "
+            f"**Mode: {_mode(card)}.** Together they are longer than the {budget}: "
             f"{_HOW[card.strategy]}, from all the documents (`{card.strategy}`)."
         )
     warnings = "".join(
         warning_markdown(f"{each.file_name}: {each.warning}") for each in card.documents if each.warning
     )
-    return f"{head}\n\n{table}\n\n{mode}{warnings}"
+    return f"{head}\n\n{table}\n\n{mode}{_reason(card)}{warnings}"
+
+
+def _mode(card) -> str:
+    """The card's reading mode: "whole", "retrieval" or "truncation" (worked out from whether it fits and
+    the strategy when the engine did not say)."""
+    return card.mode or ("whole" if card.fits else _MODE[card.strategy])
+
+
+def _reason(card) -> str:
+    """What chose the reading mode for this model (``ModelProfile.chosen_by``); empty when not said."""
+    return f"\n\n{card.mode_reason}" if card.mode_reason else ""
 
 
 def pending_documents_markdown(documents) -> str:

@@ -97,7 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         engine = QAEngine.from_args(args, max_new_tokens=args.max_new_tokens)
         if args.document_budget is not None:
-            engine.profile = dataclasses.replace(engine.profile, document_budget=args.document_budget)
+            engine.profile = dataclasses.replace(
+                engine.profile,
+                document_budget=args.document_budget,
+                chosen_by=f"--document-budget {args.document_budget} given on the command line.",
+            )
         session = engine.open_documents(args.doc, material_type=args.material_type)
         card = engine.card(session, args.strategy)
     except ValueError as err:  # ModelLoadError, DocumentError and prompt-size errors

@@ -32,7 +32,7 @@ from longlora.retrieval import GAP_MARKER, STRATEGIES, fit_document
 
 from .cache import PromptCaches
 from .prompt import document_heading, normalize_history, passage_heading, prompt_parts
-from .reports import AnswerUpdate, DocumentCard, FitReport, Source
+from .reports import AnswerUpdate, DocumentCard, FitReport, Source, reading_mode
 from .sampling import Sampling, eos_ids, pick
 from .session import MAX_DOCUMENTS, DocumentPart, DocumentSession, Span, tokenize_document
 
@@ -201,11 +201,17 @@ class QAEngine:
 
     def card(self, session: DocumentSession, strategy: str = "retrieve") -> DocumentCard:
         """The session's size and how it fits this model with ``strategy``: its document's card, or
-        for several, a card of them together with each one's own card in ``documents``."""
+        for several, a card of them together with each one's own card in ``documents``.
+
+        ``mode`` is how it is read: "whole" when it fits the budget (for a profile with a small
+        budget, such as the bundled model's 256 tokens, only a document that short), else what
+        ``strategy`` makes of it; ``mode_reason`` is the profile's ``chosen_by``.
+        """
         _check_strategy(strategy)
         budget = self.document_budget(self._own(session), "")
 
         def card_of(doc, tokens: int, **together) -> DocumentCard:
+            fits = tokens <= budget
             fields = dict(
                 file_name=doc.name,
                 kind=doc.kind,
@@ -214,10 +220,12 @@ class QAEngine:
                 tokens=tokens,
                 context_length=self.context_length,
                 budget_tokens=budget,
-                fits=tokens <= budget,
+                fits=fits,
                 strategy=strategy,
                 material_type=session.material_type,
                 warning=doc.warning,
+                mode=reading_mode(fits, strategy),
+                mode_reason=self.profile.chosen_by,
             )
             return DocumentCard(**{**fields, **together})
 

@@ -1,6 +1,6 @@
 """What the QA engine reports: what went into the prompt (``FitReport``), the passages it read
 (``Source``), each step of a streamed answer (``AnswerUpdate``) and a document's card
-(``DocumentCard``). Plain data; rendering for a page lives in the app (``webapp/cards.py``).
+(``DocumentCard``, with its reading mode). Plain data; rendering for a page lives in the app (``webapp/cards.py``).
 """
 
 from __future__ import annotations
@@ -126,6 +126,21 @@ class DocumentCard:
     # a session of several documents: each one's own card (tokens, and fits: whether it would fit the
     # budget alone); the fields above then describe them together (file_name lists them, fits: all at once)
     documents: list[DocumentCard] = field(default_factory=list)
+    # how this model reads it with this strategy (``reading_mode``: "whole", "retrieval" or "truncation";
+    # a document card of several: as if alone), and the profile's line on what chose that for the model
+    # (``ModelProfile.chosen_by``); empty from an engine that does not say
+    mode: str = ""
+    mode_reason: str = ""
+
+
+# What each strategy does to a document longer than the budget; one that fits is read whole whatever
+# the strategy (``longlora.retrieval.fit_document``).
+READING_MODES = {"retrieve": "retrieval", "truncate-middle": "truncation", "truncate-end": "truncation"}
+
+
+def reading_mode(fits: bool, strategy: str) -> str:
+    """ "whole" when the document fits the budget, else what ``strategy`` makes of it."""
+    return "whole" if fits else READING_MODES[strategy]
 
 
 def page_ranges(pages: Sequence[int]) -> str:
