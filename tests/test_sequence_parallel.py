@@ -302,8 +302,14 @@ def rows_dir(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "attention, method, zero",
-    [("s2", "lora+", False), ("full", "full", False), ("s2", "lora", True)],
-    ids=["s2-lora+", "full-full", "s2-lora-zero2"],
+    [
+        ("s2", "lora+", False),
+        ("full", "full", False),
+        ("s2", "lora", True),
+        ("s2-sink", "lora+", False),
+        ("s2", "qlora", False),
+    ],
+    ids=["s2-lora+", "full-full", "s2-lora-zero2", "s2sink-lora+", "s2-qlora"],
 )
 def test_two_processes_sharing_rows_train_as_one_process(
     base_dir, rows_dir, tmp_path, attention, method, zero
