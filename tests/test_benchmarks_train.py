@@ -90,3 +90,68 @@ def test_max_context_quick_and_a_budget_nothing_fits(tmp_path, capsys):
     assert result["max_context"] == 0
     assert [t["fits"] for t in result["trials"]] == [False]
     assert "over the memory budget" in result["trials"][0]["error"]
+
+
+def test_table1_cost_passes_the_stage_settings_on_as_finetune_flags(tmp_path):
+    """The stage's recorded settings become flags finetune parses back to the same values; only the
+    attention differs between the runs."""
+    from longlora.training.config import parse_args
+
+    cost = load_script("table1_cost")
+    args = {
+        "model": str(tmp_path / "pretrained"),
+        "data": [str(tmp_path / "book.txt")],
+        "mode": "pretrain",
+        "method": "full",
+        "s2_group_size_ratio": 0.25,
+        "context_length": 1024,
+        "rope_type": "linear",
+        "pack": "document",
+        "learning_rate": 0.0005,
+        "warmup_steps": 10,
+        "lr_schedule": "constant",
+        "weight_decay": 0.0,
+        "max_grad_norm": 1.0,
+        "per_device_batch_size": 8,
+        "gradient_accumulation_steps": 1,
+        "dtype": "bf16",
+        "seed": 0,
+        "gradient_checkpointing": False,
+        "attention": "s2",
+        "max_steps": 60,
+    }
+    stage = tmp_path / "full-s2-1024"
+    stage.mkdir()
+    (stage / "longlora_args.json").write_text(json.dumps({"args": args}))
+    base = cost.stage_argv(stage)
+    for attention in ("s2", "s2-sink", "full"):
+        extra = cost.attention_argv(attention, 4, 8)
+        cfg = parse_args([*base, *extra, "--output-dir", str(tmp_path / "o")])
+        assert cfg.attention == attention and cfg.gradient_checkpointing is False
+        for key in cost.PASSED:
+            assert getattr(cfg, key) == args[key], key
+        if attention == "s2-sink":
+            assert (cfg.sink_tokens, cfg.sink_stride) == (4, 8)
+    with pytest.raises(SystemExit, match="train Table 1 first"):
+        cost.stage_argv(tmp_path / "missing")
+
+
+def test_rounds_give_per_round_step_time_ratios_to_s2():
+    summarise = load_script("train_step").summarise
+    results = []
+    for rnd, (s2, sink) in enumerate([(100.0, 80.0), (120.0, 100.0), (90.0, 60.0)]):
+        for attention, tps in (("s2", s2), ("s2-sink", sink)):
+            results.append(
+                dict(
+                    length=8192,
+                    method="lora+",
+                    data="book",
+                    attention=attention,
+                    round=rnd,
+                    tokens_per_s=tps,
+                    peak_mb=1.0,
+                )
+            )
+    (line,) = [x for x in summarise(results) if "s2-sink/s2" in x]
+    # step time ratio = S2's tokens/s over the other's, per round: 1.25, 1.20, 1.50
+    assert "median 1.25x (range 1.20-1.50, 3 rounds: 1.25, 1.20, 1.50)" in line
