@@ -112,10 +112,9 @@ def _attend_batch(
 
     ``sinks``: (extra keys, extra values, mask) from :func:`_sink_inputs`, keys/values (n*E, h_kv, D) put
     in front of each group's keys, mask (n or 1, 1, L, E + L), or None when every query sees every extra
-    key (no window, every extra key before the group): then E zero queries go in front of the group's, so
-    that one square causal SDPA call is exactly [all E extra keys ++ the group's causal keys] for the real
-    queries. That keeps SDPA's causal kernel, which skips the blocks above the diagonal; a mask makes it
-    compute every score (at G = T/4 with strided keys every 8th token, about 1.5x the work).
+    key (no window, no soft-capping, every extra key before the group): then :func:`_prefix_causal`, which
+    keeps SDPA's causal kernel; a mask makes it compute every score (at G = T/4 with strided keys every
+    8th token, about 1.5x the work).
 
     Head blocks are cut with ``split`` (whose backward is one concatenation), not with slices (whose
     backward writes each block's gradient into a zero-filled copy of the whole batch)."""
@@ -124,7 +123,7 @@ def _attend_batch(
     def grouped(x):  # (n*L, h, D) -> (n, h, L, D), a view
         return x.view(b.n, b.length, x.shape[1], x.shape[2]).transpose(1, 2)
 
-    if sinks is not None and sinks[2] is None and not softcap:  # every extra key visible to every query
+    if sinks is not None and sinks[2] is None:  # every extra key visible to every query
         # the half's heads in one call, each query head with its own copy of its key/value head: the CPU
         # kernel's GQA backward runs one task per (group, key/value head), since query heads sharing one
         # write the same key gradients, so a lone group of one key/value head ran on one core (measured
@@ -140,7 +139,7 @@ def _attend_batch(
             torch.cat([per_query_head(s, extra), per_query_head(x, b.length)], dim=2)
             for s, x in ((sinks[0], kb), (sinks[1], vb))
         )
-        o = _prefix_causal(grouped(qb), kx, vx, scaling, dropout, None).transpose(1, 2)
+        o = _prefix_causal(grouped(qb), kx, vx, scaling, dropout).transpose(1, 2)
         return o.reshape(b.n * b.length, hi - lo, qb.shape[2])
     spec = _head_blocks(lo, hi, n_rep)
     kv_parts = (kb, vb) if sinks is None else (kb, vb, sinks[0], sinks[1])
@@ -159,35 +158,22 @@ def _attend_batch(
                 for s, x in zip(sink_kv, (kx, vx))
             )
             mask = sinks[2]
-            if mask is None:
-                blocks.append(_prefix_causal(grouped(qx), kx, vx, scaling, dropout, softcap).transpose(1, 2))
-                continue
         blocks.append(_sdpa(grouped(qx), kx, vx, scaling, dropout, window, softcap, mask).transpose(1, 2))
     # blocks: each (n, L, h_block, D)
     o = torch.cat(blocks, dim=2) if len(blocks) > 1 else blocks[0]
     return o.reshape(b.n * b.length, hi - lo, qb.shape[2])
 
 
-def _prefix_causal(q, k, v, scaling, dropout, softcap):
-    """Attention of q (n, h, L, D) to k/v (n, hk, E + L, D) whose first E keys every query sees and whose
-    last L are causal: E zero queries in front make it one square causal call (their outputs are dropped,
-    so they get no gradient). With ``softcap`` (no SDPA kernel for it) the mask is built instead."""
-    length, extra = q.shape[2], k.shape[2] - q.shape[2]
-    if softcap:
-        slot = torch.arange(length, device=q.device)
-        mask = torch.cat(
-            [
-                torch.ones(length, extra, dtype=torch.bool, device=q.device),
-                slot[:, None] >= slot[None, :],
-            ],
-            dim=1,
-        )
-        return softcapped_attention(q, k, v, mask, scaling, dropout, softcap)
+def _prefix_causal(q, k, v, scaling, dropout):
+    """Attention of q (n, h, L, D) to k/v (n, h, E + L, D) whose first E keys every query sees and whose
+    last L are causal: E zero queries in front make it one square causal SDPA call, exactly [all E extra
+    keys ++ the group's causal keys] for the real queries (the zero queries' outputs are dropped, so they
+    get no gradient; they cost E^2/2 scores)."""
+    extra = k.shape[2] - q.shape[2]
     padded = torch.cat([q.new_zeros(q.shape[0], q.shape[1], extra, q.shape[3]), q], dim=2)
-    out = F.scaled_dot_product_attention(
-        padded, k, v, dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=k.shape[1] != q.shape[1]
-    )
-    return out[:, :, extra:]
+    return F.scaled_dot_product_attention(padded, k, v, dropout_p=dropout, is_causal=True, scale=scaling)[
+        :, :, extra:
+    ]
 
 
 def _token_views(x, spans: list[tuple[int, int]]):
@@ -247,10 +233,12 @@ def _sink_mask(offsets: torch.Tensor, cols: torch.Tensor, length: int, window: i
     return torch.cat([extra, causal.expand(extra.shape[0], length, length)], dim=2)[:, None]
 
 
-def _sink_inputs(kh, vh, batches: list[Batch], sinks: Sinks, window):
+def _sink_inputs(kh, vh, batches: list[Batch], sinks: Sinks, window, softcap=None):
     """Per batch: the extra keys and values of its groups, (n*E, h_kv, D) each, all gathered in one
-    ``index_select`` (backward: one scatter), and the batch's mask (:func:`_sink_mask`); None for a batch
-    whose groups have no extra key (no sink tokens and every group before the first strided one)."""
+    ``index_select`` (backward: one scatter), and the batch's mask (:func:`_sink_mask`), or no mask where
+    SDPA's causal kernel can serve it (every extra key seen by every query, no window, no soft-capping);
+    None for a batch whose groups have no extra key (no sink tokens and every group before the first
+    strided one)."""
     index, sizes, masks = [], [], []
     for b in batches:
         starts = torch.tensor(b.starts) if b.first is None else b.first + b.length * torch.arange(b.n)
@@ -265,7 +253,7 @@ def _sink_inputs(kh, vh, batches: list[Batch], sinks: Sinks, window):
         at = torch.minimum(cols[None, :], offsets[:, None] - 1)  # (n, E)
         index.append(((starts - offsets)[:, None] + at).reshape(-1))
         sizes.append(index[-1].numel())
-        if window is None and int(offsets.min()) > int(cols.max()):  # every query sees every extra key
+        if window is None and not softcap and int(offsets.min()) > int(cols.max()):  # all seen by all
             masks.append(None)
         else:
             masks.append(_sink_mask(offsets, cols, b.length, window, kh.device))
@@ -303,7 +291,7 @@ def _attend_pass(
     rest = [b for b in batches if b.first is None]
     sink_parts = [None] * len(batches)
     if sinks is not None:
-        sink_parts = _sink_inputs(kh, vh, views + rest, sinks, window)
+        sink_parts = _sink_inputs(kh, vh, views + rest, sinks, window, softcap)
     pieces = []
     if views:
         spans = [(b.first, b.first + b.n * b.length) for b in views]
