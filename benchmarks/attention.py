@@ -451,6 +451,51 @@ def print_packed(args) -> list[dict]:
     return results
 
 
+def run_each_in_a_process(args) -> list[dict]:
+    """Every (dtype, T, implementation) in its own subprocess (``--one``), so each peak memory is its own."""
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    print(f"{'dtype':>5} {'T':>6} {'impl':>12} {'seconds':>9} {'peak MB':>9}")
+    results = []
+    for dtype in args.dtypes:
+        for seq_len in args.seq_lens:
+            for impl in args.impls:
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    impl,
+                    str(seq_len),
+                    dtype,
+                    "--repeats",
+                    str(args.repeats),
+                    "--heads",
+                    str(args.heads),
+                    "--kv-heads",
+                    str(args.kv_heads),
+                    "--head-dim",
+                    str(args.head_dim),
+                    "--device",
+                    args.device,
+                    "--sink-tokens",
+                    str(args.sink_tokens),
+                    "--sink-stride",
+                    str(args.sink_stride),
+                ]
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                if proc.returncode != 0:
+                    print(
+                        f"{dtype:>5} {seq_len:>6} {impl:>12}   failed: {proc.stderr.strip().splitlines()[-1:]}"
+                    )
+                    continue
+                res = json.loads(proc.stdout.strip().splitlines()[-1])
+                results.append(res)
+                print(
+                    f"{dtype:>5} {seq_len:>6} {impl:>12} {res['seconds']:9.3f} {res['peak_mb']:9.0f}",
+                    flush=True,
+                )
+    return results
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seq-lens", type=int, nargs="+", default=[4096, 8192, 16384], help="sequence lengths T")
@@ -514,55 +559,12 @@ def main(argv=None):
             write_results(args.output, "attention-packed", results)
         return
 
-    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
-    results = []
     print(
         f"H={args.heads} H_kv={args.kv_heads} D={args.head_dim} G=T/4 device={args.device} "
         f"(forward+backward, median of {args.repeats} after one untimed call)",
         flush=True,
     )
-    header = f"{'dtype':>5} {'T':>6} {'impl':>12} {'seconds':>9} {'peak MB':>9}"
-    if args.interleaved:
-        results = run_interleaved(args)
-    else:
-        print(header)
-    for dtype in args.dtypes if not args.interleaved else []:
-        for seq_len in args.seq_lens:
-            for impl in args.impls:
-                cmd = [
-                    sys.executable,
-                    __file__,
-                    "--one",
-                    impl,
-                    str(seq_len),
-                    dtype,
-                    "--repeats",
-                    str(args.repeats),
-                    "--heads",
-                    str(args.heads),
-                    "--kv-heads",
-                    str(args.kv_heads),
-                    "--head-dim",
-                    str(args.head_dim),
-                    "--device",
-                    args.device,
-                    "--sink-tokens",
-                    str(args.sink_tokens),
-                    "--sink-stride",
-                    str(args.sink_stride),
-                ]
-                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-                if proc.returncode != 0:
-                    print(
-                        f"{dtype:>5} {seq_len:>6} {impl:>12}   failed: {proc.stderr.strip().splitlines()[-1:]}"
-                    )
-                    continue
-                res = json.loads(proc.stdout.strip().splitlines()[-1])
-                results.append(res)
-                print(
-                    f"{dtype:>5} {seq_len:>6} {impl:>12} {res['seconds']:9.3f} {res['peak_mb']:9.0f}",
-                    flush=True,
-                )
+    results = run_interleaved(args) if args.interleaved else run_each_in_a_process(args)
 
     print("\nratios (measured in this run):")
     print(
