@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from random_models import PRESETS, QUICK_CONFIG, random_model_dir, read_config  # noqa: E402,F401
-from train_step import cpu_bf16_support, run_child  # noqa: E402
+from train_step import add_step_options, cpu_bf16_support, run_child  # noqa: E402
 
 
 def search(try_length, start: int, granularity: int, max_length: int) -> tuple[int, list[dict]]:
@@ -97,20 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=1 << 20, help="stop doubling here (default %(default)s)")
     p.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="bf16", help="compute dtype")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    p.add_argument("--chunk-size", type=int, default=None, help="loss chunk in tokens (default ~128 MB)")
-    p.add_argument("--offload-activations", action="store_true", help="CUDA: checkpoints in pinned CPU RAM")
-    p.add_argument(
-        "--tiled-mlp", action="store_true", help="as finetune's flag: MLPs run in slices (deepspeed)"
-    )
-    p.add_argument(
-        "--tiled-mlp-shards", type=int, default=None, help="slices for --tiled-mlp (default: auto)"
-    )
-    p.add_argument(
-        "--loss-backend",
-        choices=("auto", "chunked", "liger"),
-        default="auto",
-        help="auto: Liger on CUDA if installed",
-    )
+    add_step_options(p)
     p.add_argument(
         "--tokenizer",
         choices=("default", "bytes"),

@@ -396,6 +396,24 @@ def summarise(results: list[dict]) -> list[str]:
     return lines
 
 
+def add_step_options(p: argparse.ArgumentParser) -> None:
+    """The training step's memory and loss options, shared by the benchmarks that run it."""
+    p.add_argument("--chunk-size", type=int, default=None, help="loss chunk in tokens (default ~128 MB)")
+    p.add_argument("--offload-activations", action="store_true", help="CUDA: checkpoints in pinned CPU RAM")
+    p.add_argument(
+        "--tiled-mlp", action="store_true", help="as finetune's flag: MLPs run in slices (deepspeed)"
+    )
+    p.add_argument(
+        "--tiled-mlp-shards", type=int, default=None, help="slices for --tiled-mlp (default: auto)"
+    )
+    p.add_argument(
+        "--loss-backend",
+        choices=("auto", "chunked", "liger"),
+        default="auto",
+        help="loss kernel (default auto: Liger's fused one on CUDA when installed, else chunked)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python benchmarks/train_step.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="default", help="'default' (bundled SmolLM2-135M) or a model folder")
@@ -417,20 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps", type=int, default=3, help="timed training steps per configuration (median kept)"
     )
     p.add_argument("--warmup", type=int, default=1, help="untimed training steps before them")
-    p.add_argument("--chunk-size", type=int, default=None, help="loss chunk in tokens (default ~128 MB)")
-    p.add_argument("--offload-activations", action="store_true", help="CUDA: checkpoints in pinned CPU RAM")
-    p.add_argument(
-        "--tiled-mlp", action="store_true", help="as finetune's flag: MLPs run in slices (deepspeed)"
-    )
-    p.add_argument(
-        "--tiled-mlp-shards", type=int, default=None, help="slices for --tiled-mlp (default: auto)"
-    )
-    p.add_argument(
-        "--loss-backend",
-        choices=("auto", "chunked", "liger"),
-        default="auto",
-        help="loss kernel (default auto: Liger's fused one on CUDA when installed, else chunked)",
-    )
+    add_step_options(p)
     p.add_argument(
         "--compact-cpu-memory", action="store_true", help="as finetune's flag: freed memory returned at once"
     )
