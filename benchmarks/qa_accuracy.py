@@ -38,8 +38,10 @@ pipeline answers are reused only when they were given with the engine's current 
     python benchmarks/qa_accuracy.py --qa-set benchmarks/qa_set.jsonl --configs retrieve:1024:256 truncate-end:4096
     python benchmarks/qa_accuracy.py --model ./merged-32k --configs retrieve:full --modes pipeline
 
-A config is ``strategy[:budget[:passage_tokens[:repetition_penalty[:no_repeat_ngram[:lead_tokens]]]]][@prompt_style]``;
-budget ``full`` means the whole context window; prompt styles are ``data_tools.prompts.PROMPT_STYLES``.
+A config is ``strategy[:budget[:passage_tokens[:repetition_penalty[:no_repeat_ngram[:lead_tokens]]]]][@prompt_style][+P/L...]``;
+budget ``full`` means the whole context window; prompt styles are ``data_tools.prompts.PROMPT_STYLES``;
+each ``+P/L`` adds a retrieval reading (P-token passages, the first L tokens kept) whose answer is compared
+with the others' (``longlora.qa.readings``; the profile's ``alternate_readings``).
 Strategy ``whole[/STYLE]`` is ``retrieve`` with the profile's whole-document mode: a document that fits
 the window goes in whole, in STYLE (default the paper's template); ``--fitting-only`` keeps the
 questions on such documents (to compare whole-document answers with retrieval on the same questions)::
@@ -108,9 +110,12 @@ class Config:
     prompt_style: str = "paper"
     whole_style: str | None = None  # "whole[/STYLE]": a document that fits the window goes in whole
     lead_tokens: int = 0  # the document's opening kept in every retrieval prompt
+    # "+P/L" suffixes: further retrieval readings (passage tokens P, lead L) compared per question
+    alternate_readings: tuple[tuple[int, int], ...] = ()
 
     @classmethod
     def parse(cls, text: str) -> Config:
+        text, *alternates = text.split("+")
         text, _, style = text.partition("@")
         parts = text.split(":")
         strategy, whole_style = parts[0], None
@@ -128,10 +133,12 @@ class Config:
                 repetition_penalty=float(parts[3]) if len(parts) > 3 else 1.0,
                 no_repeat_ngram_size=int(parts[4]) if len(parts) > 4 else 0,
                 lead_tokens=int(parts[5]) if len(parts) > 5 else 0,
+                alternate_readings=tuple(tuple(map(int, a.split("/"))) for a in alternates),
             )
-        except ValueError:
+        except (ValueError, TypeError):
             raise SystemExit(
                 f"bad config {text!r}; use strategy[:budget[:passage[:rep_penalty[:ngram[:lead]]]]]"
+                "[@style][+passage/lead...]"
             ) from None
 
     @property
@@ -149,7 +156,7 @@ class Config:
             name += f":{self.lead_tokens}"
         if self.prompt_style != "paper":
             name += f"@{self.prompt_style}"
-        return name
+        return name + "".join(f"+{p}/{lead}" for p, lead in self.alternate_readings)
 
 
 def is_correct(answer: str, item: dict) -> bool:
@@ -381,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
                 whole_document=config.whole_style is not None,
                 whole_document_style=config.whole_style or "paper",
                 lead_tokens=config.lead_tokens,
+                alternate_readings=config.alternate_readings,
             )
             if mode == "windows" and config.strategy != "retrieve":
                 continue
@@ -411,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
                     "kept_tokens": final.fit.kept_tokens,
                     "prompt_tokens": final.fit.prompt_tokens,
                     "fits_whole": final.fit.fits_whole,
+                    "readings": final.fit.readings,
                     "seconds": round(time.perf_counter() - start, 2),
                     **cited_evidence(session, item, final.sources),
                 }

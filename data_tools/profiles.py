@@ -53,6 +53,9 @@ class ModelProfile:
     ``document_budget`` says; longer documents are fitted by the settings above.
     lead_tokens: the document's first tokens (title, authors, abstract) kept in every retrieval
     prompt before the retrieved passages (0: only for bibliographic questions).
+    alternate_readings: further retrievals, each ``(passage_tokens, lead_tokens)``, answered beside the
+    profile's own for every question that needs retrieval; the answer the model supports best across
+    all the readings is kept (``longlora.qa.readings``). Empty: one reading.
     chosen_by: one line for the document card saying what chose how this model reads a document
     (whole when it fits the budget, else retrieval): the measurement and its result file, or, for a
     profile that was never measured, that it was not.
@@ -66,7 +69,19 @@ class ModelProfile:
     whole_document: bool = False
     whole_document_style: str = "paper"
     lead_tokens: int = 0
+    alternate_readings: tuple[tuple[int, int], ...] = ()
     chosen_by: str = ""
+
+    def __post_init__(self):
+        for reading in self.alternate_readings:
+            if len(reading) != 2 or reading[0] < 1 or reading[1] < 0:
+                raise ValueError(
+                    f"alternate_readings holds (passage_tokens >= 1, lead_tokens >= 0) pairs, got {reading!r}"
+                )
+
+    def readings(self) -> list[tuple[int, int]]:
+        """Every retrieval reading, ``(passage_tokens, lead_tokens)``, the profile's own first."""
+        return [(self.passage_tokens, self.lead_tokens), *self.alternate_readings]
 
 
 # The config key that carries the profile name through save / merge / Position Interpolation.

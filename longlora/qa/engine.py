@@ -32,6 +32,7 @@ from longlora.retrieval import GAP_MARKER, STRATEGIES, fit_document
 
 from .cache import PromptCaches
 from .prompt import document_heading, normalize_history, passage_heading, prompt_parts
+from .readings import answer_logprobs, choose_answer
 from .reports import AnswerUpdate, DocumentCard, FitReport, Source, reading_mode
 from .sampling import Sampling, eos_ids, pick
 from .session import MAX_DOCUMENTS, DocumentPart, DocumentSession, Span, tokenize_document
@@ -304,14 +305,18 @@ class QAEngine:
         history=None,
         strategy: str = "retrieve",
         max_new_tokens: int | None = None,
+        reading: tuple[int, int] | None = None,
     ) -> tuple[list[int], FitReport]:
-        """The full prompt ids for a question and the report of what was kept (with its sources)."""
+        """The full prompt ids for a question and the report of what was kept (with its sources).
+
+        ``reading``: the ``(passage_tokens, lead_tokens)`` that retrieval uses (default: the profile's).
+        """
         head_ids, tail_ids, budget = self.prompt_frame(session, question, history, max_new_tokens)
         ids = session.ids
         found: dict = {}  # the windows and scores behind the retrieved spans, for the sources
 
         def retrieve(room: int) -> list[tuple[int, int]]:
-            spans, found["windows"], found["scores"] = self._retrieve(session, question, room)
+            spans, found["windows"], found["scores"] = self._retrieve(session, question, room, reading)
             return spans
 
         spans, content = fit_document(ids, budget, strategy, retrieve=retrieve, gap_ids=self._gap_ids)
@@ -335,11 +340,12 @@ class QAEngine:
         )
         return prompt, report
 
-    def _retrieve(self, session: DocumentSession, question: str, budget: int):
-        """(spans, windows, window scores) for documents longer than ``budget`` (``PassageIndex``)."""
-        index = session.passage_index(self.profile.passage_tokens)
+    def _retrieve(self, session: DocumentSession, question: str, budget: int, reading=None):
+        """(spans, windows, window scores) for documents longer than ``budget`` (``PassageIndex``);
+        ``reading``: (passage_tokens, lead_tokens), default the profile's."""
+        passage_tokens, lead = reading or (self.profile.passage_tokens, self.profile.lead_tokens)
+        index = session.passage_index(passage_tokens)
         scores = index.scores(question)
-        lead = self.profile.lead_tokens
         if len(session.parts) > 1:
             cost = partial(self._headed_length, session)
             spans = index.select(question, budget, scores=scores, cost=cost, lead_tokens=lead)
@@ -420,12 +426,70 @@ class QAEngine:
         prompt, report = self.build_prompt(
             session, question.strip(), history=history, strategy=strategy, max_new_tokens=max_new
         )
-        job = _Job(session.id, prompt, report, sampling, max_new, stop_event or threading.Event())
+        stop_event = stop_event or threading.Event()
+        if strategy == "retrieve" and not report.fits_whole and self.profile.alternate_readings:
+            # a retrieval reading: answer the others too and keep the best supported (readings.py)
+            return self._ask_readings(
+                session, question.strip(), history, max_new, sampling, stop_event, prompt, report
+            )
+        job = _Job(session.id, prompt, report, sampling, max_new, stop_event)
         updates = self._stream(job)
         if report.kept_tokens == report.document_tokens > self.profile.passage_tokens:
             # the whole document was read: its sources are found after the answer, not before
             return self._cite_after(session, question.strip(), updates)
         return updates
+
+    def _ask_readings(
+        self, session, question, history, max_new, sampling, stop_event, prompt, report
+    ) -> Iterator[AnswerUpdate]:
+        """Answer each of the profile's retrieval readings in turn (progress updates with no text), then
+        give the answer the model supports best across them (``readings.choose_answer``) in one update,
+        with the passages of the reading that gave it. Stopped early: the answer so far, as it is."""
+        start = time.perf_counter()
+        readings = self.profile.readings()
+        prompts: list[list[int]] = []
+        finals: list[AnswerUpdate] = []
+        for k, reading in enumerate(readings):
+            if k:
+                if stop_event.is_set():
+                    break
+                prompt, report = self.build_prompt(
+                    session, question, history=history, max_new_tokens=max_new, reading=reading
+                )
+            report.readings = len(readings)
+            status = (
+                f"Reading the document {len(readings)} ways to compare answers ({k + 1} of {len(readings)})"
+            )
+            yield AnswerUpdate("", "", False, report, status=status)
+            updates = self._stream(_Job(session.id, prompt, report, sampling, max_new, stop_event))
+            try:
+                for update in updates:
+                    if update.queued:
+                        yield AnswerUpdate("", "", False, report, queued=True, status=status)
+                    if update.done:
+                        prompts.append(prompt)
+                        finals.append(update)
+            finally:
+                updates.close()
+        if stop_event.is_set() or len(finals) == 1:
+            chosen = finals[-1]
+        else:
+            chosen = finals[self._best_supported(prompts, [f.text for f in finals])]
+        yield dataclasses.replace(
+            chosen,
+            delta=chosen.text,
+            stopped=stop_event.is_set(),
+            first_token_s=time.perf_counter() - start,
+        )
+
+    def _best_supported(self, prompts: Sequence[list[int]], texts: Sequence[str]) -> int:
+        """Index of the answer the model supports best across the readings' prompts."""
+        distinct = list(dict.fromkeys(texts))
+        answers = [self._encode(t, first=False) for t in distinct]
+        with self._generate_lock:
+            per_prompt = [answer_logprobs(self.model, p, answers, self.eos_ids) for p in prompts]
+        scores = [[row[c] for row in per_prompt] for c in range(len(distinct))]
+        return texts.index(distinct[choose_answer(distinct, scores)])
 
     def _cite_after(self, session: DocumentSession, question: str, updates) -> Iterator[AnswerUpdate]:
         """Pass ``updates`` on; before the last one, replace the whole document as its source with the

@@ -49,6 +49,7 @@ class FitReport:
     sources: list[Source] = field(default_factory=list)  # the kept pieces, in document order
     documents: int = 1  # documents in the session
     document_pages: dict[str, list[int]] = field(default_factory=dict)
+    readings: int = 1  # retrieval readings answered and compared for this answer (longlora.qa.readings)
 
     def summary(self) -> str:
         if self.documents > 1:
@@ -100,6 +101,7 @@ class AnswerUpdate:
     queued: bool = False  # waiting for another request to finish
     new_tokens: int = 0
     first_token_s: float | None = None  # seconds from the request to the first answer token
+    status: str = ""  # progress before the answer's first text (several readings being compared)
 
     @property
     def sources(self) -> list[Source]:

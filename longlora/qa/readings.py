@@ -1,0 +1,66 @@
+"""Several readings of a long document per question, and the answer the model itself supports best.
+
+A small model's answer depends on which passages it reads far more than on whether the evidence is
+among them: on the development questions (``benchmarks/qa_dev_set.jsonl``, dev split) three retrieval
+settings that each answered 33-36 of 103 agreed on only about half of their right answers, and 49
+questions were answered by at least one of them. A profile with ``alternate_readings`` therefore
+retrieves the document once per setting (passage size, opening kept), answers each reading, and keeps
+the answer that the model finds most likely *across all the readings*: for every candidate, the mean
+log-probability per token (its end-of-turn token included) under each reading's prompt, averaged over
+the readings (:func:`choose_answer`). An answer copied from one passage set that the other passage sets
+also support scores high; one the model made up under one prompt scores low under the others. Chosen
+by answers (``results/qa-readings-dev.jsonl``), not by a proxy.
+
+Pure selection here, plus :func:`answer_logprobs`, the one batched forward pass per reading that
+scores all candidates under it (the end of an answer is scored as the probability of any end token).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+
+
+def choose_answer(texts: Sequence[str], scores: Sequence[Sequence[float]]) -> int:
+    """Index of the answer to keep: the best mean, over the readings, of its per-token log-probability.
+
+    texts: each reading's answer. scores[c][r]: mean log-probability per token of answer ``c`` under
+    reading ``r``'s prompt. Empty answers are kept only when every answer is empty; ties go to the
+    earlier reading (the profile's own comes first).
+    """
+    if len(texts) != len(scores) or not texts:
+        raise ValueError(f"one score row per answer: {len(texts)} answers, {len(scores)} rows")
+    allowed = [c for c, t in enumerate(texts) if t.strip()] or list(range(len(texts)))
+    return max(allowed, key=lambda c: (sum(scores[c]) / len(scores[c]), -c))
+
+
+@torch.inference_mode()
+def answer_logprobs(
+    model, prompt: Sequence[int], answers: Sequence[Sequence[int]], end_ids: Iterable[int]
+) -> list[float]:
+    """Mean log-probability per token of each answer (token ids) after ``prompt``, its end included.
+
+    The end is one more scored step: the probability of any of ``end_ids`` (the model's end-of-answer
+    tokens) after the answer. One forward pass over the candidates as a batch: each row is the prompt
+    followed by one answer, right-padded; causal attention keeps the padding away from the positions
+    that are scored.
+    """
+    ends = sorted(set(end_ids))
+    if not answers or not ends:
+        raise ValueError("need at least one answer and one end token")
+    device = next(model.parameters()).device
+    longest = max(map(len, answers))
+    rows = [list(prompt) + list(a) + [ends[0]] * (longest - len(a)) for a in answers]
+    input_ids = torch.tensor(rows, dtype=torch.long, device=device)
+    # the logits at position t predict token t + 1: the last ``longest + 1`` positions predict every
+    # answer token and the end after the longest answer
+    logp = torch.log_softmax(model(input_ids=input_ids, logits_to_keep=longest + 1).logits.float(), dim=-1)
+    end_index = torch.tensor(ends, dtype=torch.long, device=device)
+    out = []
+    for row, a in zip(logp, answers):
+        target = torch.tensor(list(a), dtype=torch.long, device=device)
+        tokens = row[: len(a)].gather(1, target[:, None])[:, 0]
+        end = torch.logsumexp(row[len(a)].index_select(0, end_index), dim=0)
+        out.append(torch.cat([tokens, end[None]]).mean().item())
+    return out
