@@ -338,6 +338,7 @@ def _stream_turn(engine, state: ChatState, turn: Turn, strategy, max_new_tokens,
         for update in updates:
             turn.answer = update.text
             turn.waiting = bool(getattr(update, "queued", False))
+            turn.status = getattr(update, "status", "")  # e.g. readings being compared, before any text
             if update.done:
                 turn.stopped = bool(update.stopped)
                 turn.note = fit_note(update.fit)

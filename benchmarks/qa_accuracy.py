@@ -133,7 +133,7 @@ class Config:
                 repetition_penalty=float(parts[3]) if len(parts) > 3 else 1.0,
                 no_repeat_ngram_size=int(parts[4]) if len(parts) > 4 else 0,
                 lead_tokens=int(parts[5]) if len(parts) > 5 else 0,
-                alternate_readings=tuple(tuple(map(int, a.split("/"))) for a in alternates),
+                alternate_readings=tuple(_reading(a) for a in alternates),
             )
         except (ValueError, TypeError):
             raise SystemExit(
@@ -157,6 +157,14 @@ class Config:
         if self.prompt_style != "paper":
             name += f"@{self.prompt_style}"
         return name + "".join(f"+{p}/{lead}" for p, lead in self.alternate_readings)
+
+
+def _reading(text: str) -> tuple[int, int]:
+    """'P/L' -> (passage tokens, lead tokens)."""
+    passage, sep, lead = text.partition("/")
+    if not sep:
+        raise ValueError(text)
+    return int(passage), int(lead)
 
 
 def is_correct(answer: str, item: dict) -> bool:

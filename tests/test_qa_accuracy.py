@@ -118,3 +118,14 @@ def test_summary_counts_per_kind_and_split_and_ratio_on_the_holdout():
     assert kind_head.count("dev") == 2 and kind_head.count("holdout") == 2
     assert "| about | 1/1 | 0/1 | 1/1 | 1/1 |" in lines
     assert "| absent | 0/0 | 1/1 | 0/0 | 0/1 |" in lines
+
+
+def test_a_config_names_its_readings_and_parses_back():
+    config = qa.Config.parse("retrieve:256:128:1.0:4:64@brief+64/0+128/0")
+    assert (config.passage_tokens, config.lead_tokens, config.prompt_style) == (128, 64, "brief")
+    assert config.alternate_readings == ((64, 0), (128, 0))
+    assert config.name == "retrieve:256:128:1:4:64@brief+64/0+128/0"
+    assert qa.Config.parse(config.name) == config
+    assert qa.Config.parse("retrieve:256:64:1:4@brief").alternate_readings == ()
+    with pytest.raises(SystemExit, match="bad config"):
+        qa.Config.parse("retrieve:256:64@brief+64")

@@ -465,7 +465,7 @@ class QAEngine:
             try:
                 for update in updates:
                     if update.queued:
-                        yield AnswerUpdate("", "", False, report, queued=True, status=status)
+                        yield AnswerUpdate("", "", False, report, queued=True)
                     if update.done:
                         prompts.append(prompt)
                         finals.append(update)

@@ -52,14 +52,19 @@ class FitReport:
     readings: int = 1  # retrieval readings answered and compared for this answer (longlora.qa.readings)
 
     def summary(self) -> str:
+        compared = (
+            f" The answer is the one the model supports best across {self.readings} readings (different passages)."
+            if self.readings > 1
+            else ""
+        )
         if self.documents > 1:
-            return self._summary_of_several()
+            return self._summary_of_several() + compared
         pages = f" ({page_ranges(self.pages_used)})" if self.pages_used else ""
         if self.fits_whole:
             return f"The whole document is in the prompt: {self.document_tokens:,} tokens{pages}."
         return (
             f"The document ({self.document_tokens:,} tokens) is longer than the {self.budget_tokens:,}-token "
-            f"budget; kept {self._kept()}{pages}."
+            f"budget; kept {self._kept()}{pages}.{compared}"
         )
 
     def _kept(self) -> str:

@@ -1,0 +1,148 @@
+"""Several retrieval readings per question (longlora.qa.readings), with a tiny random model.
+
+References: each reading answered alone by an engine whose profile has only that reading, and the
+log-probabilities of each answer recomputed one prompt and one answer at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+import pytest
+import torch
+from test_qa import filler, make_engine
+
+from data_tools import load_text
+from data_tools.profiles import ModelProfile
+from longlora.qa.readings import answer_logprobs, choose_answer
+
+READINGS = ((16, 0), (32, 8))  # beside the profile's own 24-token passages
+
+
+def reading_engine(**kw):
+    return make_engine(
+        context=512,
+        budget=64,
+        passage=24,
+        max_new_tokens=kw.pop("max_new_tokens", 6),
+        profile_kw={"alternate_readings": READINGS, **kw},
+    )
+
+
+def long_document():
+    text = filler(40) + " The bridge opened in 1987 after nine years of work. " + filler(40, seed=1)
+    return load_text(text, name="bridge.txt")
+
+
+def reference_logprob(model, prompt, answer, end_ids) -> float:
+    """Mean log-probability of the answer's tokens and of ending after them: one full pass per token."""
+    values = []
+    for i in range(len(answer) + 1):
+        with torch.inference_mode():
+            logits = model(input_ids=torch.tensor([list(prompt) + list(answer[:i])])).logits[0, -1].float()
+        logp = torch.log_softmax(logits, -1)
+        if i < len(answer):
+            values.append(logp[answer[i]].item())
+        else:
+            values.append(torch.logsumexp(logp[sorted(end_ids)], 0).item())
+    return sum(values) / len(values)
+
+
+def test_choose_answer_takes_the_best_mean_over_readings_and_never_an_empty_one():
+    # answer 1 wins under one reading only; answer 2 is best on average
+    assert choose_answer(["a", "b", "c"], [[-1.0, -1.0], [-0.1, -3.0], [-0.5, -0.6]]) == 2
+    assert choose_answer(["a", "b"], [[-1.0, -2.0], [-2.0, -1.0]]) == 0  # a tie goes to the earlier reading
+    assert choose_answer(["", "b"], [[-0.01, -0.01], [-5.0, -5.0]]) == 1  # an empty answer is no answer
+    assert choose_answer(["", " "], [[-3.0], [-1.0]]) == 1  # ...unless every answer is empty
+    with pytest.raises(ValueError, match="one score row per answer"):
+        choose_answer(["a", "b"], [[-1.0]])
+
+
+def test_answer_logprobs_match_one_pass_per_token():
+    engine = make_engine(context=256)
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.randint(5, 90, (23,), generator=g).tolist()
+    answers = [torch.randint(5, 90, (n,), generator=g).tolist() for n in (1, 7, 4)] + [[]]
+    ends = sorted(engine.eos_ids)
+    got = answer_logprobs(engine.model, prompt, answers, ends)
+    want = [reference_logprob(engine.model, prompt, a, ends) for a in answers]
+    assert got == pytest.approx(want, abs=1e-4)
+
+
+def test_the_answer_is_one_readings_answer_the_best_supported_across_all():
+    engine = reading_engine()
+    session = engine.open_document(long_document())
+    question = "When did the bridge open?"
+    updates = list(engine.ask(session, question))
+    final = updates[-1]
+    # before the answer: progress only, no text; the answer comes whole in the last update
+    assert all(u.text == "" and u.delta == "" and not u.done for u in updates[:-1])
+    assert any("3 ways" in u.status for u in updates[:-1])
+    assert final.done and final.delta == final.text and final.fit.readings == 3
+    assert "best across 3 readings" in final.fit.summary()
+
+    # reference: each reading alone, then the slow scores of every answer under every reading's prompt
+    readings = engine.profile.readings()
+    alone, prompts = [], []
+    for reading in readings:
+        single = dataclasses.replace(
+            engine.profile, passage_tokens=reading[0], lead_tokens=reading[1], alternate_readings=()
+        )
+        solo = make_engine(context=512, budget=64, passage=reading[0], max_new_tokens=6)
+        solo.model, solo.tokenizer, solo.profile = engine.model, engine.tokenizer, single
+        solo_session = solo.open_document(long_document())
+        answer = list(solo.ask(solo_session, question))[-1]
+        alone.append(answer)
+        prompts.append(solo.build_prompt(solo_session, question)[0])
+    texts = [a.text for a in alone]
+    assert (
+        len(set(texts)) == 3 and len({tuple(s.text for s in a.sources) for a in alone}) == 3
+    )  # a real choice
+    assert final.text in texts
+    ids = [engine.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    scores = [[reference_logprob(engine.model, p, a, engine.eos_ids) for p in prompts] for a in ids]
+    best = choose_answer(texts, scores)
+    assert best != 0  # not simply the profile's own reading
+    assert final.text == texts[best]
+    # the passages cited are those of the reading that gave the answer
+    assert [s.text for s in final.sources] == [s.text for s in alone[best].sources]
+
+
+def test_a_document_that_fits_is_read_once():
+    engine = reading_engine()
+    session = engine.open_document(load_text("The bridge opened in 1987.", name="short.txt"))
+    updates = list(engine.ask(session, "When did the bridge open?"))
+    assert updates[-1].fit.fits_whole and updates[-1].fit.readings == 1
+    assert "".join(u.delta for u in updates) == updates[-1].text  # streamed as usual
+
+
+def test_truncation_strategies_are_read_once():
+    engine = reading_engine()
+    session = engine.open_document(long_document())
+    final = list(engine.ask(session, "When did the bridge open?", strategy="truncate-end"))[-1]
+    assert final.fit.readings == 1 and not final.fit.fits_whole
+
+
+def test_stopping_ends_the_readings_and_frees_the_model():
+    engine = reading_engine(max_new_tokens=200)
+    session = engine.open_document(long_document())
+    stop = threading.Event()
+    updates = []
+    for update in engine.ask(session, "When did the bridge open?", stop_event=stop):
+        updates.append(update)
+        stop.set()  # stop as soon as the first progress update arrives
+    assert updates[-1].done and updates[-1].stopped
+    assert updates[-1].new_tokens < 200
+    assert not engine._generate_lock.locked()
+    # the engine keeps serving
+    assert list(engine.ask(session, "When did the bridge open?"))[-1].done
+
+
+def test_profile_readings_are_checked():
+    assert ModelProfile(passage_tokens=64, lead_tokens=8, alternate_readings=((32, 0),)).readings() == [
+        (64, 8),
+        (32, 0),
+    ]
+    with pytest.raises(ValueError, match="alternate_readings"):
+        ModelProfile(alternate_readings=((0, 4),))
