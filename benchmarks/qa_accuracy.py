@@ -73,11 +73,11 @@ DEFAULT_SET = HERE / "qa_dev_set.jsonl"
 FIXTURES = Path(os.environ.get("LONGLORA_FIXTURES") or HERE.parents[1] / "shared" / "fixtures")
 MODES = ("pipeline", "windows", "evidence")
 # The bundled model's profile (data_tools.profiles: 128-token PassageIndex windows after the document's
-# first 64 tokens) through the engine,
+# first 64 tokens, with 64-token and plain 128-token readings compared) through the engine,
 # and the ceiling, both at its 256-token budget. ``windows`` runs (the engine reading only what
 # PassageIndex picks, e.g. "windows=retrieve:256:128:1.0:4@brief") compare window sizes.
 DEV_RUNS = [
-    "pipeline=retrieve:256:128:1.0:4:64@brief",
+    "pipeline=retrieve:256:128:1.0:4:64@brief+64/0+128/0",
     "evidence=retrieve:256:64:1.0:4@brief",
 ]
 # The engine's retrieval, recorded with each pipeline answer: answers of an older engine are not reused.

@@ -48,9 +48,14 @@ def answered(path: str, config: str, ids: set[str] | None = None) -> tuple[int, 
 
 
 def test_profile_lines_quote_the_result_files_they_cite():
+    # the profile's readings, as the profile's settings name them, and the best single reading
+    readings = "+".join(f"{p}/{lead}" for p, lead in BUNDLED.alternate_readings)
+    assert readings == "64/0+128/0" and (BUNDLED.passage_tokens, BUNDLED.lead_tokens) == (128, 64)
+    assert answered("results/qa-readings-dev.jsonl", f"retrieve:256:128:1:4:64@brief+{readings}") == (43, 103)
+    assert "43/103" in BUNDLED.chosen_by and "(results/qa-readings-dev.jsonl" in BUNDLED.chosen_by
     assert answered("results/qa-tune-dev.jsonl", "retrieve:256:128:1:4:64@brief") == (36, 103)
-    assert "36/103" in BUNDLED.chosen_by and "(results/qa-tune-dev.jsonl)" in BUNDLED.chosen_by
-    # the best of the settings tried on the whole dev split
+    assert "36/103" in BUNDLED.chosen_by and "results/qa-tune-dev.jsonl)" in BUNDLED.chosen_by
+    # the best of the single settings tried on the whole dev split
     tried = {json.loads(line)["config"] for line in (ROOT / "results/qa-tune-dev.jsonl").open()}
     scores = [answered("results/qa-tune-dev.jsonl", config) for config in sorted(tried)]
     assert max(right for right, asked in scores if asked == 103) == 36
