@@ -68,6 +68,8 @@ def test_answer_logprobs_match_one_pass_per_token():
     got = answer_logprobs(engine.model, prompt, answers, ends)
     want = [reference_logprob(engine.model, prompt, a, ends) for a in answers]
     assert got == pytest.approx(want, abs=1e-4)
+    # only empty answers: the probability of ending right after the prompt
+    assert answer_logprobs(engine.model, prompt, [[]], ends) == pytest.approx([want[-1]], abs=1e-4)
 
 
 def test_the_answer_is_one_readings_answer_the_best_supported_across_all():

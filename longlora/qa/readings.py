@@ -11,8 +11,8 @@ the readings (:func:`choose_answer`). An answer copied from one passage set that
 also support scores high; one the model made up under one prompt scores low under the others. Chosen
 by answers (``results/qa-readings-dev.jsonl``), not by a proxy.
 
-Pure selection here, plus :func:`answer_logprobs`, the one batched forward pass per reading that
-scores all candidates under it (the end of an answer is scored as the probability of any end token).
+Pure selection here, plus :func:`answer_logprobs`, which scores all candidates under one reading
+(its prompt run once, the candidates as one batch on its KV cache) (the end of an answer is scored as the probability of any end token).
 """
 
 from __future__ import annotations
@@ -42,20 +42,31 @@ def answer_logprobs(
     """Mean log-probability per token of each answer (token ids) after ``prompt``, its end included.
 
     The end is one more scored step: the probability of any of ``end_ids`` (the model's end-of-answer
-    tokens) after the answer. One forward pass over the candidates as a batch: each row is the prompt
-    followed by one answer, right-padded; causal attention keeps the padding away from the positions
-    that are scored.
+    tokens) after the answer. The prompt is run once; its KV cache is repeated for the candidates,
+    which then go through as one right-padded batch (causal attention keeps the padding away from
+    the positions that are scored).
     """
+    from transformers import DynamicCache
+
     ends = sorted(set(end_ids))
-    if not answers or not ends:
-        raise ValueError("need at least one answer and one end token")
+    if not answers or not ends or not prompt:
+        raise ValueError("need a prompt, at least one answer and one end token")
     device = next(model.parameters()).device
+    cache = DynamicCache(config=model.config)
+    prompt_ids = torch.tensor([list(prompt)], dtype=torch.long, device=device)
+    after_prompt = model(input_ids=prompt_ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
     longest = max(map(len, answers))
-    rows = [list(prompt) + list(a) + [ends[0]] * (longest - len(a)) for a in answers]
-    input_ids = torch.tensor(rows, dtype=torch.long, device=device)
-    # the logits at position t predict token t + 1: the last ``longest + 1`` positions predict every
-    # answer token and the end after the longest answer
-    logp = torch.log_softmax(model(input_ids=input_ids, logits_to_keep=longest + 1).logits.float(), dim=-1)
+    # predictions for every answer position: the prompt's last logits for the first token, then
+    # the answers' own logits (position i predicts token i + 1, and the end after the last)
+    logits = after_prompt[:, -1:].float().expand(len(answers), 1, -1)
+    if longest:
+        cache.batch_repeat_interleave(len(answers))
+        rows = [list(a) + [ends[0]] * (longest - len(a)) for a in answers]
+        batch = torch.tensor(rows, dtype=torch.long, device=device)
+        logits = torch.cat(
+            [logits, model(input_ids=batch, past_key_values=cache, use_cache=True).logits.float()], 1
+        )
+    logp = torch.log_softmax(logits, dim=-1)
     end_index = torch.tensor(ends, dtype=torch.long, device=device)
     out = []
     for row, a in zip(logp, answers):
