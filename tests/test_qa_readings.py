@@ -148,3 +148,23 @@ def test_profile_readings_are_checked():
     ]
     with pytest.raises(ValueError, match="alternate_readings"):
         ModelProfile(alternate_readings=((0, 4),))
+
+
+def test_concurrent_questions_with_readings_do_not_mix():
+    engine = reading_engine()
+    documents = [long_document(), load_text(filler(60, seed=5) + " Zulu is the last word.", name="z.txt")]
+    questions = ["When did the bridge open?", "What is the last word?"]
+    sessions = [engine.open_document(d) for d in documents]
+    solo = reading_engine()  # same weights (seeded), one question at a time
+    reference = [solo.answer(solo.open_document(d), q) for d, q in zip(documents, questions)]
+    results: dict[int, str] = {}
+
+    def run(i):
+        results[i] = list(engine.ask(sessions[i], questions[i]))[-1].text
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert [results[0], results[1]] == reference
