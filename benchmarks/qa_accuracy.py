@@ -428,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
                     "prompt_tokens": final.fit.prompt_tokens,
                     "fits_whole": final.fit.fits_whole,
                     "readings": final.fit.readings,
+                    "revised": final.revised,
                     "seconds": round(time.perf_counter() - start, 2),
                     **cited_evidence(session, item, final.sources),
                 }

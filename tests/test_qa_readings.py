@@ -78,11 +78,12 @@ def test_the_answer_is_one_readings_answer_the_best_supported_across_all():
     question = "When did the bridge open?"
     updates = list(engine.ask(session, question))
     final = updates[-1]
-    # before the answer: progress only, no text; the answer comes whole in the last update
-    assert all(u.text == "" and u.delta == "" and not u.done for u in updates[:-1])
-    assert any("3 ways" in u.status for u in updates[:-1])
-    assert final.done and final.delta == final.text and final.fit.readings == 3
+    assert final.done and final.fit.readings == 3 and not any(u.done for u in updates[:-1])
     assert "best across 3 readings" in final.fit.summary()
+    streamed = "".join(u.delta for u in updates[:-1])  # the profile's own reading, token by token
+    assert sum(bool(u.delta) for u in updates) >= 3
+    comparing = [u for u in updates if u.status]
+    assert len(comparing) == 2 and all(u.text == streamed and u.delta == "" for u in comparing)
 
     # reference: each reading alone, then the slow scores of every answer under every reading's prompt
     readings = engine.profile.readings()
@@ -98,6 +99,7 @@ def test_the_answer_is_one_readings_answer_the_best_supported_across_all():
         alone.append(answer)
         prompts.append(solo.build_prompt(solo_session, question)[0])
     texts = [a.text for a in alone]
+    assert streamed == texts[0]
     assert (
         len(set(texts)) == 3 and len({tuple(s.text for s in a.sources) for a in alone}) == 3
     )  # a real choice
@@ -107,6 +109,7 @@ def test_the_answer_is_one_readings_answer_the_best_supported_across_all():
     best = choose_answer(texts, scores)
     assert best != 0  # not simply the profile's own reading
     assert final.text == texts[best]
+    assert final.revised and final.delta == final.text  # it replaces the streamed answer
     # the passages cited are those of the reading that gave the answer
     assert [s.text for s in final.sources] == [s.text for s in alone[best].sources]
 
@@ -126,19 +129,40 @@ def test_truncation_strategies_are_read_once():
     assert final.fit.readings == 1 and not final.fit.fits_whole
 
 
-def test_stopping_ends_the_readings_and_frees_the_model():
+def test_stopping_while_streaming_keeps_what_was_streamed_and_frees_the_model():
     engine = reading_engine(max_new_tokens=200)
     session = engine.open_document(long_document())
     stop = threading.Event()
     updates = []
     for update in engine.ask(session, "When did the bridge open?", stop_event=stop):
         updates.append(update)
-        stop.set()  # stop as soon as the first progress update arrives
-    assert updates[-1].done and updates[-1].stopped
-    assert updates[-1].new_tokens < 200
+        if update.text:
+            stop.set()  # stop as soon as the first text arrives
+    final = updates[-1]
+    assert final.done and final.stopped and not final.revised
+    assert final.new_tokens < 200 and not any(u.status for u in updates)  # no other reading was started
+    assert "".join(u.delta for u in updates) == final.text
     assert not engine._generate_lock.locked()
     # the engine keeps serving
     assert list(engine.ask(session, "When did the bridge open?"))[-1].done
+
+
+def test_stopping_while_comparing_keeps_the_first_answer():
+    engine = reading_engine()
+    session = engine.open_document(long_document())
+    alone = reading_engine()
+    alone.profile = dataclasses.replace(alone.profile, alternate_readings=())
+    first = alone.answer(alone.open_document(long_document()), "When did the bridge open?")
+    stop = threading.Event()
+    updates = []
+    for update in engine.ask(session, "When did the bridge open?", stop_event=stop):
+        updates.append(update)
+        if update.status:
+            stop.set()  # the first answer is complete; stop the comparison
+    final = updates[-1]
+    assert final.done and final.stopped and not final.revised
+    assert final.text == first == "".join(u.delta for u in updates)
+    assert sum(bool(u.status) for u in updates) == 1
 
 
 def test_profile_readings_are_checked():
@@ -168,3 +192,19 @@ def test_concurrent_questions_with_readings_do_not_mix():
     for t in threads:
         t.join(120)
     assert [results[0], results[1]] == reference
+
+
+def test_the_command_line_shows_a_revised_answer_after_the_streamed_one(tmp_path, monkeypatch, capsys):
+    from longlora.qa import cli
+
+    doc = tmp_path / "bridge.txt"
+    doc.write_text(long_document().text)
+    question = "When did the bridge open?"
+    reference = reading_engine()
+    updates = list(reference.ask(reference.open_document(doc), question))
+    first = "".join(u.delta for u in updates[:-1])
+    assert updates[-1].revised  # this question's best-supported answer is another reading's
+    monkeypatch.setattr(cli.QAEngine, "from_args", classmethod(lambda cls, args, **kw: reading_engine()))
+    assert cli.main(["--doc", str(doc), "--question", question]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(first) and f"{first}\n[revised after comparing 3 readings]\n{updates[-1].text}" in out

@@ -115,7 +115,7 @@ def _sources_block(turn: Turn) -> str:
 def display_answer(turn: Turn) -> str:
     """Answer text plus the notes a reader needs: stopped, error, pages used."""
     parts = [turn.answer]
-    if turn.status and not turn.answer:
+    if turn.status:  # the model loading, or other readings being compared under the answer so far
         parts.append(f"*{turn.status}*")
     elif turn.waiting and not turn.answer:
         parts.append("*Waiting for another answer to finish...*")

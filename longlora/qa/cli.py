@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
                 top_p=args.top_p,
             ):
                 if not args.json:
+                    if update.revised:  # another reading's answer is better supported: it replaces this one
+                        print(f"\n[revised after comparing {update.fit.readings} readings]\n", end="")
                     print(update.delta, end="", flush=True)
                 final = update
         except ValueError as err:

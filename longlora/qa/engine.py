@@ -442,44 +442,47 @@ class QAEngine:
     def _ask_readings(
         self, session, question, history, max_new, sampling, stop_event, prompt, report
     ) -> Iterator[AnswerUpdate]:
-        """Answer each of the profile's retrieval readings in turn (progress updates with no text), then
-        give the answer the model supports best across them (``readings.choose_answer``) in one update,
-        with the passages of the reading that gave it. Stopped early: the answer so far, as it is."""
-        start = time.perf_counter()
+        """Stream the profile's own reading as usual, then answer the other readings (progress updates
+        that keep the first answer's text and add nothing) and end with the answer the model supports
+        best across all of them (``readings.choose_answer``), with the passages of the reading that gave
+        it. When that is another reading's answer, the last update has ``revised`` set: its text
+        replaces what was streamed. Stopped: the first reading's answer, as far as it got."""
         readings = self.profile.readings()
-        prompts: list[list[int]] = []
-        finals: list[AnswerUpdate] = []
-        for k, reading in enumerate(readings):
-            if k:
-                if stop_event.is_set():
-                    break
-                prompt, report = self.build_prompt(
-                    session, question, history=history, max_new_tokens=max_new, reading=reading
-                )
-            report.readings = len(readings)
+        report.readings = len(readings)
+        updates = self._stream(_Job(session.id, prompt, report, sampling, max_new, stop_event))
+        first = yield from _until_done(updates)  # streamed live, all but its last update
+        prompts, finals = [prompt], [first]
+        for k, reading in enumerate(readings[1:], start=2):
+            if stop_event.is_set():
+                break
             status = (
-                f"Reading the document {len(readings)} ways to compare answers ({k + 1} of {len(readings)})"
+                f"Comparing with {len(readings) - 1} other readings of the document ({k} of {len(readings)})"
             )
-            yield AnswerUpdate("", "", False, report, status=status)
+            yield AnswerUpdate(first.text, "", False, first.fit, status=status)
+            prompt, report = self.build_prompt(
+                session, question, history=history, max_new_tokens=max_new, reading=reading
+            )
+            report.readings = len(readings)
             updates = self._stream(_Job(session.id, prompt, report, sampling, max_new, stop_event))
             try:
                 for update in updates:
                     if update.queued:
-                        yield AnswerUpdate("", "", False, report, queued=True)
-                    if update.done:
+                        yield AnswerUpdate(first.text, "", False, first.fit, queued=True, status=status)
+                    elif update.done:
                         prompts.append(prompt)
                         finals.append(update)
             finally:
                 updates.close()
-        if stop_event.is_set() or len(finals) == 1:
-            chosen = finals[-1]
-        else:
+        chosen = first
+        if not stop_event.is_set() and len(finals) > 1:
             chosen = finals[self._best_supported(prompts, [f.text for f in finals])]
+        revised = chosen.text != first.text
         yield dataclasses.replace(
             chosen,
-            delta=chosen.text,
-            stopped=stop_event.is_set(),
-            first_token_s=time.perf_counter() - start,
+            delta=chosen.text if revised else first.delta,
+            revised=revised,
+            stopped=first.stopped or stop_event.is_set(),
+            first_token_s=first.first_token_s,
         )
 
     def _best_supported(self, prompts: Sequence[list[int]], texts: Sequence[str]) -> int:
@@ -621,6 +624,18 @@ class _Job:
             new_tokens=new_tokens,
             first_token_s=self.first_token_s,
         )
+
+
+def _until_done(updates) -> Iterator[AnswerUpdate]:
+    """Yield every update of a stream but its last (done) one, which is returned."""
+    try:
+        for update in updates:
+            if update.done:
+                return update
+            yield update
+    finally:
+        updates.close()
+    raise RuntimeError("an answer stream ended without its last update")
 
 
 def default_cache_bytes(device) -> int:

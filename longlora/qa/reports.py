@@ -96,7 +96,11 @@ class FitReport:
 
 @dataclass
 class AnswerUpdate:
-    """One step of a streamed answer. text is cumulative; delta is what this step added."""
+    """One step of a streamed answer. text is cumulative; delta is what this step added.
+
+    revised: the text replaces everything streamed before (delta is then the whole new text): the last
+    update of an answer compared across several readings, when another reading's answer won.
+    """
 
     text: str
     delta: str
@@ -106,7 +110,8 @@ class AnswerUpdate:
     queued: bool = False  # waiting for another request to finish
     new_tokens: int = 0
     first_token_s: float | None = None  # seconds from the request to the first answer token
-    status: str = ""  # progress before the answer's first text (several readings being compared)
+    status: str = ""  # progress beside the text so far (other readings being compared)
+    revised: bool = False
 
     @property
     def sources(self) -> list[Source]:
