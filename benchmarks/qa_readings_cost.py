@@ -4,8 +4,8 @@ For the first ``--limit`` dev-split questions of ``benchmarks/qa_dev_set.jsonl``
 than the budget, so retrieval runs), each question is answered twice by one engine, with the
 profile's ``alternate_readings`` and with its own reading alone, in alternating order (the CPU is
 shared: per-question ratios measured back to back, median and range). Reports the seconds to the
-whole answer (what a reader waits for when readings are compared: their answer comes whole) and the
-single reading's seconds to its first token.
+final answer (with readings: after the other readings and the comparison, which may revise the streamed
+answer) and the single reading's seconds to its first token (the first reading streams as fast).
 
 Usage (CPU)::
 
