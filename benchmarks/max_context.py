@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from random_models import PRESETS, QUICK_CONFIG, random_model_dir, read_config  # noqa: E402,F401
-from train_step import add_step_options, cpu_bf16_support, run_child  # noqa: E402
+from train_step import add_step_options, device_and_dtype, run_child  # noqa: E402
 
 
 def search(try_length, start: int, granularity: int, max_length: int) -> tuple[int, list[dict]]:
@@ -164,17 +164,12 @@ def write_row(tokens, length: int, workdir: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    import torch
-
     from data_tools.bundled import cache_dir
-    from longlora.models import resolve_device, resolve_dtype, resolve_model_path
+    from longlora.models import resolve_model_path
     from longlora.provenance import run_record
 
-    device = resolve_device(args.device)
+    device, dtype, hw = device_and_dtype(args.device, args.dtype)
     cuda = device.type == "cuda"
-    dtype = {torch.bfloat16: "bf16", torch.float32: "fp32", torch.float16: "fp16"}[
-        resolve_dtype(args.dtype, device)
-    ]
     budget = args.budget_gb or (80.0 if cuda else 20.0)
     start, granularity, max_length = args.start, args.granularity, args.max_length
     if args.quick:
@@ -193,7 +188,6 @@ def main(argv: list[str] | None = None) -> int:
     files = text_files(args.text)
     tokens = text_tokens(files, tokenizer_dir, int(config["vocab_size"]))
     workdir.mkdir(parents=True, exist_ok=True)
-    hw = torch.cuda.get_device_name(device) if cuda else f"CPU, bf16 {cpu_bf16_support()}"
     print(
         f"model {model}\n{args.method} {args.attention} step, dtype {dtype}, device {device} ({hw}), budget "
         f"{budget:g} GB ({'GPU memory cap' if cuda else 'peak RSS'}); start {start}, granularity {granularity}; "

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from random_models import random_model_dir, read_config  # noqa: E402
-from train_step import FIXTURES, cpu_bf16_support, run_child, write_rows  # noqa: E402
+from train_step import FIXTURES, device_and_dtype, run_child, write_rows  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,17 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    import torch
-
     from data_tools.bundled import cache_dir
-    from longlora.models import resolve_device, resolve_dtype, resolve_model_path
+    from longlora.models import resolve_model_path
     from longlora.provenance import run_record
 
-    device = resolve_device(args.device)
+    device, dtype, hw = device_and_dtype(args.device, args.dtype)
     cuda = device.type == "cuda"
-    dtype = {torch.bfloat16: "bf16", torch.float32: "fp32", torch.float16: "fp16"}[
-        resolve_dtype(args.dtype, device)
-    ]
     length, vocab_size = (1024 if args.quick else args.length), None
     book = Path(args.book)
     if args.quick or args.config_json:
@@ -83,7 +78,6 @@ def main(argv: list[str] | None = None) -> int:
             book = ROOT / "data" / "books" / "dev" / "austen-emma.txt"
     else:
         model = resolve_model_path(args.model)
-    hw = torch.cuda.get_device_name(device) if cuda else f"CPU, bf16 {cpu_bf16_support()}"
     provenance = run_record()  # at the start: the commit and tree the two steps ran on
     print(
         f"model {model}\none {args.method} S2 step of {length:,} tokens, dtype {dtype}, device {device} ({hw}); "

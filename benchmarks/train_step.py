@@ -277,6 +277,19 @@ def run_child(spec: dict, *, watch_rss_bytes: int | None = None, timeout: float 
     return {"error": f"{reason}: {stderr_tail.strip()[-400:]}", "oom": killed}
 
 
+def device_and_dtype(device_name: str, dtype_name: str):
+    """For the --device and --dtype flags: (torch device, dtype label "bf16" / "fp32" / "fp16", the
+    hardware as every benchmark prints it: the GPU's name, or the CPU and its native bf16 support)."""
+    import torch
+
+    from longlora.models import resolve_device, resolve_dtype
+
+    device = resolve_device(device_name)
+    labels = {torch.bfloat16: "bf16", torch.float32: "fp32", torch.float16: "fp16"}
+    hw = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, bf16 {cpu_bf16_support()}"
+    return device, labels[resolve_dtype(dtype_name, device)], hw
+
+
 def cpu_bf16_support() -> str:
     """Native bf16 on this CPU as torch probes it (AVX512-BF16 or AMX), for every printed number."""
     import torch
@@ -464,12 +477,9 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from longlora.models import resolve_device, resolve_dtype, resolve_model_path
+    from longlora.models import resolve_model_path
 
-    device = resolve_device(args.device)
-    dtype = {torch.bfloat16: "bf16", torch.float32: "fp32", torch.float16: "fp16"}[
-        resolve_dtype(args.dtype, device)
-    ]
+    device, dtype, hw = device_and_dtype(args.device, args.dtype)
     lengths = [256] if args.quick else sorted(set(args.lengths + ([32768] if args.long else [])))
     warmup = args.warmup
     vocab_size = None  # rows through the model's tokenizer
@@ -483,7 +493,6 @@ def main(argv: list[str] | None = None) -> int:
         vocab_size = int(config["vocab_size"])
     else:
         model = resolve_model_path(args.model)
-    hw = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, bf16 {cpu_bf16_support()}"
     print(
         f"model {model}\ndevice {device} ({hw}), dtype {dtype}, torch {torch.__version__}, threads "
         f"{torch.get_num_threads()}; steps {warmup} untimed + {args.steps} timed per configuration; "
