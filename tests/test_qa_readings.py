@@ -15,7 +15,7 @@ from test_qa import filler, make_engine
 
 from data_tools import load_text
 from data_tools.profiles import ModelProfile
-from longlora.qa.readings import answer_logprobs, choose_answer
+from longlora.qa.readings import answer_logprobs, choose_answer, says_not_found
 
 READINGS = ((16, 0), (32, 8))  # beside the profile's own 24-token passages
 
@@ -57,6 +57,38 @@ def test_choose_answer_takes_the_best_mean_over_readings_and_never_an_empty_one(
     assert choose_answer(["", " "], [[-3.0], [-1.0]]) == 1  # ...unless every answer is empty
     with pytest.raises(ValueError, match="one score row per answer"):
         choose_answer(["a", "b"], [[-1.0]])
+
+
+def test_an_answer_that_found_nothing_defers_to_one_that_found_something():
+    # "not in these passages" scores best here, but another reading found an answer
+    texts = [
+        "The document does not say.",
+        "It was written by Jane Austen.",
+        "This is not stated in the document.",
+    ]
+    assert choose_answer(texts, [[-0.1, -0.1], [-1.5, -2.0], [-0.2, -0.3]]) == 1
+    # every reading found nothing: the best-supported way of saying so
+    nothing = ["The document does not mention it.", "It doesn't say.", ""]
+    assert choose_answer(nothing, [[-0.9, -0.9], [-0.4, -0.5], [-0.01, -0.01]]) == 1
+
+
+@pytest.mark.parametrize(
+    "text, said",
+    [
+        ("The document does not say.", True),
+        ("This is not stated in the document.", True),
+        ("The paper doesn't mention a license.", True),
+        ("There is no information about the sponsor.", True),
+        ("The text does not mention it.", True),
+        ("It is not mentioned.", True),
+        ("Rcpp is not a replacement for R.", False),  # a finding with a negation in it
+        ("The package does not support Windows.", False),
+        ("No, Compaq Alpha machines are little-endian.", False),
+        ("It was written by Jane Austen.", False),
+    ],
+)
+def test_says_not_found(text, said):
+    assert says_not_found(text) is said
 
 
 def test_answer_logprobs_match_one_pass_per_token():
@@ -207,4 +239,6 @@ def test_the_command_line_shows_a_revised_answer_after_the_streamed_one(tmp_path
     monkeypatch.setattr(cli.QAEngine, "from_args", classmethod(lambda cls, args, **kw: reading_engine()))
     assert cli.main(["--doc", str(doc), "--question", question]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(first) and f"{first}\n[revised after comparing 3 readings]\n{updates[-1].text}" in out
+    assert (
+        out.startswith(first) and f"{first}\n[revised after comparing 3 readings]\n{updates[-1].text}" in out
+    )

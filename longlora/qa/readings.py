@@ -17,21 +17,43 @@ Pure selection here, plus :func:`answer_logprobs`, which scores all candidates u
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 
 import torch
+
+# An answer that says the passages lack the answer ("The document does not say.", "This is not
+# stated in the document.", "There is no mention of it."): a reading that found nothing, not a finding.
+NOT_FOUND = re.compile(
+    r"\b(?:does|do|did)(?: not|n[’']t) (?:say|mention|state|specify|give|provide|contain|include)\b"
+    r"|\bnot (?:stated|mentioned|given|specified|provided|included)\b"
+    r"|\bno (?:information|mention|details?)\b",
+    re.IGNORECASE,
+)
+
+
+def says_not_found(text: str) -> bool:
+    """Whether an answer says the document (the passages it was given) does not hold the answer."""
+    return NOT_FOUND.search(text) is not None
 
 
 def choose_answer(texts: Sequence[str], scores: Sequence[Sequence[float]]) -> int:
     """Index of the answer to keep: the best mean, over the readings, of its per-token log-probability.
 
     texts: each reading's answer. scores[c][r]: mean log-probability per token of answer ``c`` under
-    reading ``r``'s prompt. Empty answers are kept only when every answer is empty; ties go to the
-    earlier reading (the profile's own comes first).
+    reading ``r``'s prompt. Ties go to the earlier reading (the profile's own comes first).
+
+    A reading that found nothing defers to one that found an answer: empty answers are kept only when
+    every answer is empty, and answers saying the document does not give the answer
+    (:func:`says_not_found`) only when no reading gave anything else. Each reading sees other passages,
+    so "not in these passages" from one is no evidence against another's answer; a short stock phrase
+    would also outscore real answers on likelihood under every prompt.
     """
     if len(texts) != len(scores) or not texts:
         raise ValueError(f"one score row per answer: {len(texts)} answers, {len(scores)} rows")
-    allowed = [c for c, t in enumerate(texts) if t.strip()] or list(range(len(texts)))
+    given = [c for c, t in enumerate(texts) if t.strip()]
+    found = [c for c in given if not says_not_found(texts[c])]
+    allowed = found or given or list(range(len(texts)))
     return max(allowed, key=lambda c: (sum(scores[c]) / len(scores[c]), -c))
 
 
