@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from longlora.provenance import run_record
 
-    record = run_record()
+    record = {"kind": "qa-sft", "provenance": run_record()}
     work = args.work or Path(tempfile.mkdtemp(prefix="qa-sft-"))
     (work / "docs").mkdir(parents=True, exist_ok=True)
     all_records, train = work / "records.jsonl", work / "train.jsonl"
