@@ -38,6 +38,7 @@ import os
 import random
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -152,11 +153,20 @@ def options(sec):
     return out
 
 
+MAN_SECTIONS = ("man1", "man5", "man7", "man8")
+
+
 def man_docs(rng, work):
+    """(text file, material type, [(kind, question, answer, evidence)]) per usable manual page, in a
+    seeded random order (the Google Cloud SDK's thousands of generated pages left out)."""
+    if shutil.which("man") is None or shutil.which("col") is None:
+        raise SystemExit("qa_sft.py reads the installed manual pages: install man-db (man and col) first")
+    folders = [Path("/usr/share/man") / sec for sec in MAN_SECTIONS]
     pages = sorted(
-        f"/usr/share/man/{sec}/{p}"
-        for sec in ("man1", "man5", "man7", "man8")
-        for p in os.listdir(f"/usr/share/man/{sec}")
+        str(folder / p)
+        for folder in folders
+        if folder.is_dir()
+        for p in os.listdir(folder)
         if not p.startswith(("gcloud", "bq", "gsutil"))
     )
     rng.shuffle(pages)
@@ -202,6 +212,7 @@ def man_docs(rng, work):
 
 
 def py_docs(rng, work):
+    """The same for the README (long description) of every installed Python package with a summary."""
     dists = sorted(md.distributions(), key=lambda d: d.metadata["Name"] or "")
     rng.shuffle(dists)
     seen = set()
