@@ -178,16 +178,17 @@ def man_docs(rng, work):
         if not (3000 < len(text) < 120000):
             continue
         secs = sections(text)
-        name = secs.get("NAME", "").strip().splitlines()[0] if secs.get("NAME", "").strip() else ""
+        name = next(iter(secs.get("NAME", "").strip().splitlines()), "")
         m = re.match(r"(.+?)\s+\\?[-\u2010\u2013\u2014]+\s+(.+)", re.sub(r"\s+", " ", name))
         if not m:
             continue
         progs, desc = m.group(1).strip(), m.group(2).strip().rstrip(".")
+        prog = progs.split(",")[0]
         path = work / f"man-{page}.txt"
         path.write_text(text)
         qa = []
         q = rng.choice(ABOUT_MAN)
-        qa.append(("about", q, f"This manual page describes {progs}: {lower1(desc)}.", [progs.split(",")[0]]))
+        qa.append(("about", q, f"This manual page describes {progs}: {lower1(desc)}.", [prog]))
         auth = secs.get("AUTHOR") or secs.get("AUTHORS")
         if auth:
             sent = first_sentence(auth)
@@ -203,11 +204,11 @@ def man_docs(rng, work):
         opts = options(secs.get("OPTIONS", "") or secs.get("DESCRIPTION", ""))
         if opts:
             flag, d = rng.choice(opts)
-            qa.append(("option", f"What does the {flag} option of {progs.split(',')[0]} do?", d, [d[:40]]))
+            qa.append(("option", f"What does the {flag} option of {prog} do?", d, [d[:40]]))
         if rng.random() < 0.45:
             qt, terms = rng.choice(ABSENT)
             if not any(t in text.lower() for t in terms):
-                qa.append(("absent", qt.format(p=progs.split(",")[0]), rng.choice(ABSENT_A), []))
+                qa.append(("absent", qt.format(p=prog), rng.choice(ABSENT_A), []))
         yield path, None, qa
 
 
