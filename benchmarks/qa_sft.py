@@ -256,7 +256,11 @@ def build_records(out: Path, work: Path, seed: int, n_man: int, n_py: int) -> di
     style = engine.profile.prompt_style
     stats: dict[str, int] = {}
     with out.open("w") as f:
-        for source, n in ((man_docs(rng, work), n_man), (py_docs(rng, work), n_py)):
+        sources = (
+            ("man-documents", man_docs(rng, work), n_man),
+            ("readme-documents", py_docs(rng, work), n_py),
+        )
+        for label, source, n in sources:
             docs = 0
             for path, material, qa in source:
                 if docs >= n:
@@ -286,7 +290,7 @@ def build_records(out: Path, work: Path, seed: int, n_man: int, n_py: int) -> di
                     }
                     f.write(json.dumps(row) + "\n")
                     stats[kind] = stats.get(kind, 0) + 1
-            stats["man-documents" if n is n_man else "readme-documents"] = docs
+            stats[label] = docs
     return stats
 
 
@@ -354,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from longlora.provenance import run_record
+    from longlora.qa.readings import says_not_found
 
     record = {"kind": "qa-sft", "provenance": run_record()}
     work = args.work or Path(tempfile.mkdtemp(prefix="qa-sft-"))
@@ -434,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         "bundled_by_kind": per_kind(base),
         "gained": sorted(k for k in tuned if k in base and tuned[k]["correct"] and not base[k]["correct"]),
         "lost": sorted(k for k in tuned if k in base and base[k]["correct"] and not tuned[k]["correct"]),
-        "says_absent": sum(bool(re.search(r"not (say|mention|stat)", r["answer"])) for r in tuned.values()),
+        "says_absent": sum(says_not_found(r["answer"]) for r in tuned.values()),
     }
     record["answers"] = {k: r["answer"] for k, r in sorted(tuned.items())}
     args.out.parent.mkdir(parents=True, exist_ok=True)
